@@ -1,0 +1,1 @@
+"""Benchmark definitions shipped with evalkit (installed as `evalkit.benchmarks`)."""

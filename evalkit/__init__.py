@@ -1,0 +1,1 @@
+"""evalkit: evaluate code-generation models in isolated sandboxes."""

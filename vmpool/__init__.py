@@ -1,0 +1,1 @@
+"""vmpool: self-hosted sandboxes (bubblewrap and microVM drivers) behind one guest-agent protocol."""

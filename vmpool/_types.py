@@ -1,0 +1,54 @@
+"""Host-side types of vmpool: the limits a program runs under and the result it produces.
+
+These are the typed (pydantic) face of the wire messages defined in `vmpool._protocol`; the
+agent itself is stdlib-only and never imports this module.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ExecStatus = Literal["ok", "error", "exited", "timeout", "oom", "output_limit"]
+"""How a program ended.
+
+- ``ok``: the program ran to its last statement (confirmed by the agent, not by an exit code);
+- ``error``: it raised an exception that nothing caught;
+- ``exited``: it ended before its last statement: ``sys.exit``, ``os._exit``, a signal;
+- ``timeout``: it exceeded its wall-time or CPU-time limit and was killed with its process tree;
+- ``oom``: it exceeded its memory limit;
+- ``output_limit``: it wrote more than ``max_output_bytes`` and was killed.
+"""
+
+
+class Limits(BaseModel):
+    """Resource limits for one program. Every limit applies to the program's whole process tree
+    unless stated otherwise."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    wall_time_s: float = Field(10.0, gt=0, description="wall-clock limit")
+    cpu_time_s: float | None = Field(None, gt=0, description="CPU-time limit; None: same as wall_time_s")
+    memory_mb: int = Field(512, gt=0, description="address-space limit per process")
+    max_processes: int = Field(32, gt=0, description="processes and threads the program may run at once")
+    max_file_size_mb: int = Field(16, gt=0, description="largest file the program may write")
+    max_output_bytes: int = Field(1_000_000, gt=0, description="stdout + stderr kept; more kills the program")
+
+
+class ExecResult(BaseModel):
+    """What happened to one program. Expected outcomes (failing tests, timeouts, OOM) are
+    results; a sandbox or agent that breaks raises `SandboxError` instead."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: ExecStatus
+    exit_code: int | None = None
+    signal: int | None = None
+    error: str | None = Field(None, description="one line: exception type and message, or why it ended")
+    stdout: str = ""
+    stderr: str = ""
+    output_truncated: bool = False
+    duration_s: float = 0.0
+    cpu_time_s: float = 0.0
+    max_rss_mb: float = 0.0
