@@ -1,1 +1,76 @@
-"""evalkit: evaluate code-generation models in isolated sandboxes."""
+"""evalkit: evaluate code-generation models in isolated sandboxes, scheduled by Ray.
+
+    >>> import evalkit
+    >>> outcome = evalkit.run("configs/humaneval.yaml")
+    >>> outcome.summary["metrics"]["pass@1"]
+"""
+
+from ._benchmarks import Benchmark, benchmark_names, get_benchmark
+from ._config import (
+    BenchmarkConfig,
+    EvalConfig,
+    ModelConfig,
+    SamplingConfig,
+    SandboxConfig,
+    SchedulerConfig,
+    load_config,
+    parse_config,
+)
+from ._errors import (
+    ConfigError,
+    EvalkitError,
+    InfraError,
+    RunInterrupted,
+    RunStoreError,
+    SamplesError,
+    UserInputError,
+)
+from ._models import ModelProvider, ProviderOptions, make_provider, provider_names
+from ._runner import RunOutcome, latest_unfinished, report, resume, run
+from ._samples import read_samples, write_samples
+from ._scoring import pass_at_k, score
+from ._store import RunStore
+from ._types import STATUSES, ExecRequest, Problem, Sample, SampleResult, Status
+from ._version import __version__
+
+__all__ = [
+    "STATUSES",
+    "Benchmark",
+    "BenchmarkConfig",
+    "ConfigError",
+    "EvalConfig",
+    "EvalkitError",
+    "ExecRequest",
+    "InfraError",
+    "ModelConfig",
+    "ModelProvider",
+    "Problem",
+    "ProviderOptions",
+    "RunInterrupted",
+    "RunOutcome",
+    "RunStore",
+    "RunStoreError",
+    "Sample",
+    "SampleResult",
+    "SamplesError",
+    "SamplingConfig",
+    "SandboxConfig",
+    "SchedulerConfig",
+    "Status",
+    "UserInputError",
+    "__version__",
+    "benchmark_names",
+    "get_benchmark",
+    "latest_unfinished",
+    "load_config",
+    "make_provider",
+    "parse_config",
+    "pass_at_k",
+    "provider_names",
+    "read_samples",
+    "report",
+    "resume",
+    "run",
+    "score",
+    "write_samples",
+]

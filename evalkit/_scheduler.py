@@ -1,0 +1,127 @@
+"""Fanning samples out to sandboxes with Ray (the only module that imports Ray).
+
+Each worker is a Ray actor that owns one sandbox (`SampleExecutor`). The driver cuts the
+requests into batches, keeps at most ``max_in_flight`` batches submitted, gives each to the
+least-busy worker, and yields results in completion order. A batch whose worker dies (the
+actor process crashed, the node went away) is resubmitted, up to ``max_retries`` times, then
+its samples become ``infra_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ._config import SandboxConfig, SchedulerConfig
+from ._errors import InfraError
+from ._executor import SampleExecutor, infra_error
+from ._types import ExecRequest, SampleResult
+
+_log = logging.getLogger("evalkit")
+
+
+class _Worker:
+    """The Ray actor body: one sandbox, batches run one after another."""
+
+    def __init__(self, sandbox: SandboxConfig, driver: str, max_retries: int) -> None:
+        self.executor = SampleExecutor(sandbox, driver, max_retries)
+
+    def run(self, batch: list[ExecRequest], prior_attempts: int) -> list[SampleResult]:
+        return self.executor.run_batch(batch, prior_attempts)
+
+    def close(self) -> None:
+        self.executor.close()
+
+
+def _quiet_ray_env() -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+class RayScheduler:
+    """Runs `ExecRequest`s on a local Ray instance or a cluster; a context manager.
+
+    Raises `InfraError` when Ray cannot be started or joined.
+    """
+
+    def __init__(self, scheduler: SchedulerConfig, sandbox: SandboxConfig, driver: str) -> None:
+        _quiet_ray_env()
+        import ray
+
+        self._ray = ray
+        self.config = scheduler
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            try:
+                ray.init(
+                    address=scheduler.address,
+                    include_dashboard=False,
+                    logging_level=logging.ERROR,
+                    log_to_driver=False,
+                    configure_logging=True,
+                )
+            except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
+                where = scheduler.address or "a local instance"
+                raise InfraError(f"cannot start or join Ray ({where}): {exc}") from exc
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.num_workers = scheduler.workers or max(1, cpus)
+        self.max_in_flight = scheduler.max_in_flight or 2 * self.num_workers
+        actor = ray.remote(_Worker).options(num_cpus=min(1, cpus / self.num_workers), max_restarts=-1, max_task_retries=0)
+        self._workers = [actor.remote(sandbox, driver, scheduler.max_retries) for _ in range(self.num_workers)]
+        self.driver = driver
+
+    def run(self, requests: Sequence[ExecRequest]) -> Iterator[SampleResult]:
+        """Yield one result per request, in the order they finish."""
+        size = self.config.batch_size
+        queue: deque[tuple[list[ExecRequest], int]] = deque(
+            (list(requests[i : i + size]), 0) for i in range(0, len(requests), size)
+        )
+        pending: dict[Any, tuple[int, list[ExecRequest], int]] = {}
+        load = [0] * len(self._workers)
+        while queue or pending:
+            while queue and len(pending) < self.max_in_flight:
+                batch, attempts = queue.popleft()
+                worker = min(range(len(load)), key=load.__getitem__)
+                pending[self._workers[worker].run.remote(batch, attempts)] = (worker, batch, attempts)
+                load[worker] += 1
+            ready, _ = self._ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                worker, batch, attempts = pending.pop(ref)
+                load[worker] -= 1
+                try:
+                    results: list[SampleResult] = self._ray.get(ref)
+                except (self._ray.exceptions.RayError, OSError) as exc:
+                    yield from self._retry_or_fail(queue, batch, attempts + 1, exc)
+                    continue
+                yield from results
+
+    def _retry_or_fail(
+        self, queue: deque[tuple[list[ExecRequest], int]], batch: list[ExecRequest], attempts: int, exc: BaseException
+    ) -> Iterator[SampleResult]:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if attempts <= self.config.max_retries:
+            _log.warning("a worker failed (%s); retrying %d sample(s)", reason, len(batch))
+            queue.appendleft((batch, attempts))
+            return
+        for request in batch:
+            yield infra_error(request, self.driver, f"worker failed {attempts} time(s); last: {reason}", attempts)
+
+    def close(self) -> None:
+        """Stop the workers (their sandboxes die with them) and Ray, if this scheduler started it."""
+        for worker in self._workers:
+            try:
+                self._ray.kill(worker)
+            except Exception:  # already dead: nothing to stop
+                pass
+        self._workers = []
+        if self._owns_ray and self._ray.is_initialized():
+            self._ray.shutdown()
+
+    def __enter__(self) -> RayScheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,74 @@
+"""Scoring: pass@k with the unbiased estimator of Chen et al. (2021), and counts per status.
+
+Pure functions of the results, so a report can be re-rendered without re-running anything.
+``infra_error`` samples are left out of n and c (they say nothing about the model) and counted
+on their own.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ._types import STATUSES, SampleResult
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Probability that at least one of k samples drawn without replacement from n, of which c
+    are correct, is correct: ``1 - C(n-c, k) / C(n, k)``, computed as a stable product.
+
+    Raises ValueError unless ``0 <= c <= n`` and ``1 <= k <= n``.
+    """
+    if not (0 <= c <= n) or not (1 <= k <= n):
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    product = 1.0
+    for i in range(n - c + 1, n + 1):
+        product *= 1.0 - k / i
+    return 1.0 - product
+
+
+def per_problem(results: Iterable[SampleResult]) -> dict[str, dict[str, int]]:
+    """For each task_id: ``n`` scored samples, ``c`` passed, ``infra_error`` left out."""
+    table: dict[str, dict[str, int]] = {}
+    for r in results:
+        row = table.setdefault(r.task_id, {"n": 0, "c": 0, "infra_error": 0})
+        if r.status == "infra_error":
+            row["infra_error"] += 1
+        else:
+            row["n"] += 1
+            row["c"] += int(r.passed)
+    return table
+
+
+def score(results: Sequence[SampleResult], ks: Sequence[int]) -> dict[str, Any]:
+    """The ``metrics``, ``counts`` and per-problem figures of ``summary.json``.
+
+    pass@k is the mean over problems with at least one scored sample, reported for each k that
+    is <= n for every such problem; the other ks are listed under ``skipped_k`` with the reason.
+    """
+    problems = per_problem(results)
+    scored = {task: row for task, row in problems.items() if row["n"] > 0}
+    min_n = min((row["n"] for row in scored.values()), default=0)
+    metrics: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    for k in sorted(set(ks)):
+        if not scored:
+            skipped[f"pass@{k}"] = "no problem has a scored sample"
+        elif k > min_n:
+            skipped[f"pass@{k}"] = f"needs n >= {k} samples for every problem; the smallest n is {min_n}"
+        else:
+            metrics[f"pass@{k}"] = sum(pass_at_k(r["n"], r["c"], k) for r in scored.values()) / len(scored)
+    counts = Counter(r.status for r in results)
+    return {
+        "metrics": metrics,
+        "skipped_k": skipped,
+        "counts": {status: counts.get(status, 0) for status in STATUSES},
+        "num_samples": len(results),
+        "num_problems": len(problems),
+        "num_scored_problems": len(scored),
+        "unscored_problems": sorted(set(problems) - set(scored)),
+        "problems": problems,
+    }

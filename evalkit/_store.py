@@ -1,0 +1,174 @@
+"""The run folder: the resolved config, the crash-safe journal of results, and the final files.
+
+    <output_dir>/<name>-<YYYYmmdd-HHMMSS>/
+        run.json          format version, evalkit version, state (running, interrupted, finished)
+        config.yaml       the resolved config
+        samples.jsonl     the journal: one line per finished sample, appended and flushed as it arrives
+        samples.parquet   one row per sample, written from the journal at the end
+        summary.json      metrics (pass@k), counts per status, run metadata
+        report.html       the report
+
+The journal is the source of truth: everything else is derived from it and can be rebuilt
+(`evalkit report`). A partial last line (a crash mid-write) is ignored when reading.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+from pydantic import ValidationError
+
+from ._config import EvalConfig, parse_config
+from ._errors import RunStoreError
+from ._types import SampleResult
+from ._version import __version__
+
+RUN_FORMAT_VERSION = 1
+_FSYNC_INTERVAL_S = 1.0
+
+
+class Journal:
+    """Appends results to ``samples.jsonl``: flushed per line, fsynced at most once a second."""
+
+    def __init__(self, path: Path) -> None:
+        self._file: IO[str] = open(path, "a", encoding="utf-8")
+        self._last_sync = time.monotonic()
+
+    def append(self, result: SampleResult) -> None:
+        self._file.write(result.model_dump_json() + "\n")
+        self._file.flush()
+        if time.monotonic() - self._last_sync > _FSYNC_INTERVAL_S:
+            os.fsync(self._file.fileno())
+            self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RunStore:
+    """One run folder. Create it with `RunStore.create`, reopen it with `RunStore.open`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, config: EvalConfig) -> RunStore:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = Path(config.output_dir) / f"{config.name}-{stamp}"
+        path, i = base, 1
+        while path.exists():
+            i += 1
+            path = base.with_name(f"{base.name}-{i}")
+        path.mkdir(parents=True)
+        store = cls(path.resolve())
+        (store.path / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+        store.write_meta(state="running", created=_now())
+        return store
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunStore:
+        """Reopen a run folder; raises `RunStoreError` if it is not one this evalkit can read."""
+        store = cls(Path(path).resolve())
+        meta = store.meta()
+        if meta.get("format_version") != RUN_FORMAT_VERSION:
+            raise RunStoreError(
+                f"{store.path} has run format version {meta.get('format_version')!r}; this evalkit "
+                f"({__version__}) reads version {RUN_FORMAT_VERSION}: use the evalkit version that wrote it"
+            )
+        return store
+
+    def meta(self) -> dict[str, Any]:
+        try:
+            meta: dict[str, Any] = json.loads((self.path / "run.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RunStoreError(f"{self.path} is not an evalkit run folder (no run.json)") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RunStoreError(f"cannot read {self.path / 'run.json'}: {exc}") from exc
+        return meta
+
+    def write_meta(self, **updates: Any) -> None:
+        path = self.path / "run.json"
+        meta = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        meta.update(format_version=RUN_FORMAT_VERSION, evalkit_version=__version__, **updates)
+        _atomic_write(path, json.dumps(meta, indent=2) + "\n")
+
+    def config(self) -> EvalConfig:
+        path = self.path / "config.yaml"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RunStoreError(f"cannot read {path}: {exc}") from exc
+        return parse_config(text, source=path)
+
+    def journal(self) -> Journal:
+        return Journal(self.path / "samples.jsonl")
+
+    def results(self) -> list[SampleResult]:
+        """The journal's results; for a sample recorded twice (a retried infra_error), the last."""
+        path = self.path / "samples.jsonl"
+        if not path.exists():
+            return []
+        latest: dict[tuple[str, int], SampleResult] = {}
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                result = SampleResult.model_validate_json(line)
+            except ValidationError as exc:
+                if lineno == len(lines):  # a crash mid-write leaves a partial last line
+                    continue
+                raise RunStoreError(f"{path}, line {lineno}: not a valid result ({exc.errors()[0]['msg']})") from exc
+            latest[result.key] = result
+        return list(latest.values())
+
+    def write_parquet(self, results: Iterable[SampleResult]) -> Path:
+        import pandas as pd
+
+        rows = [r.model_dump() for r in sorted(results, key=_order)]
+        frame = pd.DataFrame(rows, columns=list(SampleResult.model_fields))
+        path = self.path / "samples.parquet"
+        tmp = path.with_suffix(".parquet.tmp")
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+        return path
+
+    def write_json(self, name: str, data: dict[str, Any]) -> Path:
+        path = self.path / name
+        _atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+        return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        path = self.path / name
+        _atomic_write(path, text)
+        return path
+
+
+def _order(result: SampleResult) -> tuple[str, int, int]:
+    prefix, _, number = result.task_id.rpartition("/")
+    return (prefix, int(number) if number.isdigit() else -1, result.sample_idx) if prefix else (result.task_id, -1, result.sample_idx)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,76 @@
+"""The typed records that flow between evalkit's stages (DESIGN.md, "data flow")."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["passed", "failed", "timeout", "oom", "infra_error"]
+"""Verdict of one sample. ``infra_error`` means the harness or sandbox failed: it is retried,
+never counted as a model failure, and always reported."""
+
+STATUSES: tuple[Status, ...] = ("passed", "failed", "timeout", "oom", "infra_error")
+
+
+class Problem(BaseModel):
+    """One benchmark problem, in HumanEval's terms."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: str
+    prompt: str
+    entry_point: str
+    test: str
+    canonical_solution: str | None = None
+    language: str = "python"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Sample(BaseModel):
+    """One completion to evaluate: the ``sample_idx``-th completion for ``task_id``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: str
+    sample_idx: int = Field(ge=0)
+    completion: str
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.task_id, self.sample_idx)
+
+
+class ExecRequest(BaseModel):
+    """A sample with the program the benchmark assembled for it, ready for a sandbox."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sample: Sample
+    program: str
+
+
+class SampleResult(BaseModel):
+    """The verdict on one sample: one line of the journal, one row of ``samples.parquet``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: str
+    sample_idx: int
+    completion: str
+    status: Status
+    passed: bool
+    duration_s: float = Field(description="wall time of the program in the sandbox")
+    driver: str = Field(description="sandbox driver that ran the program, e.g. 'bwrap'")
+    isolation: str = Field("", description="isolation level the driver reported")
+    error: str | None = Field(None, description="why it did not pass, or the infrastructure failure")
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    cpu_time_s: float = 0.0
+    max_rss_mb: float = 0.0
+    attempts: int = Field(1, description="executions it took, counting infrastructure retries")
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.task_id, self.sample_idx)
