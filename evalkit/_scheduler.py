@@ -55,9 +55,12 @@ class RayScheduler:
         self.config = scheduler
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
+            # A local instance needs little shared memory: requests and results are small.
+            local = {"object_store_memory": 512 * 2**20} if scheduler.address is None else {}
             try:
                 ray.init(
                     address=scheduler.address,
+                    **local,
                     include_dashboard=False,
                     logging_level=logging.ERROR,
                     log_to_driver=False,

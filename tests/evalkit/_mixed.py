@@ -1,0 +1,30 @@
+"""Mixed HumanEval samples with known verdicts: correct, mutated, crashing, looping, exiting early."""
+
+from __future__ import annotations
+
+from evalkit import Problem
+
+# (label, completion builder, passes?)
+EXITS = {
+    "sys_exit_in_body": ("    import sys\n    sys.exit(0)\n", False),
+    "os_exit_in_body": ("    import os\n    os._exit(0)\n", False),
+}
+
+
+def mixed_completions(problem: Problem) -> list[tuple[str, str, bool]]:
+    """(label, completion, expected passed) for one problem."""
+    solution = problem.canonical_solution or ""
+    return [
+        ("correct", solution, True),
+        ("wrong", "    return None\n", False),
+        ("crash", "    raise ValueError('boom')\n", False),
+        ("syntax", "    return (\n", False),
+        # a correct solution that ends the program before the tests run
+        ("correct_then_sys_exit", solution + "\nimport sys\nsys.exit(0)\n", False),
+        ("correct_then_os_exit", solution + "\nimport os\nos._exit(0)\n", False),
+        ("correct_then_raise_systemexit", solution + "\nraise SystemExit(0)\n", False),
+        *[(label, body, passes) for label, (body, passes) in EXITS.items()],
+    ]
+
+
+LOOP = "    while True:\n        pass\n"

@@ -1,0 +1,148 @@
+"""End-to-end runs through the Python API: real bubblewrap sandboxes, a real local Ray."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import evalkit
+from evalkit import load_config
+
+from ._mixed import LOOP, mixed_completions
+
+pytestmark = [pytest.mark.ray, pytest.mark.sandbox, pytest.mark.usefixtures("sandboxes", "ray_session")]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_config(tmp_path: Path, **sections: object) -> Path:
+    config = {"name": "t", "benchmark": {"name": "humaneval"}, "model": {"provider": "reference"}, "output_dir": str(tmp_path / "runs")}
+    config.update(sections)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def write_samples(tmp_path: Path, rows: list[tuple[str, str]]) -> Path:
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in rows))
+    return path
+
+
+@pytest.mark.slow
+def test_reference_config_scores_all_164_problems(tmp_path: Path) -> None:
+    config = load_config(REPO / "configs" / "humaneval.yaml").model_copy(update={"output_dir": str(tmp_path)})
+    outcome = evalkit.run(config, progress=False)
+    assert outcome.exit_code == 0
+    assert outcome.summary["metrics"] == {"pass@1": 1.0}
+    assert outcome.summary["counts"]["passed"] == 164
+    run = outcome.run_dir
+    for name in ("config.yaml", "run.json", "samples.jsonl", "samples.parquet", "summary.json", "report.html"):
+        assert (run / name).is_file(), name
+    frame = pd.read_parquet(run / "samples.parquet")
+    assert len(frame) == 164 and frame["passed"].all()
+    assert set(frame["driver"]) == {"bwrap"}
+    assert json.loads((run / "summary.json").read_text())["metrics"]["pass@1"] == 1.0
+    assert "pass@1 = 1.0000" in (run / "report.html").read_text()
+
+
+def test_mixed_samples_get_the_expected_verdicts(tmp_path: Path) -> None:
+    problems = evalkit.get_benchmark(evalkit.BenchmarkConfig(name="humaneval")).select(["HumanEval/0", "HumanEval/2", "HumanEval/53"], None)
+    rows, expected = [], []
+    for p in problems:
+        for label, completion, passes in mixed_completions(p):
+            rows.append((p.task_id, completion))
+            expected.append((p.task_id, label, passes))
+    rows.append((problems[0].task_id, LOOP))
+    expected.append((problems[0].task_id, "loop", False))
+    samples = write_samples(tmp_path, rows)
+    config = write_config(
+        tmp_path,
+        benchmark={"name": "humaneval", "ids": [p.task_id for p in problems]},
+        model={"provider": "samples", "path": str(samples)},
+        sandbox={"timeout_s": 2},
+    )
+    outcome = evalkit.run(config, progress=False)
+    frame = pd.read_parquet(outcome.run_dir / "samples.parquet")
+    assert len(frame) == len(rows)
+    counters: dict[str, int] = {}
+    for task_id, label, passes in expected:
+        idx = counters.get(task_id, 0)
+        counters[task_id] = idx + 1
+        row = frame[(frame.task_id == task_id) & (frame.sample_idx == idx)].iloc[0]
+        assert bool(row.passed) == passes, (task_id, label, row.status, row.error)
+        if label == "loop":
+            assert row.status == "timeout"
+        elif not passes:
+            assert row.status == "failed", (label, row.status)
+        if "exit" in label:
+            assert "before its tests finished" in row.error
+    assert outcome.summary["counts"]["infra_error"] == 0
+
+
+def test_generated_code_cannot_touch_the_host(tmp_path: Path) -> None:
+    marker = tmp_path / f"escape-{uuid.uuid4().hex}"
+    tmp_marker = Path("/tmp") / f"evalkit-escape-{uuid.uuid4().hex}"
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    connections: list[object] = []
+
+    def accept() -> None:
+        for _ in range(40):
+            try:
+                connections.append(server.accept())
+            except OSError:
+                continue
+
+    listener = threading.Thread(target=accept, daemon=True)
+    listener.start()
+    hostile = (
+        "    import socket, os\n"
+        f"    for target in ({str(marker)!r}, {str(tmp_marker)!r}):\n"
+        "        try:\n"
+        "            open(target, 'w').write('escaped')\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    try:\n"
+        f"        socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "    return None\n"
+    )
+    samples = write_samples(tmp_path, [("HumanEval/0", hostile)])
+    config = write_config(tmp_path, benchmark={"name": "humaneval", "ids": ["HumanEval/0"]}, model={"provider": "samples", "path": str(samples)})
+    outcome = evalkit.run(config, progress=False)
+    listener.join()
+    server.close()
+    assert outcome.summary["counts"]["failed"] == 1
+    assert not marker.exists() and not tmp_marker.exists()
+    assert connections == []
+
+
+def test_an_unusable_sandbox_is_an_infrastructure_failure(tmp_path: Path) -> None:
+    config = write_config(tmp_path, benchmark={"name": "humaneval", "limit": 1}, sandbox={"python": "/nonexistent/python3"})
+    with pytest.raises(evalkit.InfraError, match="sandbox"):
+        evalkit.run(config, progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_report_rerenders_from_the_journal_without_running(tmp_path: Path) -> None:
+    config = write_config(tmp_path, benchmark={"name": "humaneval", "limit": 2}, sampling={"n": 3, "k": [1, 3, 5]})
+    outcome = evalkit.run(config, progress=False)
+    assert set(outcome.summary["metrics"]) == {"pass@1", "pass@3"}
+    assert "pass@5" in outcome.summary["skipped_k"]
+    (outcome.run_dir / "report.html").unlink()
+    (outcome.run_dir / "samples.parquet").unlink()
+    again = evalkit.report(outcome.run_dir)
+    assert again.summary["metrics"] == outcome.summary["metrics"]
+    assert (outcome.run_dir / "report.html").is_file() and (outcome.run_dir / "samples.parquet").is_file()

@@ -1,0 +1,61 @@
+"""The Ray scheduler and the sandbox executor under faults: dead workers, dead sandboxes."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from evalkit import ExecRequest, Sample, SandboxConfig, SchedulerConfig
+from evalkit._executor import SampleExecutor
+from evalkit._scheduler import RayScheduler
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.usefixtures("sandboxes")]
+
+
+def request(task: str, idx: int, program: str) -> ExecRequest:
+    return ExecRequest(sample=Sample(task_id=task, sample_idx=idx, completion=""), program=program)
+
+
+def test_a_sandbox_that_dies_is_replaced_and_the_sample_retried() -> None:
+    executor = SampleExecutor(SandboxConfig(timeout_s=5), "bwrap", max_retries=2)
+    try:
+        first = executor.run_one(request("t", 0, "x = 1\n"))
+        assert first.status == "passed" and first.attempts == 1
+        sandbox = executor._sandbox
+        assert sandbox is not None
+        # The agent dies between two samples: the next sample must not be blamed for it.
+        os.killpg(os.getpgid(sandbox.pid), signal.SIGKILL)
+        second = executor.run_one(request("t", 1, "x = 2\n"))
+        assert second.status == "passed" and second.attempts == 2
+        assert executor._sandbox is not sandbox
+    finally:
+        executor.close()
+
+
+def test_a_sample_that_keeps_failing_ends_as_infra_error() -> None:
+    executor = SampleExecutor(SandboxConfig(timeout_s=5, python="/nonexistent/python3"), "bwrap", max_retries=1)
+    result = executor.run_one(request("t", 0, "x = 1\n"))
+    assert result.status == "infra_error" and not result.passed
+    assert result.attempts == 2 and "sandbox failed" in (result.error or "")
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_session")
+def test_batches_of_a_dead_worker_are_retried_elsewhere() -> None:
+    import ray
+
+    requests = [request("t", i, "import time\ntime.sleep(0.3)\n") for i in range(8)]
+    scheduler = RayScheduler(SchedulerConfig(workers=2, batch_size=2, max_retries=2), SandboxConfig(timeout_s=5), "bwrap")
+    try:
+        results = []
+        for result in scheduler.run(requests):
+            if not results:
+                ray.kill(scheduler._workers[0], no_restart=False)
+            results.append(result)
+    finally:
+        scheduler.close()
+    assert sorted(r.sample_idx for r in results) == list(range(8))
+    assert all(r.status == "passed" for r in results), [(r.status, r.error) for r in results]
+    assert any(r.attempts > 1 for r in results)
