@@ -1,0 +1,81 @@
+"""Fixtures shared by evalkit's unit tests: the HumanEval benchmark (loaded once) and a
+factory of `SampleResult`s."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def _import_installed_evalkit() -> None:
+    """Make ``import evalkit`` find the real package, not this folder.
+
+    In pytest's default "prepend" import mode, ``tests/conftest.py`` puts ``tests/`` on sys.path;
+    from there this folder, ``tests/evalkit`` (no ``__init__.py``), is found as a namespace
+    package ``evalkit`` before the editable install's finder, which runs after sys.path's, is
+    asked. Import the real package with ``tests/`` off the path; a no-op when it already is.
+    """
+    module = sys.modules.get("evalkit")
+    if module is not None and getattr(module, "__file__", None):
+        return
+    tests_dir = Path(__file__).resolve().parent.parent
+    saved = sys.path[:]
+    sys.path[:] = [p for p in saved if Path(p or ".").resolve() != tests_dir]
+    for name in [m for m in sys.modules if m == "evalkit" or m.startswith("evalkit.")]:
+        del sys.modules[name]
+    try:
+        importlib.import_module("evalkit")
+    finally:
+        sys.path[:] = saved
+
+
+_import_installed_evalkit()
+
+from evalkit import Benchmark, BenchmarkConfig, SampleResult, get_benchmark  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def humaneval() -> Benchmark:
+    """HumanEval with its problems already read (reading them through `datasets` costs ~1 s)."""
+    benchmark = get_benchmark(BenchmarkConfig(name="humaneval"))
+    benchmark.problems()
+    return benchmark
+
+
+MakeResult = Callable[..., SampleResult]
+
+
+@pytest.fixture
+def make_result() -> MakeResult:
+    """``make_result(task_id, sample_idx, status, **fields)``: a result with plausible defaults."""
+
+    def make(task_id: str, sample_idx: int = 0, status: str = "passed", **fields: Any) -> SampleResult:
+        values: dict[str, Any] = {
+            "task_id": task_id,
+            "sample_idx": sample_idx,
+            "completion": f"    return {sample_idx}\n",
+            "status": status,
+            "passed": status == "passed",
+            "duration_s": 0.25,
+            "driver": "bwrap",
+            "isolation": "namespaces",
+        }
+        if status not in ("passed", "infra_error"):
+            values["error"] = f"{status} on purpose"
+            values["exit_code"] = 1
+        values.update(fields)
+        return SampleResult(**values)
+
+    return make
