@@ -125,6 +125,9 @@ def _load_yaml(text: str, source: Path) -> tuple[dict[str, Any], _Line]:
         mark = exc.problem_mark or exc.context_mark
         where = f", line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{source}{where}: invalid YAML: {exc.problem or exc}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow; it has no mark
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(f"{source}, line {line}: invalid YAML: character #x{exc.character:04x} is not allowed") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a config must be a YAML mapping of keys to values")
     lines: _Line = {}
