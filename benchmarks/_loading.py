@@ -6,6 +6,7 @@ This is the only module that imports ``datasets``: benchmark data either ships w
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 from typing import Any
@@ -25,5 +26,16 @@ def read_json_records(path: str | Path) -> list[dict[str, Any]]:
     try:
         table = datasets.load_dataset("json", data_files=str(path), split="train")
     except Exception as exc:  # datasets raises many unrelated types for one bad file
-        raise ConfigError(f"cannot read problems from {path}: {exc}") from exc
+        reason = exc if _has_content(path) else "the file holds no records"
+        raise ConfigError(f"cannot read problems from {path}: {reason}") from exc
     return [dict(row) for row in table]
+
+
+def _has_content(path: str | Path) -> bool:
+    """Whether ``path`` holds anything but whitespace (datasets' errors for an empty file are
+    an empty StopIteration or 'Instruction "train" corresponds to no data!')."""
+    try:
+        with gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb") as handle:
+            return any(chunk.strip() for chunk in iter(lambda: handle.read(1 << 16), b""))
+    except (OSError, EOFError):
+        return True  # unreadable: the loader's own error says why
