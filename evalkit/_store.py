@@ -37,6 +37,7 @@ class Journal:
     """Appends results to ``samples.jsonl``: flushed per line, fsynced at most once a second."""
 
     def __init__(self, path: Path) -> None:
+        _end_with_newline(path)
         self._file: IO[str] = open(path, "a", encoding="utf-8")
         self._last_sync = time.monotonic()
 
@@ -99,6 +100,8 @@ class RunStore:
             raise RunStoreError(f"{self.path} is not an evalkit run folder (no run.json)") from None
         except (OSError, json.JSONDecodeError) as exc:
             raise RunStoreError(f"cannot read {self.path / 'run.json'}: {exc}") from exc
+        if not isinstance(meta, dict):
+            raise RunStoreError(f"cannot read {self.path / 'run.json'}: not a JSON object")
         return meta
 
     def write_meta(self, **updates: Any) -> None:
@@ -124,7 +127,9 @@ class RunStore:
         if not path.exists():
             return []
         latest: dict[tuple[str, int], SampleResult] = {}
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # bytes split on b"\n" only: a record holds raw U+2028, U+0085 ... (str.splitlines() splits
+        # on them), and a crash can cut the last line inside a multi-byte character
+        lines = path.read_bytes().removesuffix(b"\n").split(b"\n")
         for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -159,9 +164,45 @@ class RunStore:
         return path
 
 
-def _order(result: SampleResult) -> tuple[str, int, int]:
+def _order(result: SampleResult) -> tuple[str, int, str, int]:
     prefix, _, number = result.task_id.rpartition("/")
-    return (prefix, int(number) if number.isdigit() else -1, result.sample_idx) if prefix else (result.task_id, -1, result.sample_idx)
+    task = (prefix, int(number) if number.isdecimal() else -1) if prefix else (result.task_id, -1)
+    return (*task, result.task_id, result.sample_idx)  # task_id: "t/a" and "t/b" must not interleave
+
+
+def _end_with_newline(path: Path) -> None:
+    """Before appending to a journal, settle a last line that lacks its newline (a crash mid-write).
+
+    Appended after it, the next record would fuse with it into a corrupt line in the middle of
+    the journal. A partial record, which `RunStore.results` ignores, is cut off (its sample runs
+    again); a whole one, which `results` reads, gets its newline.
+    """
+    try:
+        handle = open(path, "rb+")
+    except FileNotFoundError:
+        return
+    with handle:
+        end = start = handle.seek(0, os.SEEK_END)
+        tail = b""
+        while start > 0:
+            step = min(start, 1 << 16)
+            handle.seek(start - step)
+            chunk = handle.read(step)
+            cut = chunk.rfind(b"\n")
+            tail = chunk[cut + 1 :] + tail
+            if cut >= 0:
+                start += cut + 1 - step
+                break
+            start -= step
+        if not tail:
+            return
+        try:
+            SampleResult.model_validate_json(tail)
+        except ValidationError:
+            handle.truncate(start)
+        else:
+            handle.seek(end)
+            handle.write(b"\n")
 
 
 def _atomic_write(path: Path, text: str) -> None:
