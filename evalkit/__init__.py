@@ -34,7 +34,6 @@ from ._types import STATUSES, ExecRequest, Problem, Sample, SampleResult, Status
 from ._version import __version__
 
 __all__ = [
-    "STATUSES",
     "Benchmark",
     "BenchmarkConfig",
     "ConfigError",
@@ -50,6 +49,7 @@ __all__ = [
     "RunOutcome",
     "RunStore",
     "RunStoreError",
+    "STATUSES",
     "Sample",
     "SampleResult",
     "SamplesError",
