@@ -131,20 +131,22 @@ def _load_yaml(text: str, source: Path) -> tuple[dict[str, Any], _Line]:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a config must be a YAML mapping of keys to values")
     lines: _Line = {}
-    _index_lines(node, (), lines)
+    _index_lines(node, (), lines, source)
     return data, lines
 
 
-def _index_lines(node: yaml.Node | None, prefix: tuple[str | int, ...], out: _Line) -> None:
+def _index_lines(node: yaml.Node | None, prefix: tuple[str | int, ...], out: _Line, source: Path) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = (*prefix, str(key_node.value))
+            if key in out:  # YAML forbids it; PyYAML would silently keep the last one
+                raise ConfigError(f"{source}, line {key_node.start_mark.line + 1}: duplicate key '{_dotted(key)}' (first on line {out[key]})")
             out[key] = key_node.start_mark.line + 1
-            _index_lines(value_node, key, out)
+            _index_lines(value_node, key, out, source)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             out[(*prefix, i)] = item.start_mark.line + 1
-            _index_lines(item, (*prefix, i), out)
+            _index_lines(item, (*prefix, i), out, source)
 
 
 def _where(source: Path, lines: _Line, loc: tuple[str | int, ...]) -> str:

@@ -279,3 +279,26 @@ def test_to_yaml_round_trips_through_parse_config(tmp_path: Path) -> None:
     again = parse_config(config.to_yaml(), source=tmp_path / "run" / "config.yaml")
     assert again == config
     assert again.to_yaml() == config.to_yaml()
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "first"),
+    [
+        (REFERENCE + "sampling:\n  n: 5\nsampling:\n  n: 1\n", 7, "sampling", 5),
+        (REFERENCE + "sampling:\n  n: 5\n  k: [1]\n  n: 1\n", 8, "sampling.n", 6),
+    ],
+    ids=["top-level", "nested"],
+)
+def test_duplicate_key_is_an_error(tmp_path: Path, text: str, line: int, key: str, first: int) -> None:
+    path = write(tmp_path, text)
+    message = config_error(path)
+    assert str(path) in message
+    assert f"line {line}" in message
+    assert f"duplicate key '{key}'" in message
+    assert f"line {first}" in message
+
+
+def test_a_key_overriding_a_merge_key_is_not_a_duplicate(tmp_path: Path) -> None:
+    text = REFERENCE + "sandbox:\n  <<: {timeout_s: 3, memory_mb: 256}\n  timeout_s: 5\n"
+    config = load_config(write(tmp_path, text))
+    assert (config.sandbox.timeout_s, config.sandbox.memory_mb) == (5, 256)
