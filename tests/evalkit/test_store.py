@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from pathlib import Path
@@ -49,6 +50,21 @@ def test_creates_in_the_same_second_get_distinct_folders(config: EvalConfig) -> 
     assert all((p / "run.json").is_file() for p in paths)
     if paths[0].name == paths[1].name.removesuffix("-2"):  # the same second, as it almost always is
         assert paths[1].name.endswith("-2")
+
+
+def test_create_does_not_reuse_a_taken_folder(config: EvalConfig, tmp_path: Path) -> None:
+    # take the folder names of this second and the next few, as a run started just now would
+    now = dt.datetime.now()
+    taken = [tmp_path / "runs" / f"unit-{(now + dt.timedelta(seconds=s)).strftime('%Y%m%d-%H%M%S')}" for s in range(4)]
+    for folder in taken:
+        folder.mkdir(parents=True)
+        (folder / "marker").write_text("someone else's run", encoding="utf-8")
+    store = RunStore.create(config)
+    assert store.path.name in {f"{folder.name}-2" for folder in taken}
+    assert all(sorted(p.name for p in folder.iterdir()) == ["marker"] for folder in taken)
+    again = RunStore.create(config)
+    assert again.path != store.path
+    assert again.path.name in {f"{folder.name}-{i}" for folder in taken for i in (2, 3)}
 
 
 def test_write_meta_updates_and_keeps_other_keys(store: RunStore) -> None:
