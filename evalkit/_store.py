@@ -71,11 +71,15 @@ class RunStore:
     def create(cls, config: EvalConfig) -> RunStore:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         base = Path(config.output_dir) / f"{config.name}-{stamp}"
+        base.parent.mkdir(parents=True, exist_ok=True)
         path, i = base, 1
-        while path.exists():
-            i += 1
-            path = base.with_name(f"{base.name}-{i}")
-        path.mkdir(parents=True)
+        while True:  # mkdir claims a name atomically; exists() then mkdir() raced another run
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                i += 1
+                path = base.with_name(f"{base.name}-{i}")
         store = cls(path.resolve())
         (store.path / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
         store.write_meta(state="running", created=_now())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -65,6 +66,28 @@ def test_create_does_not_reuse_a_taken_folder(config: EvalConfig, tmp_path: Path
     again = RunStore.create(config)
     assert again.path != store.path
     assert again.path.name in {f"{folder.name}-{i}" for folder in taken for i in (2, 3)}
+
+
+def test_concurrent_creates_get_distinct_folders(config: EvalConfig) -> None:
+    barrier = threading.Barrier(8)
+    paths: list[Path] = []
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            paths.append(RunStore.create(config).path)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(set(paths)) == 8
+    assert all((p / "run.json").is_file() and (p / "config.yaml").is_file() for p in paths)
 
 
 def test_write_meta_updates_and_keeps_other_keys(store: RunStore) -> None:
