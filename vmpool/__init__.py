@@ -1,1 +1,32 @@
-"""vmpool: self-hosted sandboxes (bubblewrap and microVM drivers) behind one guest-agent protocol."""
+"""vmpool: self-hosted sandboxes (bubblewrap and microVM drivers) behind one guest-agent protocol.
+
+    from vmpool import Sandbox, Limits
+    with Sandbox.create() as sb:
+        result = sb.run_program("print(1 + 1)", Limits(wall_time_s=5))
+        assert result.status == "ok" and result.stdout == "2\\n"
+"""
+
+from ._driver import Driver, get_driver, list_drivers, resolve_driver
+from ._errors import DriverUnavailableError, ProtocolError, SandboxError, VmpoolError
+from ._pool import SandboxPool
+from ._protocol import PROTOCOL_VERSION
+from ._sandbox import Sandbox
+from ._types import CommandResult, ExecResult, ExecStatus, Limits
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "CommandResult",
+    "Driver",
+    "DriverUnavailableError",
+    "ExecResult",
+    "ExecStatus",
+    "Limits",
+    "ProtocolError",
+    "Sandbox",
+    "SandboxError",
+    "SandboxPool",
+    "VmpoolError",
+    "get_driver",
+    "list_drivers",
+    "resolve_driver",
+]

@@ -52,3 +52,17 @@ class ExecResult(BaseModel):
     duration_s: float = 0.0
     cpu_time_s: float = 0.0
     max_rss_mb: float = 0.0
+
+
+class CommandResult(BaseModel):
+    """What a shell command run with `Sandbox.commands.run` produced. Like `ExecResult`, every
+    outcome of the command (failure, timeout, output flood) is a result, never an exception."""
+
+    model_config = ConfigDict(frozen=True)
+
+    exit_code: int = Field(description="exit status; -N if killed by signal N (subprocess convention)")
+    stdout: str = ""
+    stderr: str = ""
+    timed_out: bool = False
+    output_truncated: bool = Field(False, description="output exceeded the cap; the command was killed")
+    duration_s: float = 0.0

@@ -1,0 +1,767 @@
+"""vmpool guest agent: a fork-server that runs programs for the host, one request at a time.
+
+Runs inside the sandbox (bubblewrap now, a microVM later) as a plain script next to
+``_protocol.py``, its only non-stdlib import; these two files are the whole guest side. Start::
+
+    python3 -I -B _agent.py [--channel stdio|DEVICE] [--exclusive]
+
+Contract:
+
+- Speaks ``_protocol`` on the channel (stdin/stdout, or a device such as a virtio-serial port):
+  one hello, then one reply per request, in order. A malformed request gets an error reply, never
+  a crash; EOF on the channel ends the agent.
+- ``run_program`` forks a fresh child of this warm interpreter (common stdlib modules are
+  pre-imported). The child gets a new session, a fresh scratch directory as cwd, rlimits, stdin
+  from /dev/null, stdout/stderr on pipes the agent reads up to a cap, and a private status pipe.
+  It runs the code with ``exec`` and, only if ``exec`` returns, writes ``<token> ok`` to the status
+  pipe (token: random per run, known only to the agent and that child) before ``os._exit(0)``.
+  A run is ``ok`` only with that report *and* exit status 0; SystemExit, MemoryError and other
+  exceptions are reported the same way as ``exited``/``oom``/``error``; no report at all (e.g.
+  ``os._exit``, a signal) means the program ended early: ``exited``.
+- ``--exclusive`` (the agent owns its PID namespace or VM): after every program and command the
+  agent SIGKILLs every process except itself and its ancestors, waits until they are gone
+  (reply kind ``sandbox`` if they are not), and deletes what a program created at the top level
+  of /tmp. Without it only the child's process group is killed. The flag is refused when the
+  agent visibly is not alone (more than two ancestor processes), so a stray run on a host
+  cannot kill the host's processes.
+
+Known limit: the token defends against programs that end early by accident, not against a
+program that searches its own memory for the token to forge success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import gc
+import importlib
+import json
+import linecache
+import math
+import os
+import random
+import resource
+import secrets
+import select
+import shutil
+import signal
+import sys
+import time
+import traceback
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
+
+if __package__:  # imported as vmpool._agent (tests, type checking)
+    from . import _protocol as proto
+else:  # run as a script inside the sandbox: the sibling file, never an installed vmpool
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _protocol as proto  # type: ignore[no-redef]
+    del sys.path[0]
+
+AGENT_VERSION = "0.1.0"
+TMP_DIR = "/tmp"
+PREIMPORTS = (
+    "abc", "array", "base64", "bisect", "cmath", "collections", "collections.abc", "contextlib",
+    "copy", "dataclasses", "datetime", "decimal", "enum", "fractions", "functools", "hashlib",
+    "heapq", "io", "itertools", "json", "math", "numbers", "operator", "pprint", "queue", "random",
+    "re", "statistics", "string", "struct", "textwrap", "threading", "typing", "unicodedata",
+)
+STATUS_CAP = 64 * 1024  # bytes of the private status pipe kept
+SETUP_FAILED = 125  # child exit code when it could not even start the program
+PF_KTHREAD = 0x00200000  # /proc/<pid>/stat flags: kernel thread (never ours to kill, in a VM)
+Report = Callable[[str, Any], None]
+Body = Callable[[Report], None]
+
+
+class AgentFailure(Exception):
+    """The sandbox itself is broken or dirty (reply kind ``sandbox``): the host must discard it."""
+
+
+# --------------------------------------------------------------------------------- processes
+
+
+def _stat(pid: int) -> Optional[Tuple[str, int, int]]:
+    """(state, ppid, flags) of a process, or None if it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()  # comm may contain spaces and parentheses
+    return fields[0].decode(), int(fields[1]), int(fields[6])
+
+
+def _ancestors(pid: int) -> List[int]:
+    chain: List[int] = []
+    info = _stat(pid)
+    while info is not None and info[1] > 0 and len(chain) < 64:
+        chain.append(info[1])
+        info = _stat(info[1])
+    return chain
+
+
+def exclusive_refusal() -> Optional[str]:
+    """Why --exclusive would be unsafe here, or None."""
+    chain = _ancestors(os.getpid())
+    if len(chain) > 2:
+        return "it has %d ancestor processes, so it does not own its PID namespace" % len(chain)
+    return None
+
+
+def _others() -> List[Tuple[int, str]]:
+    """(pid, state) of every process but this agent, its ancestors and kernel threads."""
+    protected = set(_ancestors(os.getpid()))
+    protected.add(os.getpid())
+    found: List[Tuple[int, str]] = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in protected:
+            info = _stat(int(name))
+            if info is not None and not info[2] & PF_KTHREAD:
+                found.append((int(name), info[0]))
+    return found
+
+
+def _reap_children() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def sweep_processes(timeout: float = 5.0) -> None:
+    """SIGKILL every other process and wait until all are reaped; AgentFailure if some persist.
+
+    Repeats the scan because a fork bomb may fork between scan and kill; waits for zombies too,
+    because an unreaped process still counts against the next program's RLIMIT_NPROC.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.0005
+    while True:
+        others = _others()
+        for pid, state in others:
+            if state not in ("Z", "X"):
+                _signal(pid, signal.SIGKILL)
+        _reap_children()  # orphans are ours when the agent is PID 1 (a VM)
+        if not others:
+            return
+        if time.monotonic() > deadline:
+            raise AgentFailure("processes survived SIGKILL: %s" % sorted(pid for pid, _ in others)[:20])
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
+
+
+def _signal(pid: int, sig: int, group: bool = False) -> None:
+    try:
+        (os.killpg if group else os.kill)(pid, sig)
+    except OSError:
+        pass  # already gone
+
+
+def _task_count() -> int:
+    """Tasks (threads) of our uid now: RLIMIT_NPROC counts them too, so they are added on top."""
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/status" % name) as handle:
+                fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        except OSError:
+            continue
+        if int(fields.get("Uid", "-1 ").split()[0]) == os.getuid():
+            total += int(fields.get("Threads", "1"))
+    return total
+
+
+def _set_dumpable(on: bool) -> None:
+    """Non-dumpable: processes of the same uid cannot open the agent's /proc/<pid>/mem or fds."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, int(on), 0, 0, 0)  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        pass
+
+
+# --------------------------------------------------------------------------------- files
+
+
+def _rmtree(path: str) -> None:
+    """Delete what a program left, even parts it made read-only. Never follows symlinks."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return
+    for top, dirs, _files in os.walk(path):
+        for name in [""] + dirs:
+            target = os.path.join(top, name) if name else top
+            if not os.path.islink(target):
+                try:
+                    os.chmod(target, 0o700)
+                except OSError:
+                    pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Workspace:
+    """A fresh private scratch directory for one program, plus (exclusive mode) a snapshot of
+    /tmp's top level, so that `cleanup` can delete everything the program added there."""
+
+    def __init__(self, root: str, number: int, clean_tmp: bool) -> None:
+        self.root = root
+        self.before: Optional[Set[str]] = set(os.listdir(root)) if clean_tmp else None
+        self.path = os.path.join(root, "run-%d" % number)
+        _rmtree(self.path)
+        os.mkdir(self.path, 0o700)
+
+    def cleanup(self) -> None:
+        _rmtree(self.path)
+        if self.before is not None:
+            for name in set(os.listdir(self.root)) - self.before:
+                _rmtree(os.path.join(self.root, name))
+
+
+# --------------------------------------------------------------------------------- children
+
+
+class Finished(NamedTuple):
+    reason: str  # "exited" | "timeout" | "output_limit"
+    wait_status: int
+    usage: Any  # resource.struct_rusage
+    stdout: str
+    stderr: str
+    truncated: bool
+    duration_s: float
+    report: Optional[Tuple[str, Any]]  # (kind, detail) the child wrote after the token
+
+
+class Capture:
+    """stdout+stderr of one child up to a shared byte cap, and its private status pipe."""
+
+    def __init__(self, out_fd: int, err_fd: int, status_fd: int, cap: int) -> None:
+        self.out_fd, self.err_fd, self.status_fd = out_fd, err_fd, status_fd
+        self.buffers = {out_fd: bytearray(), err_fd: bytearray(), status_fd: bytearray()}
+        self.open = set(self.buffers)
+        self.cap, self.used, self.truncated = cap, 0, False
+
+    def pump(self, fd: int) -> None:
+        """Read what is available on fd (it must be readable); keeps within the caps."""
+        data = os.read(fd, 65536)
+        if not data:
+            self.open.discard(fd)
+            return
+        if fd == self.status_fd:
+            room = STATUS_CAP - len(self.buffers[fd])
+        else:
+            room = self.cap - self.used
+            self.truncated = self.truncated or len(data) > room
+            self.used += min(len(data), max(room, 0))
+        self.buffers[fd] += data[:max(room, 0)]
+
+    def drain(self, timeout: float) -> None:
+        """Read until every pipe is at EOF (all writers dead) or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while self.open:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            for fd in select.select(sorted(self.open), [], [], remaining)[0]:
+                self.pump(fd)
+
+    def report(self, token: str) -> Optional[Tuple[str, Any]]:
+        for line in bytes(self.buffers[self.status_fd]).split(b"\n"):
+            parts = line.decode("utf-8", "replace").split(" ", 2)
+            if len(parts) == 3 and parts[0] == token:
+                try:
+                    return parts[1], json.loads(parts[2])
+                except ValueError:
+                    return None
+        return None
+
+    def text(self, fd: int) -> str:
+        return bytes(self.buffers[fd]).decode("utf-8", "replace")
+
+    def close(self) -> None:
+        for fd in self.buffers:
+            os.close(fd)
+
+
+def _apply_limits(limits: proto.WireLimits, baseline_tasks: int) -> None:
+    cpu = max(1, math.ceil(limits["cpu_time_s"]))
+    mib = 1024 * 1024
+    wanted = (
+        (resource.RLIMIT_CPU, cpu, cpu + 1),  # SIGXCPU at the soft limit, SIGKILL a second later
+        (resource.RLIMIT_AS, limits["memory_mb"] * mib, limits["memory_mb"] * mib),
+        (resource.RLIMIT_NPROC, limits["max_processes"] + baseline_tasks,
+         limits["max_processes"] + baseline_tasks),
+        (resource.RLIMIT_FSIZE, limits["max_file_size_mb"] * mib, limits["max_file_size_mb"] * mib),
+        (resource.RLIMIT_CORE, 0, 0),
+    )
+    for which, soft, hard in wanted:
+        current_hard = resource.getrlimit(which)[1]
+        if current_hard != resource.RLIM_INFINITY:
+            soft, hard = min(soft, current_hard), min(hard, current_hard)
+        resource.setrlimit(which, (soft, hard))
+
+
+def _child_setup(out_w: int, err_w: int, status_w: int, cwd: str,
+                 limits: proto.WireLimits, baseline_tasks: int) -> None:
+    os.setsid()  # own session and process group: killpg reaches everything it spawns
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    os.closerange(3, status_w)  # the protocol channel and all agent fds must not leak
+    os.closerange(status_w + 1, 1 << 20)
+    os.chdir(cwd)
+    _set_dumpable(True)  # the program is an ordinary process; only the agent is shielded
+    _apply_limits(limits, baseline_tasks)
+
+
+def _run_child(body: Body, token: str, cwd: str, limits: proto.WireLimits,
+               exclusive: bool) -> Finished:
+    """Fork a child that runs `body` under `limits`; supervise, kill leftovers, collect."""
+    try:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        status_r, status_w = os.pipe()  # non-inheritable: closed if the child execs
+        baseline = _task_count()
+    except OSError as exc:
+        raise AgentFailure("cannot prepare a child: %s" % exc) from exc
+
+    def report(kind: str, detail: Any) -> None:
+        try:
+            os.write(status_w, ("%s %s %s\n" % (token, kind, json.dumps(detail))).encode())
+        except (OSError, ValueError, TypeError):
+            pass
+
+    started = time.monotonic()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for fd in (out_r, out_w, err_r, err_w, status_r, status_w):
+            os.close(fd)
+        raise AgentFailure("cannot fork: %s" % exc) from exc
+    if pid == 0:  # child: never returns
+        try:
+            _child_setup(out_w, err_w, status_w, cwd, limits, baseline)
+            body(report)
+        except BaseException as exc:
+            report("setup", "%s: %s" % (type(exc).__name__, exc))
+        os._exit(SETUP_FAILED)
+    for fd in (out_w, err_w, status_w):
+        os.close(fd)
+    capture = Capture(out_r, err_r, status_r, limits["max_output_bytes"])
+    try:
+        return _supervise_and_collect(pid, capture, token, limits, exclusive, started)
+    finally:
+        capture.close()
+
+
+def _supervise_and_collect(pid: int, capture: Capture, token: str, limits: proto.WireLimits,
+                           exclusive: bool, started: float) -> Finished:
+    reason = _supervise(pid, capture, started + limits["wall_time_s"])
+    duration = time.monotonic() - started
+    _signal(pid, signal.SIGKILL, group=True)  # background helpers of the program, if any
+    _signal(pid, signal.SIGKILL)  # in case it was killed before its setsid()
+    _, wait_status, usage = os.wait4(pid, 0)
+    if exclusive:
+        sweep_processes()  # also closes every pipe writer, so the drain below hits EOF
+    capture.drain(2.0 if exclusive else 0.2)
+    report = capture.report(token)
+    if report is not None and report[0] == "setup":
+        raise AgentFailure("the child could not start the program: %s" % (report[1],))
+    return Finished(reason, wait_status, usage, capture.text(capture.out_fd),
+                    capture.text(capture.err_fd), capture.truncated, duration, report)
+
+
+def _supervise(pid: int, capture: Capture, deadline: float) -> str:
+    """Pump output until the child exits ("exited"), time runs out ("timeout") or the output
+    cap is exceeded ("output_limit"). The exit is watched with a pidfd, not pipe EOF, because
+    a daemonized grandchild may keep the pipes open."""
+    pidfd = _pidfd_open(pid)
+    poller = select.poll()
+    for fd in capture.open:
+        poller.register(fd, select.POLLIN)
+    if pidfd >= 0:
+        poller.register(pidfd, select.POLLIN)
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "timeout"
+            wait = remaining if pidfd >= 0 else min(remaining, 0.005)
+            for fd, _event in poller.poll(max(1, math.ceil(wait * 1000))):
+                if fd == pidfd:
+                    return "exited"
+                capture.pump(fd)
+                if fd not in capture.open:
+                    poller.unregister(fd)
+                if capture.truncated:
+                    return "output_limit"
+            if pidfd < 0 and _has_exited(pid):
+                return "exited"
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
+def _pidfd_open(pid: int) -> int:
+    opener = getattr(os, "pidfd_open", None)  # Python >= 3.9 on Linux >= 5.3
+    if opener is None:
+        return -1
+    try:
+        return int(opener(pid))
+    except OSError:
+        return -1
+
+
+def _has_exited(pid: int) -> bool:
+    """Polling fallback without pidfd; WNOWAIT leaves the child for wait4 to collect."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+# --------------------------------------------------------------------------------- programs
+
+_KEEP_ALIVE: List[Any] = []  # the agent's own std streams, kept so GC never closes fds 0-2
+
+
+def _std_streams() -> List[Any]:
+    """Fresh sys.std* objects on fds 0-2 (which now point at /dev/null and the pipes)."""
+    _KEEP_ALIVE.append((sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__))
+    streams = (
+        open(0, "r", encoding="utf-8", closefd=False),
+        open(1, "w", encoding="utf-8", closefd=False),
+        open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1),
+    )
+    for name, stream in zip(("stdin", "stdout", "stderr"), streams):
+        setattr(sys, name, stream)
+        setattr(sys, "__%s__" % name, stream)
+    return list(streams[1:])
+
+
+def _flush(streams: List[Any]) -> None:
+    for stream in streams + [sys.stdout, sys.stderr]:
+        try:
+            stream.flush()
+        except BaseException:
+            pass  # e.g. the agent stopped reading after an output flood
+
+
+def _one_line(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except BaseException:
+        text = ""
+    line = " ".join(("%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__).splitlines())
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _exit_status(exc: SystemExit) -> int:
+    """The exit status CPython would give for this SystemExit (printing a non-int code)."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    try:
+        print(exc.code, file=sys.stderr)
+    except BaseException:
+        pass
+    return 1
+
+
+def _print_traceback(exc: BaseException) -> None:
+    try:
+        tb = exc.__traceback__.tb_next if exc.__traceback__ else None  # hide the wrapper frame
+        traceback.print_exception(type(exc), exc, tb)
+    except BaseException:
+        pass
+
+
+def _program_main(code: str, report: Report) -> None:
+    """Child side of run_program: run `code` as __main__, report how it ended, exit."""
+    random.seed()  # from os.urandom: never the agent's (or a sibling's) random state
+    streams = _std_streams()
+    sys.argv = ["<program>"]
+    linecache.cache["<program>"] = (len(code), None, code.splitlines(True), "<program>")
+    namespace: Dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "__doc__": None}
+    try:
+        exec(compile(code, "<program>", "exec"), namespace)
+    except SystemExit as exc:
+        status = _exit_status(exc)
+        _flush(streams)
+        report("exited", status)
+        os._exit(status)
+    except MemoryError as exc:
+        namespace.clear()  # free what we can so that reporting works
+        _print_traceback(exc)
+        _flush(streams)
+        report("oom", _one_line(exc))
+        os._exit(1)
+    except BaseException as exc:
+        _print_traceback(exc)
+        _flush(streams)
+        report("error", _one_line(exc))
+        os._exit(1)
+    _flush(streams)
+    report("ok", None)
+    os._exit(0)
+
+
+def _command_main(command: str, report: Report) -> None:
+    """Child side of run_command: exec /bin/sh -c with the default signal dispositions."""
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # CPython ignores these; a shell must not
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        os.execv("/bin/sh", ["/bin/sh", "-c", command])
+    except OSError as exc:
+        report("setup", "cannot run /bin/sh: %s" % exc)
+        os._exit(SETUP_FAILED)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "signal %d" % number
+
+
+def program_result(run: Finished, limits: proto.WireLimits) -> Dict[str, Any]:
+    """Map a finished run to ExecResult fields (see vmpool._types.ExecStatus)."""
+    exit_code = os.WEXITSTATUS(run.wait_status) if os.WIFEXITED(run.wait_status) else None
+    signum = os.WTERMSIG(run.wait_status) if os.WIFSIGNALED(run.wait_status) else None
+    cpu = run.usage.ru_utime + run.usage.ru_stime
+    status, error = _classify(run, exit_code, signum, cpu, limits)
+    return {
+        "status": status, "exit_code": exit_code, "signal": signum, "error": error,
+        "stdout": run.stdout, "stderr": run.stderr, "output_truncated": run.truncated,
+        "duration_s": round(run.duration_s, 6), "cpu_time_s": round(cpu, 6),
+        "max_rss_mb": round(run.usage.ru_maxrss / 1024.0, 3),
+    }
+
+
+def _classify(run: Finished, exit_code: Optional[int], signum: Optional[int], cpu: float,
+              limits: proto.WireLimits) -> Tuple[str, Optional[str]]:
+    cpu_limit = max(1, math.ceil(limits["cpu_time_s"]))
+    if run.reason == "timeout":
+        return "timeout", "wall-time limit of %gs exceeded" % limits["wall_time_s"]
+    if run.reason == "output_limit":
+        return "output_limit", "output exceeded %d bytes" % limits["max_output_bytes"]
+    kind, detail = run.report or ("", None)
+    if kind == "ok" and exit_code == 0:
+        return "ok", None
+    if kind == "error" or kind == "oom":
+        return kind, str(detail)
+    if kind == "exited":
+        return "exited", "SystemExit with status %s before the end of the program" % detail
+    if signum == signal.SIGXCPU or (signum == signal.SIGKILL and cpu >= cpu_limit - 0.05):
+        return "timeout", "cpu-time limit of %ds exceeded" % cpu_limit
+    if signum is not None:
+        return "exited", "killed by %s" % _signal_name(signum)
+    return "exited", "process exited with code %s before the end of the program" % exit_code
+
+
+def run_program(code: str, limits: proto.WireLimits, cwd: str, exclusive: bool) -> Dict[str, Any]:
+    token = secrets.token_hex(16)
+    run = _run_child(lambda report: _program_main(code, report), token, cwd, limits, exclusive)
+    return program_result(run, limits)
+
+
+def run_command(command: str, cwd: str, limits: proto.WireLimits, exclusive: bool) -> Dict[str, Any]:
+    token = secrets.token_hex(16)
+    run = _run_child(lambda report: _command_main(command, report), token, cwd, limits, exclusive)
+    if os.WIFEXITED(run.wait_status):
+        exit_code = os.WEXITSTATUS(run.wait_status)
+    else:
+        exit_code = -os.WTERMSIG(run.wait_status)  # subprocess convention
+    return {"exit_code": exit_code, "stdout": run.stdout, "stderr": run.stderr,
+            "timed_out": run.reason == "timeout", "output_truncated": run.truncated,
+            "duration_s": round(run.duration_s, 6)}
+
+
+def warm_up() -> None:
+    """Pre-import what programs commonly use, so every forked child starts warm."""
+    for name in PREIMPORTS:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    _set_dumpable(False)
+    gc.freeze()  # keep the warm heap out of the children's GC passes: fewer copy-on-write faults
+
+
+# --------------------------------------------------------------------------------- serving
+
+
+class Channel:
+    """The byte stream to the host. For stdio, the original fds 0/1 are moved aside and fds 0/1
+    pointed at /dev/null and stderr, so a stray print can never corrupt the protocol."""
+
+    def __init__(self, spec: str) -> None:
+        if spec == "stdio":
+            self.rfd, self.wfd = os.dup(0), os.dup(1)  # dup() fds are close-on-exec
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.close(devnull)
+            os.dup2(2, 1)
+        else:
+            self.rfd = self.wfd = os.open(spec, os.O_RDWR | os.O_CLOEXEC)
+
+    def read(self) -> bytes:
+        return os.read(self.rfd, 1 << 20)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.wfd, view):]
+
+
+class Agent:
+    """Serves requests from one channel until EOF or ``shutdown``."""
+
+    def __init__(self, channel: Channel, exclusive: bool) -> None:
+        self.channel = channel
+        self.exclusive = exclusive
+        self.stopping = False
+        self.runs = 0
+        self.handlers: Dict[str, Callable[[Dict[str, Any]], Dict[str, Any]]] = {
+            "ping": lambda message: {},
+            "run_program": self.run_program,
+            "run_command": self.run_command,
+            "write_file": self.write_file,
+            "read_file": self.read_file,
+            "shutdown": self.shutdown,
+        }
+
+    def serve(self, hello: proto.Hello) -> None:
+        lines = proto.LineBuffer()
+        self.send(dict(hello))
+        while not self.stopping:
+            data = self.channel.read()
+            if not data:
+                return  # the host is gone
+            lines.feed(data)
+            while not self.stopping:
+                try:
+                    line = lines.next_line()
+                except proto.MessageError as exc:
+                    self.send(proto.error_reply(None, "bad_request", str(exc)))
+                    continue
+                if line is None:
+                    break
+                self.send(self.handle(line))
+
+    def send(self, message: Dict[str, Any]) -> None:
+        self.channel.write(proto.encode(message))
+
+    def handle(self, line: bytes) -> Dict[str, Any]:
+        """One request line in, one reply out; never raises."""
+        request_id: Optional[int] = None
+        try:
+            message = proto.decode(line)
+            raw_id = message.get("id")
+            if isinstance(raw_id, int) and not isinstance(raw_id, bool) and raw_id > 0:
+                request_id = raw_id
+            else:
+                raise proto.MessageError("a request needs a positive integer 'id'")
+            op = message.get("op")
+            handler = self.handlers.get(op) if isinstance(op, str) else None
+            if handler is None:
+                raise proto.MessageError("unknown op %.50r; this agent knows %s" % (op, ", ".join(self.handlers)))
+            return proto.ok_reply(request_id, handler(message))
+        except proto.MessageError as exc:
+            return proto.error_reply(request_id, "bad_request", str(exc))
+        except OSError as exc:
+            extra: Dict[str, Any] = {"errno": exc.errno or 0}
+            if isinstance(exc.filename, str):
+                extra["filename"] = exc.filename
+            return proto.error_reply(request_id, "os_error", exc.strerror or str(exc), **extra)
+        except AgentFailure as exc:
+            return proto.error_reply(request_id, "sandbox", str(exc))
+        except Exception as exc:
+            traceback.print_exc()  # to the agent's stderr, which the host keeps for diagnostics
+            return proto.error_reply(request_id, "internal", "%s: %s" % (type(exc).__name__, exc))
+
+    def run_program(self, message: Dict[str, Any]) -> Dict[str, Any]:
+        code = proto.field(message, "code", str)
+        limits = proto.check_limits(message.get("limits"))
+        self.runs += 1
+        try:
+            workspace = Workspace(TMP_DIR, self.runs, clean_tmp=self.exclusive)
+        except OSError as exc:
+            raise AgentFailure("cannot create a scratch directory: %s" % exc) from exc
+        try:
+            return run_program(code, limits, workspace.path, self.exclusive)
+        finally:
+            workspace.cleanup()
+
+    def run_command(self, message: Dict[str, Any]) -> Dict[str, Any]:
+        command = proto.field(message, "command", str)
+        cwd = _resolve(proto.field(message, "cwd", str))
+        limits = proto.check_limits(message.get("limits"))
+        if not os.path.isdir(cwd):
+            raise OSError(2, "no such directory", cwd)
+        return run_command(command, cwd, limits, self.exclusive)
+
+    def write_file(self, message: Dict[str, Any]) -> Dict[str, Any]:
+        path = _resolve(proto.field(message, "path", str))
+        data = proto.b64decode(proto.field(message, "data_b64", str))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return {"size": len(data)}
+
+    def read_file(self, message: Dict[str, Any]) -> Dict[str, Any]:
+        limit = proto.MAX_LINE_BYTES // 4 * 3 - 4096  # what still fits in one line as base64
+        with open(_resolve(proto.field(message, "path", str)), "rb") as handle:
+            data = handle.read(limit + 1)
+        if len(data) > limit:
+            raise proto.MessageError("file is larger than %d bytes, the most one reply carries" % limit)
+        return {"data_b64": proto.b64encode(data)}
+
+    def shutdown(self, message: Dict[str, Any]) -> Dict[str, Any]:
+        self.stopping = True
+        return {}
+
+
+def _resolve(path: str) -> str:
+    """Relative paths are relative to /tmp, the one writable place of a sandbox."""
+    if not path or "\0" in path:
+        raise proto.MessageError("invalid path %.100r" % path)
+    return os.path.normpath(os.path.join(TMP_DIR, path))
+
+
+def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="vmpool-agent", description="vmpool guest agent")
+    parser.add_argument("--channel", default="stdio", help="'stdio' or a device path (virtio-serial)")
+    parser.add_argument("--exclusive", action="store_true",
+                        help="the agent owns its PID namespace/VM: kill all leftovers after each run")
+    parser.add_argument("--fake-protocol", type=int, default=None,
+                        help="announce this protocol version in the hello (tests of version checks)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parse_args(argv)
+    if args.exclusive:
+        refusal = exclusive_refusal()
+        if refusal:
+            print("vmpool-agent: refusing --exclusive: %s" % refusal, file=sys.stderr)
+            return 2
+    channel = Channel(args.channel)
+    warm_up()
+    protocol = proto.PROTOCOL_VERSION if args.fake_protocol is None else args.fake_protocol
+    python = "%d.%d.%d" % sys.version_info[:3]
+    Agent(channel, args.exclusive).serve(proto.hello(AGENT_VERSION, python, os.getpid(), protocol))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

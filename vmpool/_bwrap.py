@@ -1,0 +1,230 @@
+"""The bubblewrap driver: every sandbox is a ``bwrap`` process tree on this host.
+
+Isolation: new user, PID, network (loopback only), IPC, UTS, cgroup and mount namespaces; no
+capabilities; nested user namespaces disabled; a read-only view of /usr (plus the Debian
+/lib, /bin, ... symlinks), a fresh /dev and /proc, a size-limited tmpfs /tmp as the only
+writable place, a synthetic /etc with just passwd/group/hosts, the agent's two files read-only
+at /opt/vmpool, uid/gid 65534 inside, a cleared environment and a seccomp deny-list.
+
+bwrap itself runs as uid/gid 65534 when the host process is root. Measured reason: a sandbox
+started by root is mapped to host uid 0, for which the kernel does not enforce RLIMIT_NPROC, so
+a fork bomb would not be contained; started as an unprivileged uid, the limit holds per sandbox.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from . import _seccomp
+from ._driver import Driver, SandboxProcess, StartOptions
+from ._errors import DriverUnavailableError
+from ._process import PopenSandboxProcess, spawn
+
+__all__ = ["BwrapDriver"]
+
+DEFAULT_PYTHON = "/usr/bin/python3"
+SANDBOX_UID = 65534  # "nobody"
+AGENT_DIR = "/opt/vmpool"
+INSTALL_BWRAP = "install it with: apt-get install bubblewrap"
+_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp",
+    "LANG": "C.UTF-8", "USER": "nobody", "LOGNAME": "nobody",
+}
+_ETC = {
+    "/etc/passwd": "nobody:x:65534:65534:nobody:/tmp:/usr/sbin/nologin\n",
+    "/etc/group": "nogroup:x:65534:\n",
+    "/etc/hosts": "127.0.0.1 localhost\n::1 localhost\n",
+}
+
+
+@functools.cache
+def _bwrap_path() -> str | None:
+    return shutil.which("bwrap") or (os.path.exists("/usr/bin/bwrap") and "/usr/bin/bwrap" or None)
+
+
+@functools.cache
+def _bwrap_version(path: str) -> tuple[int, ...]:
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(part) for part in match.groups()) if match else (0, 0, 0)
+
+
+def _run_as() -> int | None:
+    """The uid to start bwrap as: 65534 when we are root (see module docstring), else ours."""
+    return SANDBOX_UID if os.geteuid() == 0 else None
+
+
+def _check_python(python: str) -> str:
+    if not os.path.exists(python):
+        raise DriverUnavailableError(
+            "python interpreter %s not found; install it with: apt-get install python3 "
+            "(or pass python= an interpreter under /usr)" % python)
+    real = os.path.realpath(python)
+    if not real.startswith("/usr/"):
+        raise DriverUnavailableError(
+            "python interpreter %s resolves to %s, outside /usr, the only host tree the sandbox "
+            "sees; pass python= an interpreter installed under /usr" % (python, real))
+    return python
+
+
+@functools.cache
+def _agent_sources() -> tuple[bytes, bytes]:
+    here = Path(__file__).resolve().parent
+    return (here / "_agent.py").read_bytes(), (here / "_protocol.py").read_bytes()
+
+
+def _memfd(name: str, data: bytes) -> int:
+    """An anonymous file holding `data`, readable by bwrap whatever its uid; no temp files."""
+    fd = os.memfd_create(name)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+class _Argv:
+    """Accumulates a bwrap command line and the fds it refers to."""
+
+    def __init__(self, bwrap: str) -> None:
+        self.args = [bwrap]
+        self.fds: list[int] = []
+
+    def add(self, *args: str) -> None:
+        self.args.extend(args)
+
+    def data(self, option: str, name: str, payload: bytes, dest: str | None = None) -> None:
+        fd = _memfd(name, payload)
+        self.fds.append(fd)
+        self.add(option, str(fd), *([dest] if dest else []))
+
+
+def _build_argv(bwrap: str, python: str, options: StartOptions) -> _Argv:
+    argv = _Argv(bwrap)
+    argv.add("--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
+             "--cap-drop", "ALL", "--hostname", "vmpool")
+    if _bwrap_version(bwrap) >= (0, 8, 0):
+        argv.add("--disable-userns")  # no nested user namespaces (seccomp blocks them too)
+    argv.add(*_runtime_binds())
+    argv.add("--dev", "/dev", "--proc", "/proc")
+    argv.add("--size", str(options.tmp_size_mb * 1024 * 1024), "--tmpfs", "/tmp")
+    agent, protocol = _agent_sources()
+    argv.data("--ro-bind-data", "vmpool-agent", agent, AGENT_DIR + "/_agent.py")
+    argv.data("--ro-bind-data", "vmpool-protocol", protocol, AGENT_DIR + "/_protocol.py")
+    for path, content in _ETC.items():
+        argv.data("--ro-bind-data", "vmpool-etc", content.encode(), path)
+    argv.add("--remount-ro", "/", "--remount-ro", "/dev")  # /tmp stays the only writable place
+    argv.add("--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--chdir", "/tmp", "--clearenv")
+    for key, value in _ENV.items():
+        argv.add("--setenv", key, value)
+    seccomp = _seccomp.build_filter()
+    if seccomp is not None:
+        argv.data("--seccomp", "vmpool-seccomp", seccomp)
+    argv.add("--", python, "-I", "-B", AGENT_DIR + "/_agent.py", "--exclusive", *options.agent_args)
+    return argv
+
+
+def _runtime_binds() -> list[str]:
+    """Read-only /usr plus the top-level runtime directories, as on the host."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for name in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(name):  # merged-/usr layout (Debian 12): recreate the symlink
+            args += ["--symlink", os.readlink(name), name]
+        elif os.path.isdir(name):
+            args += ["--ro-bind", name, name]
+    return args
+
+
+def _children(pid: int) -> list[int]:
+    """Host pids whose parent is `pid` (no /proc/<pid>/task/*/children on every kernel)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                data = Path("/proc/%s/stat" % entry).read_bytes()
+            except OSError:
+                continue
+            if int(data[data.rindex(b")") + 2:].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+class BwrapProcess(PopenSandboxProcess):
+    """A bwrap sandbox: outer bwrap (host) -> bwrap init (PID 1 inside) -> the agent."""
+
+    def _inner_init(self) -> int | None:
+        children = _children(self.pid)
+        return children[0] if children else None
+
+    def agent_host_pid(self) -> int | None:
+        init = self._inner_init()
+        agents = _children(init) if init is not None else []
+        return agents[0] if agents else None
+
+    def _teardown(self) -> None:
+        # SIGKILL to the namespace's init makes the kernel kill everything in the PID namespace
+        # before init's exit completes; bwrap then exits, so reaping it means nothing is left.
+        init = self._inner_init()
+        if init is not None:
+            try:
+                os.kill(init, signal.SIGKILL)
+            except OSError:
+                pass
+            if self.wait_exit(5.0):
+                return
+        super()._teardown()
+
+
+class BwrapDriver(Driver):
+    """Sandboxes made of Linux namespaces with bubblewrap. See the module docstring."""
+
+    name = "bwrap"
+
+    def available(self) -> str | None:
+        bwrap = _bwrap_path()
+        if bwrap is None:
+            return "bubblewrap (bwrap) is not installed; " + INSTALL_BWRAP
+        if not os.path.exists(DEFAULT_PYTHON):
+            return "%s not found; install it with: apt-get install python3" % DEFAULT_PYTHON
+        return _probe(bwrap)
+
+    def isolation(self) -> str:
+        bwrap = _bwrap_path()
+        tool = "bubblewrap %s" % ".".join(map(str, _bwrap_version(bwrap))) if bwrap else "bubblewrap missing"
+        if _seccomp.supported():
+            return "namespaces+seccomp (%s)" % tool
+        return "namespaces, no seccomp filter on %s (%s)" % (platform.machine(), tool)
+
+    def start(self, options: StartOptions) -> SandboxProcess:
+        bwrap = _bwrap_path()
+        if bwrap is None:
+            raise DriverUnavailableError("bubblewrap (bwrap) is not installed; " + INSTALL_BWRAP)
+        python = _check_python(options.python or DEFAULT_PYTHON)
+        argv = _build_argv(bwrap, python, options)
+        try:
+            popen, stderr_file = spawn(argv.args, pass_fds=argv.fds, user=_run_as())
+        finally:
+            for fd in argv.fds:
+                os.close(fd)
+        return BwrapProcess(popen, stderr_file)
+
+
+@functools.cache
+def _probe(bwrap: str) -> str | None:
+    """Start one trivial sandbox to learn whether user namespaces work here (once per process)."""
+    argv = [bwrap, "--unshare-all", "--unshare-user", *_runtime_binds(), "--", "/usr/bin/true"]
+    ids = {} if _run_as() is None else {"user": SANDBOX_UID, "group": SANDBOX_UID, "extra_groups": []}
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/", **ids)  # type: ignore[call-overload]
+    except (OSError, subprocess.SubprocessError) as exc:
+        return "bubblewrap cannot run: %s" % exc
+    if done.returncode != 0:
+        return ("bubblewrap cannot create namespaces here (%s); unprivileged user namespaces must "
+                "be enabled (sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces)"
+                % done.stderr.strip()[:200])
+    return None

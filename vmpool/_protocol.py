@@ -1,0 +1,224 @@
+"""The host <-> agent wire protocol of vmpool, shared by the host library and the guest agent.
+
+Stdlib only and self-contained: this file is bind-mounted (or baked) next to ``_agent.py`` into
+every sandbox, where no other part of vmpool exists.
+
+Wire format (PROTOCOL_VERSION 1)
+--------------------------------
+Transport: any reliable byte stream (pipes to a bubblewrap sandbox, a virtio-serial port).
+Framing: one JSON object per line, UTF-8, terminated by ``\\n``; a line is at most
+MAX_LINE_BYTES. Binary payloads are base64 strings (fields ending in ``_b64``).
+
+1. When the agent is ready it sends, unprompted, exactly one hello::
+
+     {"id": 0, "op": "hello", "protocol": 1, "agent_version": "0.1.0",
+      "python": "3.11.2", "pid": 2}
+
+   The host refuses any other ``protocol`` (ProtocolError naming both versions).
+2. The host then sends requests, one at a time, ``id`` a positive int unique per sandbox::
+
+     {"id": 7, "op": "<op>", ...op fields}
+
+3. The agent answers every request exactly once, echoing ``id``::
+
+     {"id": 7, "ok": true, "result": {...}}
+     {"id": 7, "ok": false, "error": {"kind": "<kind>", "message": "...", "errno": 2,
+                                      "filename": "/tmp/x"}}     # errno/filename: os_error only
+
+   A line that is not a valid request is answered with ``"id": null`` (or its id, if readable)
+   and kind ``bad_request``; the agent never dies of a malformed request.
+
+Ops (request fields -> result fields):
+
+- ``ping``: {} -> {}
+- ``run_program``: {code: str, limits: WireLimits} -> ExecResult fields (see vmpool._types)
+- ``run_command``: {command: str, cwd: str, limits: WireLimits}
+  -> {exit_code, stdout, stderr, timed_out, output_truncated, duration_s}
+- ``write_file``: {path: str, data_b64: str} -> {size: int}   (parents are created)
+- ``read_file``: {path: str} -> {data_b64: str}
+- ``shutdown``: {} -> {}, then the agent exits.
+
+Error kinds: ``bad_request`` (malformed or unknown op), ``os_error`` (file operation failed),
+``sandbox`` (the sandbox is no longer trustworthy, e.g. leftover processes could not be killed),
+``internal`` (agent bug).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, Dict, Optional, TypedDict
+
+PROTOCOL_VERSION = 1
+MAX_LINE_BYTES = 64 * 1024 * 1024
+HELLO_ID = 0
+OPS = ("ping", "run_program", "run_command", "write_file", "read_file", "shutdown")
+ERROR_KINDS = ("bad_request", "os_error", "sandbox", "internal")
+
+
+class MessageError(ValueError):
+    """A line that is not a well-formed protocol message (bad JSON, wrong shape, too long)."""
+
+
+class WireLimits(TypedDict):
+    """`vmpool.Limits` as sent on the wire; every field is present, cpu_time_s already resolved."""
+
+    wall_time_s: float
+    cpu_time_s: float
+    memory_mb: int
+    max_processes: int
+    max_file_size_mb: int
+    max_output_bytes: int
+
+
+class Hello(TypedDict):
+    id: int
+    op: str
+    protocol: int
+    agent_version: str
+    python: str
+    pid: int
+
+
+class ErrorInfo(TypedDict, total=False):
+    kind: str
+    message: str
+    errno: int
+    filename: str
+
+
+LIMIT_FIELDS: Dict[str, type] = {
+    "wall_time_s": float, "cpu_time_s": float, "memory_mb": int,
+    "max_processes": int, "max_file_size_mb": int, "max_output_bytes": int,
+}
+
+
+def encode(message: Dict[str, Any]) -> bytes:
+    """Serialise one message to one wire line (with its newline)."""
+    line = json.dumps(message, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    if len(line) >= MAX_LINE_BYTES:
+        raise MessageError("message of %d bytes exceeds the %d-byte line limit" % (len(line), MAX_LINE_BYTES))
+    return line + b"\n"
+
+
+def decode(line: bytes) -> Dict[str, Any]:
+    """Parse one wire line (newline optional) into a JSON object; MessageError if it is not one."""
+    try:
+        message = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MessageError("not a JSON line: %s" % exc) from None
+    if not isinstance(message, dict):
+        raise MessageError("expected a JSON object, got %s" % type(message).__name__)
+    return message
+
+
+def request(request_id: int, op: str, **fields: Any) -> Dict[str, Any]:
+    """Build a request message."""
+    return dict(fields, id=request_id, op=op)
+
+
+def ok_reply(request_id: Optional[int], result: Dict[str, Any]) -> Dict[str, Any]:
+    return {"id": request_id, "ok": True, "result": result}
+
+
+def error_reply(request_id: Optional[int], kind: str, message: str, **extra: Any) -> Dict[str, Any]:
+    error: Dict[str, Any] = dict(extra, kind=kind, message=message)
+    return {"id": request_id, "ok": False, "error": error}
+
+
+def hello(agent_version: str, python: str, pid: int, protocol: int = PROTOCOL_VERSION) -> Hello:
+    return {"id": HELLO_ID, "op": "hello", "protocol": protocol,
+            "agent_version": agent_version, "python": python, "pid": pid}
+
+
+def check_hello(message: Dict[str, Any]) -> Hello:
+    """Validate the shape of a hello (not its version: the host decides what to do about that)."""
+    if message.get("op") != "hello":
+        raise MessageError("expected a hello from the agent, got %.200r" % (message,))
+    for key, kind in (("protocol", int), ("agent_version", str), ("python", str), ("pid", int)):
+        if not isinstance(message.get(key), kind):
+            raise MessageError("hello field %r missing or not %s" % (key, kind.__name__))
+    return {"id": HELLO_ID, "op": "hello", "protocol": message["protocol"],
+            "agent_version": message["agent_version"], "python": message["python"],
+            "pid": message["pid"]}
+
+
+def check_limits(value: Any) -> WireLimits:
+    """Validate wire limits: every field present, numeric, positive. MessageError otherwise."""
+    if not isinstance(value, dict):
+        raise MessageError("limits must be an object")
+    out: Dict[str, Any] = {}
+    for key, kind in LIMIT_FIELDS.items():
+        item = value.get(key)
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or item <= 0:
+            raise MessageError("limits.%s must be a positive number, got %r" % (key, item))
+        out[key] = kind(item)
+    return out  # type: ignore[return-value]
+
+
+def field(message: Dict[str, Any], key: str, kind: type) -> Any:
+    """message[key], which must be of type `kind`; MessageError naming the field otherwise."""
+    value = message.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise MessageError("field %r must be %s" % (key, kind.__name__))
+    return value
+
+
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise MessageError("invalid base64: %s" % exc) from None
+
+
+class LineBuffer:
+    """Splits a byte stream into lines of at most `max_line` bytes.
+
+    `feed` bytes as they arrive, then call `next_line` until it returns None. A line longer than
+    the limit raises MessageError once and is skipped up to its newline, so a reader can reply
+    and go on with the next line.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+        self._buf = bytearray()
+        self._scanned = 0  # bytes of _buf known to hold no newline: avoids quadratic rescans
+        self._max = max_line
+        self._skipping = False
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def next_line(self) -> Optional[bytes]:
+        """The next complete line (without its newline), or None if none is complete yet."""
+        while True:
+            end = self._buf.find(b"\n", self._scanned)
+            if end < 0:
+                self._scanned = len(self._buf)
+                if self._skipping or self._scanned > self._max:
+                    self._drop(len(self._buf))
+                    if not self._skipping:
+                        self._skipping = True
+                        raise MessageError("line exceeds %d bytes" % self._max)
+                return None
+            line = bytes(self._buf[:end])
+            self._drop(end + 1)
+            if self._skipping:
+                self._skipping = False  # the tail of an over-long line: already reported
+                continue
+            if len(line) > self._max:
+                raise MessageError("line exceeds %d bytes" % self._max)
+            return line
+
+    def _drop(self, count: int) -> None:
+        del self._buf[:count]
+        self._scanned = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes buffered that do not form a complete line yet."""
+        return len(self._buf)

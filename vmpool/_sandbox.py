@@ -1,0 +1,193 @@
+"""`Sandbox`: one running sandbox with its agent, whatever the driver.
+
+Lifecycle: `Sandbox.create` starts it and waits for the agent's hello; `kill` (also on leaving a
+``with`` block, on garbage collection and at interpreter exit) tears it down. Any machinery
+failure kills the sandbox and raises `SandboxError`, so a broken sandbox is never reused.
+"""
+
+from __future__ import annotations
+
+import uuid
+import weakref
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Literal, overload
+
+from ._client import AgentClient
+from ._driver import Driver, SandboxProcess, StartOptions, get_driver, resolve_driver
+from ._errors import DriverUnavailableError, SandboxError
+from ._protocol import MessageError, b64decode, b64encode
+from ._types import CommandResult, ExecResult, Limits
+
+__all__ = ["Commands", "Files", "Sandbox"]
+
+REPLY_GRACE_S = 30.0  # beyond a program's wall limit: process sweep, cleanup, a busy host
+OP_TIMEOUT_S = 60.0
+COMMAND_LIMITS = Limits(memory_mb=4096, max_processes=256, max_file_size_mb=1024,
+                        max_output_bytes=10_000_000)
+
+
+def wire_limits(limits: Limits) -> dict[str, Any]:
+    """Limits as sent to the agent: every field set, cpu_time_s defaulting to wall_time_s."""
+    fields = limits.model_dump()
+    if fields["cpu_time_s"] is None:
+        fields["cpu_time_s"] = fields["wall_time_s"]
+    return fields
+
+
+class Sandbox:
+    """A running sandbox. Create with `Sandbox.create`; use as a context manager.
+
+    Thread-safe in the sense that concurrent calls are serialised (the agent does one thing at a
+    time); use a `SandboxPool` for parallelism.
+    """
+
+    def __init__(self, driver_name: str, isolation: str, process: SandboxProcess,
+                 start_timeout: float) -> None:
+        """Internal: adopt a started `process` and wait for its hello. Use `create`."""
+        self.sandbox_id = "%s-%s" % (driver_name, uuid.uuid4().hex[:12])
+        self._driver = driver_name
+        self._isolation = isolation
+        self._process = process
+        self._finalizer = weakref.finalize(self, process.kill)  # GC and interpreter exit
+        self._client = AgentClient(process, "sandbox %s" % self.sandbox_id)
+        try:
+            hello = self._client.handshake(start_timeout)
+        except BaseException:
+            self.kill()
+            raise
+        self.agent_version = hello["agent_version"]
+        self.python_version = hello["python"]
+        self.commands = Commands(self)
+        self.files = Files(self)
+
+    @classmethod
+    def create(cls, driver: str | Driver = "auto", *, python: str | None = None,
+               tmp_size_mb: int = 256, start_timeout: float = 30.0,
+               agent_args: Sequence[str] = ()) -> Sandbox:
+        """Start a sandbox and wait until its agent said hello.
+
+        driver: "auto" (strongest usable isolation), a registered driver name, or a `Driver`.
+        python: interpreter inside the sandbox (driver default: /usr/bin/python3 for bwrap).
+        tmp_size_mb: size of the writable /tmp. agent_args: extra agent flags (tests).
+        Raises DriverUnavailableError if the driver cannot run here, SandboxError/ProtocolError
+        if the sandbox does not come up properly (nothing is left running then).
+        """
+        if isinstance(driver, Driver):
+            instance, name = driver, driver.name
+            reason = instance.available()
+            if reason is not None:
+                raise DriverUnavailableError("sandbox driver %r is not usable here: %s" % (name, reason))
+        else:
+            name = resolve_driver(driver)
+            instance = get_driver(name)
+        options = StartOptions(python=python, tmp_size_mb=tmp_size_mb, agent_args=tuple(agent_args))
+        return cls(name, instance.isolation(), instance.start(options), start_timeout)
+
+    @property
+    def driver(self) -> str:
+        """The resolved driver name, e.g. "bwrap"."""
+        return self._driver
+
+    @property
+    def isolation(self) -> str:
+        """Human-readable isolation level, e.g. "namespaces+seccomp (bubblewrap 0.8.0)"."""
+        return self._isolation
+
+    def run_program(self, code: str, limits: Limits | None = None) -> ExecResult:
+        """Run Python `code` as __main__ in a fresh forked child under `limits`.
+
+        Every outcome of the program is a result (see `ExecStatus`); SandboxError means the
+        machinery failed and the sandbox is gone. Programs are isolated from each other: each runs
+        in a fresh private cwd, its leftover processes are killed and what it created at the top
+        level of /tmp is deleted when it ends (files put there with `files.write` stay).
+        """
+        limits = limits or Limits()
+        result = self._call("run_program", limits.wall_time_s + REPLY_GRACE_S,
+                            code=code, limits=wire_limits(limits))
+        return ExecResult(**result)
+
+    def ping(self, timeout: float = 10.0) -> None:
+        """Round-trip to the agent; SandboxError (and the sandbox killed) if it does not answer."""
+        self._call("ping", timeout)
+
+    def is_running(self) -> bool:
+        """Whether the sandbox is alive and has not been killed."""
+        return self._process.alive()
+
+    def kill(self) -> None:
+        """Tear the sandbox down with every process in it. Idempotent."""
+        self._finalizer()
+
+    close = kill
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.kill()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else "dead"
+        return "<Sandbox %s %s (%s)>" % (self.sandbox_id, state, self._isolation)
+
+    def _call(self, op: str, timeout: float, **fields: Any) -> dict[str, Any]:
+        if not self._process.alive():
+            self.kill()
+            raise SandboxError("sandbox %s is not running (killed or exited)" % self.sandbox_id)
+        try:
+            return self._client.call(op, timeout, **fields)
+        except SandboxError:
+            self.kill()  # unknown state: never reuse it
+            raise
+        except (OSError, ValueError):
+            raise  # a failed file operation or an oversized request: the channel is in sync
+        except BaseException:
+            self.kill()  # e.g. Ctrl-C mid-request: the reply would desynchronise the channel
+            raise
+
+
+class Files:
+    """File access inside the sandbox (E2B-style). Relative paths are relative to /tmp, the only
+    writable place. Failures raise the built-in OSError subclass, like open()."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
+    def write(self, path: str, data: str | bytes) -> None:
+        """Create or replace the file at `path` (parents are created); str is written as UTF-8."""
+        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        self._sandbox._call("write_file", OP_TIMEOUT_S, path=path, data_b64=b64encode(payload))
+
+    @overload
+    def read(self, path: str, format: Literal["text"] = "text") -> str: ...
+
+    @overload
+    def read(self, path: str, format: Literal["bytes"]) -> bytes: ...
+
+    def read(self, path: str, format: Literal["text", "bytes"] = "text") -> str | bytes:
+        """The content of `path`: str decoded as UTF-8 (format="text") or bytes."""
+        reply = self._sandbox._call("read_file", OP_TIMEOUT_S, path=path)
+        try:
+            data = b64decode(str(reply.get("data_b64", "")))
+        except MessageError as exc:
+            raise SandboxError("malformed file data from the agent: %s" % exc) from None
+        return data if format == "bytes" else data.decode("utf-8")
+
+
+class Commands:
+    """Shell commands inside the sandbox (E2B-style, minimal)."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
+    def run(self, cmd: str, timeout: float = 60.0, cwd: str = "/tmp",
+            limits: Limits | None = None) -> CommandResult:
+        """Run `cmd` with /bin/sh -c in `cwd`; killed with everything it started after `timeout`
+        seconds (then timed_out=True, exit_code=-9). `limits` default: COMMAND_LIMITS."""
+        base = limits or COMMAND_LIMITS
+        limits = Limits.model_validate({**base.model_dump(), "wall_time_s": timeout})
+        result = self._sandbox._call("run_command", timeout + REPLY_GRACE_S, command=cmd,
+                                     cwd=cwd, limits=wire_limits(limits))
+        return CommandResult(**result)
