@@ -4,8 +4,9 @@ factory of `SampleResult`s."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,22 @@ _import_installed_evalkit()
 from evalkit import Benchmark, BenchmarkConfig, SampleResult, get_benchmark  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _datasets_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep the Arrow copy `datasets` caches of every problems file a test writes out of
+    ~/.cache/huggingface (read when `datasets` is imported, so only if it is not yet)."""
+    if "datasets" in sys.modules:
+        yield
+        return
+    saved = os.environ.get("HF_DATASETS_CACHE")
+    os.environ["HF_DATASETS_CACHE"] = str(tmp_path_factory.mktemp("hf-datasets-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("HF_DATASETS_CACHE", None)
+    else:
+        os.environ["HF_DATASETS_CACHE"] = saved
 
 
 @pytest.fixture(scope="session")
