@@ -31,12 +31,13 @@ def problem_from_record(record: dict[str, object], source: str) -> Problem:
     if missing:
         raise ConfigError(f"{source}: problem {record.get('task_id', '?')!r} lacks the text field(s) {', '.join(missing)}")
     known = {"task_id", "prompt", "entry_point", "test", "canonical_solution"}
+    solution = record.get("canonical_solution")
     return Problem(
         task_id=str(record["task_id"]),
         prompt=str(record["prompt"]),
         entry_point=str(record["entry_point"]),
         test=str(record["test"]),
-        canonical_solution=record.get("canonical_solution") if isinstance(record.get("canonical_solution"), str) else None,  # type: ignore[arg-type]
+        canonical_solution=solution if isinstance(solution, str) else None,
         metadata={k: v for k, v in record.items() if k not in known},
     )
 

@@ -56,7 +56,7 @@ class Benchmark(ABC):
 
 def _load_class(spec: str) -> type[Benchmark]:
     module_name, _, attr = spec.partition(":")
-    cls = getattr(importlib.import_module(module_name), attr)
+    cls: object = getattr(importlib.import_module(module_name), attr)
     if not (isinstance(cls, type) and issubclass(cls, Benchmark)):
         raise ConfigError(f"{spec} is not a Benchmark class")
     return cls
@@ -72,7 +72,8 @@ def get_benchmark(config: BenchmarkConfig) -> Benchmark:
     if config.path is not None:
         from evalkit.benchmarks.jsonl import JsonlBenchmark
 
-        return JsonlBenchmark(config.path)
+        benchmark: Benchmark = JsonlBenchmark(config.path)  # an import mypy cannot follow (package-dir)
+        return benchmark
     name = config.name or ""
     if name in _BUILTIN:
         return _load_class(_BUILTIN[name])()

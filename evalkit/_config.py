@@ -8,6 +8,7 @@ working directory, like the output folder of any command-line tool.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ._errors import ConfigError
 
-CONFIG_VERSION = 1
+CONFIG_VERSION: Literal[1] = 1
+_NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
 
 _Line = dict[tuple[str | int, ...], int]
 
@@ -31,7 +33,7 @@ class BenchmarkConfig(_Section):
     name: str | None = None
     path: str | None = None
     limit: int | None = Field(None, ge=1)
-    ids: list[str] | None = None
+    ids: list[str] | None = Field(None, min_length=1)
 
 
 class ModelConfig(BaseModel):
@@ -76,7 +78,7 @@ class EvalConfig(_Section):
     """A validated run configuration (DESIGN.md, "Contracts")."""
 
     version: Literal[1] = CONFIG_VERSION
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field(pattern=_NAME_PATTERN)
     benchmark: BenchmarkConfig
     model: ModelConfig
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
@@ -107,7 +109,10 @@ def parse_config(text: str, source: Path) -> EvalConfig:
     """Validate config ``text`` read from ``source`` (used in messages and to resolve paths)."""
     data, lines = _load_yaml(text, source)
     data = dict(data)
-    data.setdefault("name", source.stem)
+    if "name" not in data:
+        if not re.fullmatch(_NAME_PATTERN, source.stem):
+            raise ConfigError(f"{source}: set 'name' (letters, digits, '.', '_', '-'); the file name {source.stem!r} cannot name a run folder")
+        data["name"] = source.stem
     try:
         config = EvalConfig.model_validate(data)
     except ValidationError as exc:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ._errors import ConfigError, SamplesError
 from ._samples import read_samples
@@ -104,7 +104,7 @@ def provider_class(name: str) -> type[ModelProvider]:
     if spec is None:
         raise ConfigError(f"unknown model provider '{name}' (known: {', '.join(provider_names())})")
     module, _, attr = spec.partition(":")
-    cls = getattr(importlib.import_module(module), attr)
+    cls: object = getattr(importlib.import_module(module), attr)
     if not (isinstance(cls, type) and issubclass(cls, ModelProvider)):
         raise ConfigError(f"{spec} is not a ModelProvider")
     return cls
@@ -116,5 +116,11 @@ def provider_options_model(name: str) -> type[ProviderOptions]:
 
 def make_provider(model_section: dict[str, Any]) -> ModelProvider:
     """The provider a config's ``model`` section names, with its options validated."""
-    cls = provider_class(str(model_section["provider"]))
-    return cls(cls.Options.model_validate(model_section))
+    cls = provider_class(str(model_section.get("provider", "")))
+    try:
+        options = cls.Options.model_validate(model_section)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(part) for part in err["loc"])
+        raise ConfigError(f"model.{key}: {err['msg']}") from None
+    return cls(options)

@@ -7,7 +7,7 @@ from typing import Any
 
 import jinja2
 
-from ._types import SampleResult
+from ._types import SampleResult, task_order
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("evalkit", "templates"),
@@ -23,11 +23,11 @@ _MAX_FAILURES_SHOWN = 300
 def render_report(summary: dict[str, Any], results: Sequence[SampleResult]) -> str:
     """The report page for a run, from its summary and results; pure, re-runs nothing."""
     failures = [r for r in results if not r.passed]
-    failures.sort(key=lambda r: (r.status != "infra_error", r.task_id, r.sample_idx))
+    failures.sort(key=lambda r: (r.status != "infra_error", *task_order(r.task_id), r.sample_idx))
     problems = summary["problems"]
     rows = [
-        {"task_id": task, **row, "rate": (row["c"] / row["n"]) if row["n"] else None}
-        for task, row in problems.items()
+        {"task_id": task, **problems[task], "rate": (problems[task]["c"] / problems[task]["n"]) if problems[task]["n"] else None}
+        for task in sorted(problems, key=task_order)
     ]
     return _ENV.get_template("report.html.j2").render(
         summary=summary,

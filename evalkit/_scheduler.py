@@ -49,8 +49,9 @@ class RayScheduler:
 
     def __init__(self, scheduler: SchedulerConfig, sandbox: SandboxConfig, driver: str) -> None:
         _quiet_ray_env()
-        import ray
+        import ray as ray_module
 
+        ray: Any = ray_module  # Ray's own annotations are partial; keep them out of our types
         self._ray = ray
         self.config = scheduler
         self._owns_ray = not ray.is_initialized()
@@ -73,7 +74,7 @@ class RayScheduler:
         self.num_workers = scheduler.workers or max(1, cpus)
         self.max_in_flight = scheduler.max_in_flight or 2 * self.num_workers
         actor = ray.remote(_Worker).options(num_cpus=min(1, cpus / self.num_workers), max_restarts=-1, max_task_retries=0)
-        self._workers = [actor.remote(sandbox, driver, scheduler.max_retries) for _ in range(self.num_workers)]
+        self._workers: list[Any] = [actor.remote(sandbox, driver, scheduler.max_retries) for _ in range(self.num_workers)]
         self.driver = driver
 
     def run(self, requests: Sequence[ExecRequest]) -> Iterator[SampleResult]:

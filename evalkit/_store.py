@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from ._config import EvalConfig, parse_config
 from ._errors import RunStoreError
-from ._types import SampleResult
+from ._types import SampleResult, task_order
 from ._version import __version__
 
 RUN_FORMAT_VERSION = 1
@@ -169,9 +169,7 @@ class RunStore:
 
 
 def _order(result: SampleResult) -> tuple[str, int, str, int]:
-    prefix, _, number = result.task_id.rpartition("/")
-    task = (prefix, int(number) if number.isdecimal() else -1) if prefix else (result.task_id, -1)
-    return (*task, result.task_id, result.sample_idx)  # task_id: "t/a" and "t/b" must not interleave
+    return (*task_order(result.task_id), result.sample_idx)
 
 
 def _end_with_newline(path: Path) -> None:

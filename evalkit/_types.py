@@ -74,3 +74,10 @@ class SampleResult(BaseModel):
     @property
     def key(self) -> tuple[str, int]:
         return (self.task_id, self.sample_idx)
+
+
+def task_order(task_id: str) -> tuple[str, int, str]:
+    """Sort key for task ids: HumanEval/2 before HumanEval/10; other ids by name."""
+    prefix, _, number = task_id.rpartition("/")
+    numbered = (prefix, int(number)) if prefix and number.isdecimal() else (task_id, -1)
+    return (*numbered, task_id)  # the id itself breaks ties, so "t/a" and "t/b" never interleave

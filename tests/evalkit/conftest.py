@@ -3,7 +3,6 @@ factory of `SampleResult`s."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -12,32 +11,7 @@ from typing import Any
 
 import pytest
 
-
-def _import_installed_evalkit() -> None:
-    """Make ``import evalkit`` find the real package, not this folder.
-
-    In pytest's default "prepend" import mode, ``tests/conftest.py`` puts ``tests/`` on sys.path;
-    from there this folder, ``tests/evalkit`` (no ``__init__.py``), is found as a namespace
-    package ``evalkit`` before the editable install's finder, which runs after sys.path's, is
-    asked. Import the real package with ``tests/`` off the path; a no-op when it already is.
-    """
-    module = sys.modules.get("evalkit")
-    if module is not None and getattr(module, "__file__", None):
-        return
-    tests_dir = Path(__file__).resolve().parent.parent
-    saved = sys.path[:]
-    sys.path[:] = [p for p in saved if Path(p or ".").resolve() != tests_dir]
-    for name in [m for m in sys.modules if m == "evalkit" or m.startswith("evalkit.")]:
-        del sys.modules[name]
-    try:
-        importlib.import_module("evalkit")
-    finally:
-        sys.path[:] = saved
-
-
-_import_installed_evalkit()
-
-from evalkit import Benchmark, BenchmarkConfig, SampleResult, get_benchmark  # noqa: E402
+from evalkit import Benchmark, BenchmarkConfig, SampleResult, get_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 
