@@ -44,9 +44,9 @@ _ETC = {
 }
 
 
-@functools.cache
 def _bwrap_path() -> str | None:
-    return shutil.which("bwrap") or (os.path.exists("/usr/bin/bwrap") and "/usr/bin/bwrap" or None)
+    found = shutil.which("bwrap")
+    return found or ("/usr/bin/bwrap" if os.path.exists("/usr/bin/bwrap") else None)
 
 
 @functools.cache
@@ -181,31 +181,42 @@ class BwrapProcess(PopenSandboxProcess):
 
 
 class BwrapDriver(Driver):
-    """Sandboxes made of Linux namespaces with bubblewrap. See the module docstring."""
+    """Sandboxes made of Linux namespaces with bubblewrap. See the module docstring.
+
+    bwrap: path of the bwrap binary (default: found on PATH, else /usr/bin/bwrap).
+    python: default interpreter inside the sandbox (``Sandbox.create(python=...)`` overrides it).
+    """
 
     name = "bwrap"
 
+    def __init__(self, bwrap: str | None = None, python: str = DEFAULT_PYTHON) -> None:
+        self.bwrap = bwrap or _bwrap_path()
+        self.python = python
+
     def available(self) -> str | None:
-        bwrap = _bwrap_path()
-        if bwrap is None:
-            return "bubblewrap (bwrap) is not installed; " + INSTALL_BWRAP
-        if not os.path.exists(DEFAULT_PYTHON):
-            return "%s not found; install it with: apt-get install python3" % DEFAULT_PYTHON
-        return _probe(bwrap)
+        if self.bwrap is None or not os.access(self.bwrap, os.X_OK):
+            return "bubblewrap (%s) is not installed; %s" % (self.bwrap or "bwrap", INSTALL_BWRAP)
+        try:
+            _check_python(self.python)
+        except DriverUnavailableError as exc:
+            return str(exc)
+        return _probe(self.bwrap)
 
     def isolation(self) -> str:
-        bwrap = _bwrap_path()
-        tool = "bubblewrap %s" % ".".join(map(str, _bwrap_version(bwrap))) if bwrap else "bubblewrap missing"
+        if self.bwrap is None or not os.access(self.bwrap, os.X_OK):
+            tool = "bubblewrap missing"
+        else:
+            tool = "bubblewrap %s" % ".".join(map(str, _bwrap_version(self.bwrap)))
         if _seccomp.supported():
             return "namespaces+seccomp (%s)" % tool
         return "namespaces, no seccomp filter on %s (%s)" % (platform.machine(), tool)
 
     def start(self, options: StartOptions) -> SandboxProcess:
-        bwrap = _bwrap_path()
-        if bwrap is None:
-            raise DriverUnavailableError("bubblewrap (bwrap) is not installed; " + INSTALL_BWRAP)
-        python = _check_python(options.python or DEFAULT_PYTHON)
-        argv = _build_argv(bwrap, python, options)
+        reason = self.available()
+        if reason is not None or self.bwrap is None:
+            raise DriverUnavailableError(reason or "bubblewrap is not installed; " + INSTALL_BWRAP)
+        python = _check_python(options.python or self.python)
+        argv = _build_argv(self.bwrap, python, options)
         try:
             popen, stderr_file = spawn(argv.args, pass_fds=argv.fds, user=_run_as())
         finally:

@@ -53,8 +53,12 @@ class SandboxPool:
                 started.append(self._create())
         finally:
             with self._cond:
-                self._idle.extend(started)
-                self._cond.notify_all()
+                closed = self._closed
+                if not closed:
+                    self._idle.extend(started)
+                    self._cond.notify_all()
+            for sandbox in started if closed else []:
+                sandbox.kill()  # closed meanwhile (another thread)
 
     def acquire(self, timeout: float | None = None) -> Sandbox:
         """Lease a sandbox, starting one if the pool is not full; wait up to `timeout` seconds

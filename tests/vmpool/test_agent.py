@@ -1,0 +1,111 @@
+"""The guest agent spoken to directly over pipes, outside any sandbox (never with --exclusive,
+which would sweep host processes; the agent refuses that flag here, which is tested too)."""
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import vmpool
+
+AGENT = Path(vmpool.__file__).resolve().parent / "_agent.py"
+LIMITS = {"wall_time_s": 5, "cpu_time_s": 5, "memory_mb": 512, "max_processes": 16,
+          "max_file_size_mb": 1, "max_output_bytes": 10000}
+
+
+class Agent:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-I", "-B", str(AGENT)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.hello = self.read()
+
+    def send_raw(self, line: bytes) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + b"\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def send(self, **message: Any) -> dict[str, Any]:
+        return self.send_raw(json.dumps(message).encode())
+
+    def read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        reply: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        return reply
+
+
+@pytest.fixture
+def agent() -> Iterator[Agent]:
+    running = Agent()
+    yield running
+    running.proc.kill()
+    running.proc.wait()
+
+
+def test_hello(agent: Agent) -> None:
+    assert agent.hello["op"] == "hello" and agent.hello["id"] == 0
+    assert agent.hello["protocol"] == vmpool.PROTOCOL_VERSION
+    assert agent.hello["pid"] == agent.proc.pid
+
+
+@pytest.mark.parametrize("line", [
+    b"garbage", b"[]", b"{}", b'{"id": "1", "op": "ping"}', b'{"id": 0, "op": "ping"}',
+    b'{"id": true, "op": "ping"}', b'{"id": 4, "op": "format_disk"}', b'{"id": 5}',
+    b'{"id": 6, "op": "run_program"}', b'{"id": 7, "op": "run_program", "code": "1", "limits": {}}',
+    b'{"id": 8, "op": "write_file", "path": "x", "data_b64": "!!"}',
+    b'{"id": 9, "op": "read_file", "path": ""}', b"\xff\xfe",
+])
+def test_malformed_requests_get_error_replies(agent: Agent, line: bytes) -> None:
+    reply = agent.send_raw(line)
+    assert reply["ok"] is False and reply["error"]["kind"] == "bad_request"
+    assert agent.send(id=99, op="ping") == {"id": 99, "ok": True, "result": {}}
+
+
+def test_reply_echoes_id(agent: Agent) -> None:
+    assert agent.send(id=12345, op="ping")["id"] == 12345
+    assert agent.send(id=3, op="nope")["id"] == 3
+
+
+def test_file_errors_carry_errno(agent: Agent) -> None:
+    reply = agent.send(id=1, op="read_file", path="/nonexistent/vmpool-test")
+    assert reply["error"]["kind"] == "os_error" and reply["error"]["errno"] == 2
+
+
+def test_run_program_without_sandbox(agent: Agent) -> None:
+    reply = agent.send(id=1, op="run_program", code="print(6 * 7)", limits=LIMITS)
+    assert reply["result"]["status"] == "ok" and reply["result"]["stdout"] == "42\n"
+    reply = agent.send(id=2, op="run_program", code="import os; print(os.environ.get('X'))", limits=LIMITS)
+    assert reply["result"]["status"] == "ok"
+
+
+def test_shutdown(agent: Agent) -> None:
+    assert agent.send(id=1, op="shutdown")["ok"] is True
+    assert agent.proc.wait(timeout=10) == 0
+
+
+def test_eof_ends_the_agent(agent: Agent) -> None:
+    assert agent.proc.stdin is not None
+    agent.proc.stdin.close()
+    assert agent.proc.wait(timeout=10) == 0
+
+
+def _ancestor_count() -> int:
+    count, pid = 0, os.getpid()
+    while pid > 0:
+        stat = Path("/proc/%d/stat" % pid).read_bytes()
+        pid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        count += 1
+    return count  # this process and its ancestors: the agent's ancestors
+
+
+def test_exclusive_is_refused_outside_a_sandbox() -> None:
+    if _ancestor_count() <= 2:
+        pytest.skip("this test process is too close to PID 1 for the agent to notice")
+    done = subprocess.run([sys.executable, "-I", "-B", str(AGENT), "--exclusive"], input=b"",
+                          capture_output=True, timeout=30)
+    assert done.returncode == 2 and b"refusing --exclusive" in done.stderr

@@ -1,0 +1,106 @@
+"""The seccomp deny-list: its BPF program checked with a small interpreter, then its effect
+inside a real bubblewrap sandbox (syscalls made with ctypes)."""
+
+import errno
+import os
+import struct
+import textwrap
+
+import pytest
+
+from vmpool import Limits, Sandbox
+from vmpool import _seccomp as seccomp
+
+ALLOW = seccomp.SECCOMP_RET_ALLOW
+EPERM = seccomp.SECCOMP_RET_ERRNO | errno.EPERM
+ENOSYS = seccomp.SECCOMP_RET_ERRNO | errno.ENOSYS
+AUDIT_ARCH_I386 = 0x40000003
+CLONE_NEWUSER = 0x10000000
+THREAD_FLAGS = 0x003D0F00  # what glibc's pthread_create passes to clone
+
+
+def evaluate(program: bytes, nr: int, arch: int = seccomp.AUDIT_ARCH_X86_64, arg0: int = 0) -> int:
+    """Run a classic-BPF seccomp program on one syscall (the subset of BPF the filter uses)."""
+    data = struct.pack("=iIQ6Q", nr, arch, 0, arg0, 0, 0, 0, 0, 0)
+    code = [struct.unpack("=HBBI", program[i:i + 8]) for i in range(0, len(program), 8)]
+    pc, acc = 0, 0
+    while True:
+        op, jt, jf, k = code[pc]
+        if op == 0x20:
+            acc = struct.unpack_from("=I", data, k)[0]
+            pc += 1
+        elif op == 0x06:
+            return k
+        else:
+            taken = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[op]
+            pc += 1 + (jt if taken else jf)
+
+
+@pytest.fixture(scope="module")
+def program() -> bytes:
+    built = seccomp.build_filter("x86_64")
+    assert built is not None
+    return built
+
+
+def test_layout(program: bytes) -> None:
+    assert len(program) % 8 == 0 and len(program) // 8 < 100
+    assert seccomp.build_filter("aarch64") is None and not seccomp.supported("aarch64")
+
+
+@pytest.mark.parametrize("name", sorted(seccomp.DENIED_SYSCALLS))
+def test_denied(program: bytes, name: str) -> None:
+    assert evaluate(program, seccomp.DENIED_SYSCALLS[name]) == EPERM
+
+
+@pytest.mark.parametrize("nr", [0, 1, 2, 9, 57, 59, 61, 231])  # read write open mmap fork execve wait4 exit_group
+def test_ordinary_syscalls_allowed(program: bytes, nr: int) -> None:
+    assert evaluate(program, nr) == ALLOW
+
+
+def test_clone(program: bytes) -> None:
+    assert evaluate(program, seccomp.CLONE, arg0=THREAD_FLAGS) == ALLOW
+    assert evaluate(program, seccomp.CLONE, arg0=17) == ALLOW  # fork: SIGCHLD
+    assert evaluate(program, seccomp.CLONE, arg0=CLONE_NEWUSER | 17) == EPERM
+    assert evaluate(program, seccomp.CLONE, arg0=0x40000000 | 17) == EPERM  # CLONE_NEWNET
+    assert evaluate(program, seccomp.CLONE3) == ENOSYS
+
+
+def test_other_abis_denied(program: bytes) -> None:
+    assert evaluate(program, seccomp.X32_SYSCALL_BIT | 39) == EPERM
+    assert evaluate(program, 20, arch=AUDIT_ARCH_I386) == EPERM
+
+
+PROBE = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(nr, *args):
+    ret = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    if ret == 0 and nr == 56:
+        os._exit(0)  # a clone that went through: the child leaves at once
+    return "ok" if ret >= 0 else os.strerror(ctypes.get_errno())
+print("ptrace", call(101, 0, 0, 0, 0))                    # PTRACE_TRACEME
+print("unshare", call(272, 0x10000000))                   # CLONE_NEWUSER
+print("mount", call(165, 0, 0, 0, 0, 0))
+print("clone_newuser", call(56, 0x10000000 | 17, 0, 0, 0, 0))
+print("clone3", call(435, 0, 0))
+print("x32_getpid", call(0x40000000 + 39))
+print("keyctl", call(250, 0, 0, 0, 0, 0))
+print("bpf", call(321, 0, 0, 0))
+print("getpid", call(39))
+"""
+
+
+@pytest.mark.sandbox
+def test_filter_applies_inside_the_sandbox() -> None:
+    with Sandbox.create("bwrap") as sandbox:
+        assert "seccomp" in sandbox.isolation
+        result = sandbox.run_program(textwrap.dedent(PROBE), Limits(wall_time_s=10))
+    assert result.status == "ok", result
+    seen = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    denied = os.strerror(errno.EPERM)
+    assert seen == {"ptrace": denied, "unshare": denied, "mount": denied, "clone_newuser": denied,
+                    "clone3": os.strerror(errno.ENOSYS), "x32_getpid": denied, "keyctl": denied,
+                    "bpf": denied, "getpid": "ok"}
+

@@ -1,0 +1,359 @@
+"""The conformance suite every vmpool driver must pass: program outcomes, limits, isolation
+between programs and from the host, files/commands, lifecycle and failure handling.
+
+Run it for a driver by importing it into a test module and naming the driver::
+
+    import pytest
+    from vmpool.conformance import *  # noqa: F401,F403  (fixtures and Test* classes)
+
+    @pytest.fixture(scope="module")
+    def vmpool_driver() -> str:
+        return "bwrap"
+
+Tests are marked ``sandbox`` (declare the marker if you use ``--strict-markers``). They use
+generous time bounds so that a busy 2-core CI machine does not make them flaky.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ._errors import ProtocolError, SandboxError
+from ._sandbox import Sandbox
+from ._types import ExecResult, Limits
+
+__all__ = ["TestFilesAndCommands", "TestIsolation", "TestLifecycle", "TestLimits",
+           "TestProgramOutcomes", "fresh_sandbox", "sandbox", "sandbox_factory", "shared_sandbox"]
+
+SandboxFactory = Callable[..., Sandbox]
+
+
+@pytest.fixture(scope="module")
+def shared_sandbox(vmpool_driver: str) -> Iterator[list[Sandbox]]:
+    """A holder for one sandbox reused by the tests of a module (replaced if it died)."""
+    holder: list[Sandbox] = []
+    yield holder
+    for sandbox in holder:
+        sandbox.kill()
+
+
+@pytest.fixture
+def sandbox(shared_sandbox: list[Sandbox], vmpool_driver: str) -> Sandbox:
+    """A running sandbox, shared between tests: programs must not affect each other anyway."""
+    if not shared_sandbox or not shared_sandbox[0].is_running():
+        shared_sandbox[:] = [Sandbox.create(vmpool_driver)]
+    return shared_sandbox[0]
+
+
+@pytest.fixture
+def sandbox_factory(vmpool_driver: str) -> Iterator[SandboxFactory]:
+    """Creates sandboxes of the driver under test (keyword arguments go to Sandbox.create);
+    all are killed at the end of the test."""
+    made: list[Sandbox] = []
+
+    def make(**options: Any) -> Sandbox:
+        made.append(Sandbox.create(vmpool_driver, **options))
+        return made[-1]
+
+    yield make
+    for created in made:
+        created.kill()
+
+
+@pytest.fixture
+def fresh_sandbox(sandbox_factory: SandboxFactory) -> Sandbox:
+    """A sandbox of its own, for tests that break it."""
+    return sandbox_factory()
+
+
+def run(sandbox: Sandbox, code: str, **limits: Any) -> ExecResult:
+    return sandbox.run_program(textwrap.dedent(code), Limits(**limits))
+
+
+def live_processes(sandbox: Sandbox) -> list[str]:
+    """Processes in the sandbox other than the agent's ancestors and this probe itself."""
+    result = run(sandbox, """
+        import os
+        me, agent = os.getpid(), os.getppid()
+        for pid in sorted(int(p) for p in os.listdir("/proc") if p.isdigit()):
+            if pid not in (me, agent) and pid > 1:
+                print(pid, open("/proc/%d/cmdline" % pid, "rb").read().replace(b"\\0", b" ").decode())
+        """)
+    assert result.status == "ok", result
+    return result.stdout.splitlines()
+
+
+@pytest.mark.sandbox
+class TestProgramOutcomes:
+    def test_ok(self, sandbox: Sandbox) -> None:
+        result = run(sandbox, "print('hello', __name__)")
+        assert (result.status, result.exit_code, result.stdout) == ("ok", 0, "hello __main__\n")
+        assert result.error is None and result.duration_s > 0
+
+    def test_exception_is_error_with_type(self, sandbox: Sandbox) -> None:
+        result = run(sandbox, "print('before')\ndef f():\n    raise ValueError('bad\\nvalue')\nf()\n")
+        assert result.status == "error"
+        assert result.error == "ValueError: bad value"
+        assert result.stdout == "before\n"
+        assert "Traceback" in result.stderr and "<program>" in result.stderr
+
+    def test_syntax_error(self, sandbox: Sandbox) -> None:
+        result = run(sandbox, "def f(:\n    pass\n")
+        assert result.status == "error" and result.error is not None
+        assert result.error.startswith("SyntaxError")
+
+    @pytest.mark.parametrize("ending", [
+        "import sys; sys.exit(0)", "raise SystemExit(0)", "import os; os._exit(0)",
+        "import sys\ndef main():\n    sys.exit()\nmain()", "exit()", "quit()",
+    ])
+    def test_early_exit_is_never_ok(self, sandbox: Sandbox, ending: str) -> None:
+        result = run(sandbox, "print('started', flush=True)\n%s\nprint('unreachable')\n" % ending)
+        assert result.status == "exited", result
+        assert result.exit_code == 0 and result.stdout == "started\n"
+
+    def test_exit_code_and_message(self, sandbox: Sandbox) -> None:
+        assert run(sandbox, "import sys; sys.exit(3)").exit_code == 3
+        result = run(sandbox, "raise SystemExit('bye')")
+        assert (result.status, result.exit_code, result.stderr) == ("exited", 1, "bye\n")
+
+    def test_killed_by_signal_is_exited(self, sandbox: Sandbox) -> None:
+        result = run(sandbox, "import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
+        assert (result.status, result.signal) == ("exited", 15)
+
+    def test_unicode_and_threads_and_subprocess(self, sandbox: Sandbox) -> None:
+        result = run(sandbox, """
+            import subprocess, threading
+            out = []
+            threads = [threading.Thread(target=out.append, args=(i,)) for i in range(4)]
+            [t.start() for t in threads]; [t.join() for t in threads]
+            print(sorted(out), subprocess.run(["echo", "sub"], capture_output=True, text=True).stdout.strip())
+            print("héllo ✓")
+            """)
+        assert result.status == "ok", result
+        assert result.stdout == "[0, 1, 2, 3] sub\nhéllo ✓\n"
+
+    def test_output_flood_is_output_limit(self, sandbox: Sandbox) -> None:
+        result = run(sandbox, "while True:\n    print('x' * 10000)\n", max_output_bytes=100_000)
+        assert result.status == "output_limit" and result.output_truncated
+        assert 0 < len(result.stdout) + len(result.stderr) <= 100_000
+
+
+@pytest.mark.sandbox
+class TestLimits:
+    def test_infinite_loop_times_out_and_sandbox_survives(self, sandbox: Sandbox) -> None:
+        result = run(sandbox, "while True:\n    pass\n", wall_time_s=1.5)
+        assert result.status == "timeout"
+        assert 1.4 <= result.duration_s < 15
+        assert run(sandbox, "print(1)").status == "ok"
+
+    def test_sleeping_program_times_out_on_wall_time(self, sandbox: Sandbox) -> None:
+        result = run(sandbox, "import time; time.sleep(60)", wall_time_s=1)
+        assert result.status == "timeout" and result.duration_s < 15
+
+    def test_cpu_limit(self, sandbox: Sandbox) -> None:
+        result = run(sandbox, "while True:\n    pass\n", wall_time_s=60, cpu_time_s=1)
+        assert result.status == "timeout", result
+        assert result.duration_s < 20 and result.error is not None and "cpu" in result.error
+
+    def test_memory_bomb_is_oom(self, sandbox: Sandbox) -> None:
+        result = run(sandbox, "x = []\nwhile True:\n    x.append(bytearray(10**7))\n", memory_mb=256)
+        assert result.status == "oom", result
+        assert run(sandbox, "print(sum(range(10)))").stdout == "45\n"
+
+    def test_processes_are_capped(self, sandbox: Sandbox) -> None:
+        result = run(sandbox, """
+            import os, time
+            children = 0
+            try:
+                for _ in range(200):
+                    if os.fork() == 0:
+                        time.sleep(60)
+                        os._exit(0)
+                    children += 1
+            except OSError as exc:
+                print("capped", children, exc.errno)
+            """, max_processes=8)
+        assert result.status == "ok", result
+        words = result.stdout.split()
+        assert words[0] == "capped" and int(words[1]) < 8 and words[2] == "11"  # EAGAIN
+
+    def test_fork_bomb_is_contained(self, sandbox: Sandbox) -> None:
+        result = run(sandbox, """
+            import os
+            while True:
+                try:
+                    os.fork()
+                except OSError:
+                    pass
+            """, wall_time_s=2, max_processes=16)
+        assert result.status == "timeout"
+        assert live_processes(sandbox) == []
+        assert run(sandbox, "print('fine')").stdout == "fine\n"
+
+    def test_file_size_limit(self, sandbox: Sandbox) -> None:
+        result = run(sandbox, "open('big', 'wb').write(b'x' * (3 * 1024 * 1024))", max_file_size_mb=1)
+        assert result.status == "error" and result.error is not None
+        assert "File too large" in result.error
+
+
+@pytest.mark.sandbox
+class TestIsolation:
+    def test_background_daemon_does_not_survive(self, sandbox: Sandbox) -> None:
+        started = run(sandbox, """
+            import os, subprocess
+            p = subprocess.Popen(["sleep", "600"], start_new_session=True)
+            if os.fork() == 0:          # classic double-fork daemon
+                os.setsid()
+                if os.fork() == 0:
+                    import time; time.sleep(600)
+                os._exit(0)
+            print(p.pid)
+            """)
+        assert started.status == "ok", started
+        pid = int(started.stdout)
+        later = run(sandbox, "import os; print(os.path.exists('/proc/%d'))" % pid)
+        assert later.stdout == "False\n"
+        assert live_processes(sandbox) == []
+
+    def test_scratch_is_private_and_cleaned(self, sandbox: Sandbox) -> None:
+        first = run(sandbox, """
+            import os
+            open("mine.txt", "w").write("secret")
+            open("/tmp/leftover.txt", "w").write("secret")
+            print(os.getcwd())
+            """)
+        assert first.status == "ok", first
+        second = run(sandbox, """
+            import os
+            print(os.listdir("."), os.path.exists(%r), os.path.exists("/tmp/leftover.txt"))
+            """ % first.stdout.strip())
+        assert second.stdout == "[] False False\n"
+
+    def test_no_network(self, sandbox: Sandbox) -> None:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        try:
+            port = server.getsockname()[1]
+            result = run(sandbox, """
+                import socket
+                print(sorted(name for _, name in socket.if_nameindex()))
+                for address in [("127.0.0.1", %d), ("1.1.1.1", 53)]:
+                    try:
+                        socket.create_connection(address, timeout=3).close()
+                        print("connected", address)
+                    except OSError as exc:
+                        print("refused")
+                """ % port)
+        finally:
+            server.close()
+        assert result.status == "ok", result
+        assert result.stdout.splitlines()[1:] == ["refused", "refused"]
+        assert set(eval(result.stdout.splitlines()[0])) <= {"lo"}
+
+    def test_host_files_are_invisible(self, sandbox: Sandbox, tmp_path: Path) -> None:
+        secrets = [tmp_path / "secret.txt", Path.home() / (".vmpool-secret-%s" % uuid.uuid4().hex)]
+        try:
+            for path in secrets:
+                path.write_text("top secret")
+            probe = "import os\nprint([os.path.exists(p) for p in %r])" % [str(p) for p in secrets]
+            result = run(sandbox, probe + "\nprint(os.path.exists('/etc/shadow'), os.path.exists('/root'))")
+            assert result.stdout == "[False, False]\nFalse False\n", result
+        finally:
+            for path in secrets:
+                path.unlink(missing_ok=True)
+
+    def test_cannot_write_outside_tmp(self, sandbox: Sandbox) -> None:
+        result = run(sandbox, """
+            import os
+            for d in ["/", "/usr", "/usr/lib", "/etc", "/dev", "/dev/shm", "/opt/vmpool", "/proc", "/bin"]:
+                try:
+                    open(os.path.join(d, "x"), "w").close()
+                    print("WROTE", d)
+                except OSError:
+                    pass
+            open("/tmp/ok", "w").close()
+            """)
+        assert result.status == "ok", result
+        assert result.stdout == ""
+
+    def test_random_state_differs_between_programs(self, sandbox: Sandbox) -> None:
+        code = "import random; print(random.getrandbits(64), random.random())"
+        assert run(sandbox, code).stdout != run(sandbox, code).stdout
+
+    def test_runs_unprivileged(self, sandbox: Sandbox) -> None:
+        result = run(sandbox, "import os; print(os.getuid() != 0 and os.geteuid() != 0)")
+        assert result.stdout == "True\n"
+
+
+@pytest.mark.sandbox
+class TestFilesAndCommands:
+    def test_files_round_trip(self, sandbox: Sandbox) -> None:
+        sandbox.files.write("/tmp/dir/a.txt", "héllo")
+        sandbox.files.write("b.bin", b"\x00\xff" * 1000)
+        assert sandbox.files.read("/tmp/dir/a.txt") == "héllo"
+        assert sandbox.files.read("/tmp/b.bin", format="bytes") == b"\x00\xff" * 1000
+        result = run(sandbox, "print(open('/tmp/dir/a.txt').read())")
+        assert result.stdout == "héllo\n"  # files written by the host survive programs
+
+    def test_file_errors_are_oserrors(self, sandbox: Sandbox) -> None:
+        with pytest.raises(FileNotFoundError):
+            sandbox.files.read("/tmp/does-not-exist")
+        with pytest.raises(OSError):
+            sandbox.files.write("/usr/x", "no")
+        assert sandbox.is_running()
+
+    def test_commands_run(self, sandbox: Sandbox) -> None:
+        result = sandbox.commands.run("echo out; echo err >&2; exit 3")
+        assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
+
+    def test_command_timeout(self, sandbox: Sandbox) -> None:
+        result = sandbox.commands.run("sleep 100 & sleep 100", timeout=1)
+        assert result.timed_out and result.exit_code == -9
+        assert live_processes(sandbox) == []
+
+
+@pytest.mark.sandbox
+class TestLifecycle:
+    def test_kill_is_idempotent_and_final(self, fresh_sandbox: Sandbox) -> None:
+        assert fresh_sandbox.is_running()
+        fresh_sandbox.kill()
+        fresh_sandbox.kill()
+        assert not fresh_sandbox.is_running()
+        with pytest.raises(SandboxError):
+            fresh_sandbox.run_program("print(1)")
+
+    def test_context_manager_kills(self, sandbox_factory: SandboxFactory) -> None:
+        with sandbox_factory() as sandbox:
+            assert sandbox.run_program("print(1)").status == "ok"
+        assert not sandbox.is_running()
+
+    def test_agent_killed_from_host_is_sandbox_error(self, fresh_sandbox: Sandbox) -> None:
+        agent = fresh_sandbox._process.agent_host_pid()
+        if agent is None:
+            pytest.skip("this driver's agent has no host process")
+        os.kill(agent, 9)
+        with pytest.raises(SandboxError):
+            fresh_sandbox.run_program("print(1)")
+        assert not fresh_sandbox.is_running()
+
+    def test_program_killing_its_agent_is_sandbox_error(self, fresh_sandbox: Sandbox) -> None:
+        with pytest.raises(SandboxError):
+            fresh_sandbox.run_program("import os; os.kill(os.getppid(), 9)")
+        assert not fresh_sandbox.is_running()
+
+    def test_protocol_mismatch_is_refused(self, sandbox_factory: SandboxFactory) -> None:
+        with pytest.raises(ProtocolError, match="v999.*v1"):
+            sandbox_factory(agent_args=["--fake-protocol", "999"])
+
+    def test_identity(self, sandbox: Sandbox, vmpool_driver: str) -> None:
+        assert sandbox.driver == vmpool_driver and sandbox.isolation
+        assert sandbox.sandbox_id.startswith(vmpool_driver)
