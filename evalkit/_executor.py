@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vmpool import ExecResult, Limits, Sandbox, SandboxError
+from vmpool import ExecResult, Limits, Sandbox, VmpoolError
 
 from ._config import SandboxConfig
 from ._types import ExecRequest, SampleResult, Status
@@ -105,7 +105,7 @@ class SampleExecutor:
             try:
                 sandbox = self._sandbox_ready()
                 result = sandbox.run_program(request.program, self.limits)
-            except SandboxError as exc:
+            except VmpoolError as exc:  # a sandbox that broke or cannot start: never the sample's fault
                 last_error = f"{type(exc).__name__}: {exc}"
                 self._discard_sandbox()
                 continue
