@@ -1,0 +1,67 @@
+"""The public surface of vmpool and its driver registry."""
+
+import pytest
+
+import vmpool
+from vmpool import (
+    DriverUnavailableError,
+    ProtocolError,
+    Sandbox,
+    SandboxError,
+    VmpoolError,
+    get_driver,
+    list_drivers,
+    resolve_driver,
+)
+from vmpool._bwrap import BwrapDriver
+
+PUBLIC = {
+    "Sandbox", "SandboxPool", "Limits", "ExecResult", "ExecStatus", "CommandResult",
+    "VmpoolError", "SandboxError", "DriverUnavailableError", "ProtocolError",
+    "Driver", "get_driver", "resolve_driver", "list_drivers", "PROTOCOL_VERSION",
+}
+
+
+def test_all_is_the_public_api() -> None:
+    assert set(vmpool.__all__) == PUBLIC
+    assert len(vmpool.__all__) == len(PUBLIC)
+    for name in PUBLIC:
+        assert getattr(vmpool, name) is not None
+
+
+def test_exception_tree() -> None:
+    assert issubclass(SandboxError, VmpoolError) and issubclass(DriverUnavailableError, VmpoolError)
+    assert issubclass(ProtocolError, SandboxError)  # a broken conversation is a machinery failure
+
+
+def test_registry() -> None:
+    assert list_drivers()[:2] == ["bwrap", "microvm"]
+    assert isinstance(get_driver("bwrap"), BwrapDriver)
+    with pytest.raises(DriverUnavailableError, match="known drivers: bwrap, microvm"):
+        get_driver("hyperwarp")
+
+
+def test_auto_resolves_to_bwrap_until_microvm_exists() -> None:
+    assert resolve_driver("auto") == "bwrap"
+    assert resolve_driver("bwrap") == "bwrap"
+
+
+def test_microvm_is_refused_not_downgraded() -> None:
+    with pytest.raises(DriverUnavailableError, match="not implemented yet"):
+        resolve_driver("microvm")
+    with pytest.raises(DriverUnavailableError, match="not implemented yet"):
+        Sandbox.create("microvm")
+    assert "not implemented yet" in (get_driver("microvm").available() or "")
+
+
+@pytest.mark.sandbox
+def test_driver_instance_and_agent_info() -> None:
+    class Custom(BwrapDriver):
+        name = "custom"
+
+    with Sandbox.create(Custom()) as sandbox:
+        assert sandbox.driver == "custom"
+        assert sandbox.python_version.startswith("3.") and sandbox.agent_version
+        assert "running" in repr(sandbox)
+        sandbox.ping()
+    assert "dead" in repr(sandbox)
