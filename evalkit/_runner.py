@@ -135,6 +135,10 @@ def _execute(
                 for result in scheduler.run(todo):
                     journal.append(result)
                     progress.update(result.status)
+    except InfraError:
+        progress.close()
+        store.write_meta(state="failed")
+        raise
     except KeyboardInterrupt:
         progress.close()
         store.write_meta(state="interrupted", duration_s=float(store.meta().get("duration_s", 0.0)) + time.monotonic() - started)

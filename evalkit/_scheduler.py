@@ -91,7 +91,10 @@ class RayScheduler:
                 worker = min(range(len(load)), key=load.__getitem__)
                 pending[self._workers[worker].run.remote(batch, attempts)] = (worker, batch, attempts)
                 load[worker] += 1
-            ready, _ = self._ray.wait(list(pending), num_returns=1)
+            try:
+                ready, _ = self._ray.wait(list(pending), num_returns=1)
+            except self._ray.exceptions.RaySystemError as exc:
+                raise InfraError(f"Ray stopped working mid-run: {exc}") from exc
             for ref in ready:
                 worker, batch, attempts = pending.pop(ref)
                 load[worker] -= 1
