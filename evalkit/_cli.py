@@ -40,7 +40,6 @@ def _guarded(action: Callable[[], RunOutcome]) -> RunOutcome:
         sys.exit(EXIT_INPUT)
     except InfraError as exc:
         click.echo(f"evalkit: infrastructure failure: {exc}", err=True)
-        click.echo("evalkit: finished results are kept; once fixed, continue with: evalkit run CONFIG --resume", err=True)
         sys.exit(EXIT_INFRA)
     except RunInterrupted as exc:
         click.echo(f"evalkit: {exc}; continue with: evalkit resume {exc.run_dir}", err=True)

@@ -135,10 +135,10 @@ def _execute(
                 for result in scheduler.run(todo):
                     journal.append(result)
                     progress.update(result.status)
-    except InfraError:
+    except InfraError as exc:
         progress.close()
         store.write_meta(state="failed")
-        raise
+        raise InfraError(f"{exc}; the {progress.done} finished results are kept; continue with: evalkit resume {store.path}") from exc
     except KeyboardInterrupt:
         progress.close()
         store.write_meta(state="interrupted", duration_s=float(store.meta().get("duration_s", 0.0)) + time.monotonic() - started)

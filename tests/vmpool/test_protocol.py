@@ -55,7 +55,8 @@ def test_check_limits() -> None:
 
 def test_field() -> None:
     assert proto.field({"code": "x"}, "code", str) == "x"
-    for message in [{}, {"code": 1}, {"code": None}]:
+    messages: list[dict[str, object]] = [{}, {"code": 1}, {"code": None}]
+    for message in messages:
         with pytest.raises(proto.MessageError, match="code"):
             proto.field(message, "code", str)
     with pytest.raises(proto.MessageError):

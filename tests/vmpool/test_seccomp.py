@@ -30,7 +30,7 @@ def evaluate(program: bytes, nr: int, arch: int = seccomp.AUDIT_ARCH_X86_64, arg
             acc = struct.unpack_from("=I", data, k)[0]
             pc += 1
         elif op == 0x06:
-            return k
+            return int(k)
         else:
             taken = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[op]
             pc += 1 + (jt if taken else jf)
