@@ -48,6 +48,7 @@ import signal
 import sys
 import time
 import traceback
+import types
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 if __package__:  # imported as vmpool._agent (tests, type checking)
@@ -68,6 +69,8 @@ PREIMPORTS = (
 STATUS_CAP = 64 * 1024  # bytes of the private status pipe kept
 SETUP_FAILED = 125  # child exit code when it could not even start the program
 PF_KTHREAD = 0x00200000  # /proc/<pid>/stat flags: kernel thread (never ours to kill, in a VM)
+MAX_OUTPUT_CAP = 8 * 1024 * 1024  # stdout+stderr kept at most: the reply must fit in one line
+_EXIT = os._exit  # captured before any program runs: a program may replace os._exit
 Report = Callable[[str, Any], None]
 Body = Callable[[Report], None]
 
@@ -219,10 +222,14 @@ class Workspace:
         os.mkdir(self.path, 0o700)
 
     def cleanup(self) -> None:
-        _rmtree(self.path)
         if self.before is not None:
+            try:
+                os.chmod(self.root, 0o755)  # a program may have locked the agent out of /tmp
+            except OSError:
+                pass
             for name in set(os.listdir(self.root)) - self.before:
                 _rmtree(os.path.join(self.root, name))
+        _rmtree(self.path)
 
 
 # --------------------------------------------------------------------------------- children
@@ -352,10 +359,10 @@ def _run_child(body: Body, token: str, cwd: str, limits: proto.WireLimits,
             body(report)
         except BaseException as exc:
             report("setup", "%s: %s" % (type(exc).__name__, exc))
-        os._exit(SETUP_FAILED)
+        _EXIT(SETUP_FAILED)
     for fd in (out_w, err_w, status_w):
         os.close(fd)
-    capture = Capture(out_r, err_r, status_r, limits["max_output_bytes"])
+    capture = Capture(out_r, err_r, status_r, min(limits["max_output_bytes"], MAX_OUTPUT_CAP))
     try:
         return _supervise_and_collect(pid, capture, token, limits, exclusive, started)
     finally:
@@ -485,34 +492,43 @@ def _print_traceback(exc: BaseException) -> None:
         pass
 
 
+def _fresh_main(code: str) -> Dict[str, Any]:
+    """A new __main__ module for the program (pickle, unittest.main and ``import __main__`` must
+    find the program, not the agent); its __dict__ is the program's globals."""
+    module = types.ModuleType("__main__")
+    module.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = module
+    sys.argv = ["<program>"]
+    linecache.cache["<program>"] = (len(code), None, code.splitlines(True), "<program>")
+    return module.__dict__
+
+
 def _program_main(code: str, report: Report) -> None:
     """Child side of run_program: run `code` as __main__, report how it ended, exit."""
     random.seed()  # from os.urandom: never the agent's (or a sibling's) random state
     streams = _std_streams()
-    sys.argv = ["<program>"]
-    linecache.cache["<program>"] = (len(code), None, code.splitlines(True), "<program>")
-    namespace: Dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "__doc__": None}
+    namespace = _fresh_main(code)
     try:
         exec(compile(code, "<program>", "exec"), namespace)
     except SystemExit as exc:
         status = _exit_status(exc)
         _flush(streams)
         report("exited", status)
-        os._exit(status)
+        _EXIT(status)
     except MemoryError as exc:
         namespace.clear()  # free what we can so that reporting works
         _print_traceback(exc)
         _flush(streams)
         report("oom", _one_line(exc))
-        os._exit(1)
+        _EXIT(1)
     except BaseException as exc:
         _print_traceback(exc)
         _flush(streams)
         report("error", _one_line(exc))
-        os._exit(1)
+        _EXIT(1)
     _flush(streams)
     report("ok", None)
-    os._exit(0)
+    _EXIT(0)
 
 
 def _command_main(command: str, report: Report) -> None:
@@ -523,7 +539,7 @@ def _command_main(command: str, report: Report) -> None:
         os.execv("/bin/sh", ["/bin/sh", "-c", command])
     except OSError as exc:
         report("setup", "cannot run /bin/sh: %s" % exc)
-        os._exit(SETUP_FAILED)
+        _EXIT(SETUP_FAILED)
 
 
 def _signal_name(number: int) -> str:
@@ -659,7 +675,11 @@ class Agent:
                 self.send(self.handle(line))
 
     def send(self, message: Dict[str, Any]) -> None:
-        self.channel.write(proto.encode(message))
+        try:
+            line = proto.encode(message)
+        except proto.MessageError as exc:  # cannot happen with capped outputs; never crash
+            line = proto.encode(proto.error_reply(message.get("id"), "internal", str(exc)))
+        self.channel.write(line)
 
     def handle(self, line: bytes) -> Dict[str, Any]:
         """One request line in, one reply out; never raises."""

@@ -31,7 +31,8 @@ MAX_LINE_BYTES. Binary payloads are base64 strings (fields ending in ``_b64``).
 Ops (request fields -> result fields):
 
 - ``ping``: {} -> {}
-- ``run_program``: {code: str, limits: WireLimits} -> ExecResult fields (see vmpool._types)
+- ``run_program``: {code: str, limits: WireLimits} -> ExecResult fields (see vmpool._types);
+  stdout+stderr are kept up to min(max_output_bytes, 8 MiB) so that a reply always fits a line
 - ``run_command``: {command: str, cwd: str, limits: WireLimits}
   -> {exit_code, stdout, stderr, timed_out, output_truncated, duration_s}
 - ``write_file``: {path: str, data_b64: str} -> {size: int}   (parents are created)

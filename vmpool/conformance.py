@@ -140,6 +140,22 @@ class TestProgramOutcomes:
         assert result.status == "ok", result
         assert result.stdout == "[0, 1, 2, 3] sub\nhéllo ✓\n"
 
+    def test_program_is_main_module(self, sandbox: Sandbox) -> None:
+        result = run(sandbox, """
+            import pickle, sys, __main__
+            def answer():
+                return 42
+            print(pickle.loads(pickle.dumps(answer))(), __main__.answer is answer, sys.argv)
+            """)
+        assert result.stdout == "42 True ['<program>']\n", result
+
+    def test_sabotaged_interpreter_still_reports(self, sandbox: Sandbox) -> None:
+        result = run(sandbox, "import os, sys\nos._exit = sys.exit = lambda *a: None\nprint('done')")
+        assert (result.status, result.stdout) == ("ok", "done\n")
+        result = run(sandbox, "import os\nos.chmod('/tmp', 0)\nos.chmod('.', 0)")
+        assert result.status == "ok", result
+        assert run(sandbox, "print('still fine')").stdout == "still fine\n"
+
     def test_output_flood_is_output_limit(self, sandbox: Sandbox) -> None:
         result = run(sandbox, "while True:\n    print('x' * 10000)\n", max_output_bytes=100_000)
         assert result.status == "output_limit" and result.output_truncated
