@@ -371,11 +371,14 @@ def _run_child(body: Body, token: str, cwd: str, limits: proto.WireLimits,
 
 def _supervise_and_collect(pid: int, capture: Capture, token: str, limits: proto.WireLimits,
                            exclusive: bool, started: float) -> Finished:
-    reason = _supervise(pid, capture, started + limits["wall_time_s"])
-    duration = time.monotonic() - started
-    _signal(pid, signal.SIGKILL, group=True)  # background helpers of the program, if any
-    _signal(pid, signal.SIGKILL)  # in case it was killed before its setsid()
-    _, wait_status, usage = os.wait4(pid, 0)
+    reason = "exited"
+    try:
+        reason = _supervise(pid, capture, started + limits["wall_time_s"])
+    finally:  # whatever happened, the child and its process group die and the child is reaped
+        duration = time.monotonic() - started
+        _signal(pid, signal.SIGKILL, group=True)  # background helpers of the program, if any
+        _signal(pid, signal.SIGKILL)  # in case it was killed before its setsid()
+        _, wait_status, usage = os.wait4(pid, 0)
     if exclusive:
         sweep_processes()  # also closes every pipe writer, so the drain below hits EOF
     capture.drain(2.0 if exclusive else 0.2)

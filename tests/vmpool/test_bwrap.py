@@ -93,6 +93,22 @@ def test_dies_with_a_killed_host() -> None:
     assert gone(agent)
 
 
+def test_ctrl_c_mid_program_leaves_nothing_running() -> None:
+    host = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        from vmpool import Limits, Sandbox
+        sandbox = Sandbox.create("bwrap")
+        print(sandbox._process.agent_host_pid(), flush=True)
+        sandbox.run_program("import time; time.sleep(60)", Limits(wall_time_s=60))
+        """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert host.stdout is not None
+    agent = int(host.stdout.readline())
+    time.sleep(0.3)  # let run_program start
+    host.send_signal(signal.SIGINT)
+    _, stderr = host.communicate(timeout=30)
+    assert "KeyboardInterrupt" in stderr
+    assert gone(agent)
+
+
 def test_agent_is_shielded_from_programs() -> None:
     with Sandbox.create("bwrap") as sandbox:
         result = sandbox.run_program(textwrap.dedent("""
