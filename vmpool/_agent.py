@@ -192,22 +192,26 @@ def _set_dumpable(on: bool) -> None:
 
 
 def _rmtree(path: str) -> None:
-    """Delete what a program left, even parts it made read-only. Never follows symlinks."""
+    """Delete what a program left, even parts it made unreadable. Never follows symlinks."""
     if os.path.islink(path) or not os.path.isdir(path):
         try:
             os.unlink(path)
         except OSError:
             pass
         return
-    for top, dirs, _files in os.walk(path):
-        for name in [""] + dirs:
-            target = os.path.join(top, name) if name else top
-            if not os.path.islink(target):
-                try:
-                    os.chmod(target, 0o700)
-                except OSError:
-                    pass
+    _make_traversable(path)
+    for top, dirs, _files in os.walk(path):  # top-down: children are fixed before they are listed
+        for name in dirs:
+            _make_traversable(os.path.join(top, name))
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _make_traversable(directory: str) -> None:
+    if not os.path.islink(directory):
+        try:
+            os.chmod(directory, 0o700)
+        except OSError:
+            pass
 
 
 class Workspace:

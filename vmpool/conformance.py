@@ -152,9 +152,11 @@ class TestProgramOutcomes:
     def test_sabotaged_interpreter_still_reports(self, sandbox: Sandbox) -> None:
         result = run(sandbox, "import os, sys\nos._exit = sys.exit = lambda *a: None\nprint('done')")
         assert (result.status, result.stdout) == ("ok", "done\n")
-        result = run(sandbox, "import os\nos.chmod('/tmp', 0)\nos.chmod('.', 0)")
+        result = run(sandbox, "import os\nos.makedirs('a/b')\nos.chmod('a', 0)\nos.chmod('.', 0)\n"
+                              "os.chmod('/tmp', 0)\nprint(os.getcwd())")
         assert result.status == "ok", result
-        assert run(sandbox, "print('still fine')").stdout == "still fine\n"
+        later = run(sandbox, "import os; print(os.path.exists(%r))" % result.stdout.strip())
+        assert later.stdout == "False\n"
 
     def test_output_flood_is_output_limit(self, sandbox: Sandbox) -> None:
         result = run(sandbox, "while True:\n    print('x' * 10000)\n", max_output_bytes=100_000)
