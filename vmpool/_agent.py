@@ -635,7 +635,7 @@ class Channel:
             os.close(devnull)
             os.dup2(2, 1)
         else:
-            self.rfd = self.wfd = os.open(spec, os.O_RDWR | os.O_CLOEXEC)
+            self.rfd = self.wfd = os.open(spec, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY)
 
     def read(self) -> bytes:
         return os.read(self.rfd, 1 << 20)

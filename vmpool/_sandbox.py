@@ -11,16 +11,19 @@ import uuid
 import weakref
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
+
+from pydantic import BaseModel, ValidationError
 
 from ._client import AgentClient
 from ._driver import Driver, SandboxProcess, StartOptions, get_driver, resolve_driver
-from ._errors import DriverUnavailableError, SandboxError
+from ._errors import DriverUnavailableError, ProtocolError, SandboxError
 from ._protocol import MessageError, b64decode, b64encode
 from ._types import CommandResult, ExecResult, Limits
 
 __all__ = ["Commands", "Files", "Sandbox"]
 
+ResultT = TypeVar("ResultT", bound=BaseModel)
 REPLY_GRACE_S = 30.0  # beyond a program's wall limit: process sweep, cleanup, a busy host
 OP_TIMEOUT_S = 60.0
 COMMAND_LIMITS = Limits(memory_mb=4096, max_processes=256, max_file_size_mb=1024,
@@ -101,11 +104,21 @@ class Sandbox:
         machinery failed and the sandbox is gone. Programs are isolated from each other: each runs
         in a fresh private cwd, its leftover processes are killed and what it created at the top
         level of /tmp is deleted when it ends (files put there with `files.write` stay).
+        Output kept: at most min(max_output_bytes, 8 MiB). max_rss_mb includes the ~15 MB of
+        the warm interpreter the program was forked from.
         """
         limits = limits or Limits()
         result = self._call("run_program", limits.wall_time_s + REPLY_GRACE_S,
                             code=code, limits=wire_limits(limits))
-        return ExecResult(**result)
+        return self._parse(ExecResult, result)
+
+    def _parse(self, model: type[ResultT], fields: dict[str, Any]) -> ResultT:
+        try:
+            return model.model_validate(fields)
+        except ValidationError as exc:
+            self.kill()
+            raise ProtocolError("sandbox %s: malformed %s from the agent: %s"
+                                % (self.sandbox_id, model.__name__, exc)) from None
 
     def ping(self, timeout: float = 10.0) -> None:
         """Round-trip to the agent; SandboxError (and the sandbox killed) if it does not answer."""
@@ -190,4 +203,4 @@ class Commands:
         limits = Limits.model_validate({**base.model_dump(), "wall_time_s": timeout})
         result = self._sandbox._call("run_command", timeout + REPLY_GRACE_S, command=cmd,
                                      cwd=cwd, limits=wire_limits(limits))
-        return CommandResult(**result)
+        return self._sandbox._parse(CommandResult, result)

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tty
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,37 @@ def test_eof_ends_the_agent(agent: Agent) -> None:
     assert agent.proc.stdin is not None
     agent.proc.stdin.close()
     assert agent.proc.wait(timeout=10) == 0
+
+
+def test_device_channel() -> None:
+    # a raw pty stands in for the virtio-serial port the microVM will use
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    proc = subprocess.Popen([sys.executable, "-I", "-B", str(AGENT), "--channel", os.ttyname(slave)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    try:
+        with os.fdopen(master, "r+b", buffering=0) as port:
+            lines = port_lines(port)
+            assert json.loads(next(lines))["op"] == "hello"
+            port.write(b'{"id": 1, "op": "run_program", "code": "print(7)", "limits": %s}\n'
+                       % json.dumps(LIMITS).encode())
+            assert json.loads(next(lines))["result"]["stdout"] == "7\n"
+            port.write(b'{"id": 2, "op": "shutdown"}\n')
+            assert json.loads(next(lines))["ok"] is True
+        assert proc.wait(timeout=10) == 0
+    finally:
+        os.close(slave)
+        proc.kill()
+        proc.wait()
+
+
+def port_lines(port: Any) -> Iterator[bytes]:
+    buffer = b""
+    while True:
+        while b"\n" not in buffer:
+            buffer += port.read(65536)
+        line, buffer = buffer.split(b"\n", 1)
+        yield line
 
 
 def _ancestor_count() -> int:
