@@ -572,6 +572,12 @@ def program_result(run: Finished, limits: proto.WireLimits) -> Dict[str, Any]:
 
 def _classify(run: Finished, exit_code: Optional[int], signum: Optional[int], cpu: float,
               limits: proto.WireLimits) -> Tuple[str, Optional[str]]:
+    """(status, error), first rule that applies: the agent's own wall-time kill -> timeout;
+    output cap -> output_limit; the child's report: ok (with exit status 0) / error / oom /
+    exited (SystemExit); SIGXCPU, or SIGKILL after using the whole CPU budget (RLIMIT_CPU's hard
+    limit) -> timeout; any other signal -> exited with `signal` set; anything else (os._exit, a
+    crash before reporting) -> exited. OOM is only ever reported from a MemoryError: with
+    RLIMIT_AS an allocation fails instead of inviting the kernel's OOM killer."""
     cpu_limit = max(1, math.ceil(limits["cpu_time_s"]))
     if run.reason == "timeout":
         return "timeout", "wall-time limit of %gs exceeded" % limits["wall_time_s"]
