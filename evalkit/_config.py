@@ -61,7 +61,7 @@ class SandboxConfig(_Section):
     timeout_s: float = Field(10.0, gt=0)
     cpu_time_s: float | None = Field(None, gt=0)
     memory_mb: int = Field(512, ge=16)
-    max_processes: int = Field(32, ge=1)
+    max_processes: int = Field(8, ge=1)  # memory_mb is per process: this bounds the total
     max_output_bytes: int = Field(1_000_000, ge=1024)
     python: str | None = None
 

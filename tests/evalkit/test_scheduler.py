@@ -26,7 +26,7 @@ def test_a_sandbox_that_dies_is_replaced_and_the_sample_retried() -> None:
         sandbox = executor._sandbox
         assert sandbox is not None
         # The agent dies between two samples: the next sample must not be blamed for it.
-        os.killpg(os.getpgid(sandbox.pid), signal.SIGKILL)
+        os.killpg(sandbox._process.pid, signal.SIGKILL)  # bwrap leads its own process group
         second = executor.run_one(request("t", 1, "x = 2\n"))
         assert second.status == "passed" and second.attempts == 2
         assert executor._sandbox is not sandbox
