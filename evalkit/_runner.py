@@ -132,6 +132,7 @@ def _execute(
     try:
         if todo:
             with store.journal() as journal, RayScheduler(config.scheduler, config.sandbox, driver) as scheduler:
+                store.write_meta(scheduler_start_s=time.monotonic() - started, workers=scheduler.num_workers)
                 for result in scheduler.run(todo):
                     journal.append(result)
                     progress.update(result.status)
