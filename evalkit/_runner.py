@@ -124,11 +124,13 @@ def _execute(
 ) -> RunOutcome:
     from ._scheduler import RayScheduler
 
-    done = {r.key: r for r in store.results() if r.status != "infra_error"}
-    todo = [r for r in requests if r.sample.key not in done]
+    # A journaled verdict counts only for the very completion it judged: if a samples file
+    # changed since the run was interrupted, the changed samples run again.
+    done = {r.key: r.completion for r in store.results() if r.status != "infra_error"}
+    todo = [r for r in requests if done.get(r.sample.key) != r.sample.completion]
     started = time.monotonic()
-    store.write_meta(state="running", driver=driver, isolation=isolation, benchmark=benchmark.name, resumed_from=len(done))
-    progress = Progress(len(requests), len(done), enabled=show_progress)
+    store.write_meta(state="running", driver=driver, isolation=isolation, benchmark=benchmark.name, already_done=len(requests) - len(todo))
+    progress = Progress(len(requests), len(requests) - len(todo), enabled=show_progress)
     try:
         if todo:
             with store.journal() as journal, RayScheduler(config.scheduler, config.sandbox, driver) as scheduler:

@@ -17,6 +17,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "setup: evalkit needs Python 3.11 or newer; python3 is $(python3 --version 2>&1) (Debian 12 and Ubuntu 24.04 have it)" >&2
+    exit 1
+fi
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv" >&2
     python3 -m venv .venv

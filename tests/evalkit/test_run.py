@@ -146,3 +146,17 @@ def test_report_rerenders_from_the_journal_without_running(tmp_path: Path) -> No
     again = evalkit.report(outcome.run_dir)
     assert again.summary["metrics"] == outcome.summary["metrics"]
     assert (outcome.run_dir / "report.html").is_file() and (outcome.run_dir / "samples.parquet").is_file()
+
+
+def test_resume_reruns_only_samples_whose_completion_changed(tmp_path: Path) -> None:
+    problems = evalkit.get_benchmark(evalkit.BenchmarkConfig(name="humaneval")).select(None, 2)
+    rows = [(p.task_id, p.canonical_solution or "") for p in problems]
+    samples = write_samples(tmp_path, rows)
+    config = write_config(tmp_path, benchmark={"name": "humaneval", "limit": 2}, model={"provider": "samples", "path": str(samples)})
+    first = evalkit.run(config, progress=False)
+    assert first.summary["counts"]["passed"] == 2
+    write_samples(tmp_path, [rows[0], (rows[1][0], "    return None\n")])
+    again = evalkit.resume(first.run_dir, progress=False)
+    journal = (first.run_dir / "samples.jsonl").read_text().splitlines()
+    assert len(journal) == 3, "only the changed sample runs again"
+    assert again.summary["counts"] == {**again.summary["counts"], "passed": 1, "failed": 1}
