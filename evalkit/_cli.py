@@ -65,6 +65,11 @@ def _print_outcome(outcome: RunOutcome) -> None:
     click.echo(f"run folder: {outcome.run_dir}")
 
 
+def _conclude(outcome: RunOutcome) -> None:
+    _print_outcome(outcome)
+    sys.exit(outcome.exit_code)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="evalkit")
 def main() -> None:
@@ -90,9 +95,7 @@ def run_command(config: Path, resume_latest: bool, quiet: bool) -> None:
             return resume(previous, progress=not quiet)
         return run(cfg, progress=not quiet)
 
-    outcome = _guarded(action)
-    _print_outcome(outcome)
-    sys.exit(outcome.exit_code)
+    _conclude(_guarded(action))
 
 
 @main.command("resume")
@@ -103,9 +106,7 @@ def resume_command(run_dir: Path, quiet: bool) -> None:
     from ._runner import resume
 
     _setup_logging(quiet)
-    outcome = _guarded(lambda: resume(run_dir, progress=not quiet))
-    _print_outcome(outcome)
-    sys.exit(outcome.exit_code)
+    _conclude(_guarded(lambda: resume(run_dir, progress=not quiet)))
 
 
 @main.command("report")
