@@ -44,8 +44,8 @@ def _guarded(action: Callable[[], RunOutcome]) -> RunOutcome:
     except RunInterrupted as exc:
         click.echo(f"evalkit: {exc}; continue with: evalkit resume {exc.run_dir}", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
-        click.echo("evalkit: interrupted before the run started; nothing was saved", err=True)
+    except KeyboardInterrupt:  # before a run folder existed, or while reading one
+        click.echo("evalkit: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except EvalkitError as exc:
         click.echo(f"evalkit: error: {exc}", err=True)
@@ -54,6 +54,10 @@ def _guarded(action: Callable[[], RunOutcome]) -> RunOutcome:
 
 def _print_outcome(outcome: RunOutcome) -> None:
     summary = outcome.summary
+    run = summary["run"]
+    if not run["complete"]:
+        with_verdict = summary["num_samples"] - summary["counts"]["infra_error"]
+        click.echo(f"INCOMPLETE run ({run['state']}): {with_verdict} of {run['planned_samples']} planned samples have a verdict; the figures cover only those")
     metrics = "  ".join(f"{name} = {value:.4f}" for name, value in summary["metrics"].items()) or "no pass@k"
     counts = ", ".join(f"{status} {count}" for status, count in summary["counts"].items() if count)
     click.echo(f"{summary['num_problems']} problems, {summary['num_samples']} samples: {metrics}")
@@ -119,7 +123,9 @@ def report_command(run_dir: Path, as_json: bool) -> None:
     _setup_logging(True)
     outcome = _guarded(lambda: report(run_dir))
     if as_json:
-        click.echo(json.dumps({k: outcome.summary[k] for k in ("metrics", "counts", "skipped_k")}, indent=2))
+        shown = {k: outcome.summary[k] for k in ("metrics", "counts", "skipped_k")}
+        shown.update({k: outcome.summary["run"][k] for k in ("state", "complete", "planned_samples")})
+        click.echo(json.dumps(shown, indent=2))
     else:
         _print_outcome(outcome)
         click.echo(f"report: {outcome.run_dir / 'report.html'}")

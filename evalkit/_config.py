@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from ._errors import ConfigError
 
@@ -86,8 +86,19 @@ class EvalConfig(_Section):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     output_dir: str = "reports"
 
+    # Where the config came from, so that later stages (which load data the config names) can
+    # still point at the file and line of a key: see `where`.
+    _source: Path | None = PrivateAttr(None)
+    _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def where(self, *key: str) -> str:
+        """``"file, line N"`` for ``key`` (e.g. ``where("benchmark", "ids")``), as precisely as known."""
+        if self._source is None:
+            return "config"
+        return _where(self._source, self._lines, key)
 
 
 def load_config(path: str | Path) -> EvalConfig:
@@ -105,8 +116,12 @@ def load_config(path: str | Path) -> EvalConfig:
     return parse_config(text, source=path)
 
 
-def parse_config(text: str, source: Path) -> EvalConfig:
-    """Validate config ``text`` read from ``source`` (used in messages and to resolve paths)."""
+def parse_config(text: str, source: Path, *, check_inputs: bool = True) -> EvalConfig:
+    """Validate config ``text`` read from ``source`` (used in messages and to resolve paths).
+
+    ``check_inputs=False`` skips checking that input files exist: for a run folder's stored
+    config, which must stay readable after its inputs have moved.
+    """
     data, lines = _load_yaml(text, source)
     data = dict(data)
     if "name" not in data:
@@ -119,7 +134,11 @@ def parse_config(text: str, source: Path) -> EvalConfig:
         raise _config_error(exc, source, lines, EvalConfig) from None
     _check_benchmark(config.benchmark, source, lines)
     _check_model(config, source, lines)
-    return _resolve_paths(config, source.parent, source, lines)
+    _check_driver(config.sandbox, source, lines)
+    if check_inputs:
+        config = _resolve_paths(config, source.parent, source, lines)
+    config._source, config._lines = source, lines
+    return config
 
 
 def _load_yaml(text: str, source: Path) -> tuple[dict[str, Any], _Line]:
@@ -196,9 +215,23 @@ def _config_error(
 
 
 def _check_benchmark(bench: BenchmarkConfig, source: Path, lines: _Line) -> None:
+    from ._benchmarks import benchmark_names
+
     if (bench.name is None) == (bench.path is None):
         where = _where(source, lines, ("benchmark",))
         raise ConfigError(f"{where}: 'benchmark' needs exactly one of 'name' (e.g. humaneval) or 'path' (a JSONL file)")
+    if bench.name is not None and bench.name not in benchmark_names():
+        where = _where(source, lines, ("benchmark", "name"))
+        raise ConfigError(f"{where}: unknown benchmark '{bench.name}' (known: {', '.join(benchmark_names())}; or give 'path' to a JSONL file)")
+
+
+def _check_driver(sandbox: SandboxConfig, source: Path, lines: _Line) -> None:
+    from vmpool import list_drivers
+
+    known = ["auto", *list_drivers()]
+    if sandbox.driver not in known:
+        where = _where(source, lines, ("sandbox", "driver"))
+        raise ConfigError(f"{where}: unknown sandbox driver '{sandbox.driver}' (known: {', '.join(known)})")
 
 
 def _check_model(config: EvalConfig, source: Path, lines: _Line) -> None:

@@ -109,6 +109,9 @@ class SampleExecutor:
                 last_error = f"{type(exc).__name__}: {exc}"
                 self._discard_sandbox()
                 continue
+            except Exception as exc:  # the harness cannot handle this one sample; retrying won't help
+                self._discard_sandbox()
+                return infra_error(request, self.driver, f"{type(exc).__name__}: {exc}", attempts)
             return verdict(request, result, sandbox.driver, sandbox.isolation, attempts)
         return infra_error(request, self.driver, f"sandbox failed {attempts} time(s); last: {last_error}", attempts)
 

@@ -42,7 +42,8 @@ class Progress:
     def _line(self) -> None:
         self._last_line = time.monotonic()
         elapsed = self._last_line - self._start
-        print(f"[evalkit] {self.done}/{self.total} samples, {elapsed:.0f} s, {self._postfix()}", file=self._stream, flush=True)
+        counts = f", {self._postfix()}" if self.counts else ""
+        print(f"[evalkit] {self.done}/{self.total} samples, {elapsed:.0f} s{counts}", file=self._stream, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

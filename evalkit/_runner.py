@@ -1,29 +1,33 @@
 """One evaluation run, end to end: the Python API behind ``evalkit run``, ``resume`` and ``report``.
 
-    config ─► benchmark problems ─► provider samples ─► programs ─► Ray scheduler ─► journal
-                                                                                    └► parquet, summary.json, report.html
+    config ─► problems ─► samples (the plan) ─► programs ─► Ray scheduler ─► journal
+                                                                            └► parquet, summary.json, report.html
+
+A run folder is self-contained: the plan (every sample with its completion) is written when the
+run starts, so resuming or re-reporting needs neither the samples file nor the model.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import logging
 import platform
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ._benchmarks import Benchmark, get_benchmark
 from ._config import EvalConfig, load_config
-from ._errors import EvalkitError, InfraError, RunInterrupted
+from ._errors import ConfigError, EvalkitError, InfraError, RunInterrupted
 from ._models import make_provider
 from ._progress import Progress
 from ._report import render_report
 from ._scoring import score
-from ._store import RunStore
-from ._types import ExecRequest, SampleResult
+from ._store import RunStore, now
+from ._types import ExecRequest, Problem, Sample, SampleResult
 from ._version import __version__
 
 _log = logging.getLogger("evalkit")
@@ -37,7 +41,7 @@ EXIT_INTERRUPTED = 130
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """What a finished run left behind and the exit code the CLI returns for it."""
+    """What a run left behind, and the exit code the CLI returns for it."""
 
     run_dir: Path
     summary: dict[str, Any]
@@ -48,53 +52,89 @@ def run(config: EvalConfig | str | Path, *, progress: bool = True) -> RunOutcome
     """Evaluate ``config`` in a new run folder under its ``output_dir``."""
     if not isinstance(config, EvalConfig):
         config = load_config(config)
-    requests, benchmark = _plan(config)
+    RunStore.prepare(config)
+    benchmark, problems = _problems(config)
+    samples = _samples(config, benchmark, problems)
     driver, isolation = _check_sandbox(config)
-    store = RunStore.create(config)
-    _log.info("run folder: %s", store.path)
-    return _execute(store, config, requests, benchmark, driver, isolation, progress)
-
-
-def latest_unfinished(config: EvalConfig) -> Path | None:
-    """The newest run folder of ``config.name`` under its output_dir that did not finish."""
-    candidates = sorted(Path(config.output_dir).glob(f"{config.name}-*/run.json"), key=lambda p: p.stat().st_mtime)
-    for meta_path in reversed(candidates):
-        try:
-            if RunStore.open(meta_path.parent).meta().get("state") != "finished":
-                return meta_path.parent
-        except EvalkitError:
-            continue
-    return None
+    with _scheduler(config, driver, needed=True) as (scheduler, start_s):
+        store = RunStore.create(config)  # only once Ray is up: a failed start leaves no folder
+        store.write_plan(samples)
+        store.write_meta(planned_samples=len(samples), scheduler_start_s=start_s)
+        _log.info("run folder: %s", store.path)
+        return _execute(store, config, benchmark, problems, samples, samples, scheduler, driver, isolation, progress)
 
 
 def resume(run_dir: str | Path, *, progress: bool = True) -> RunOutcome:
-    """Finish an interrupted run: samples already in its journal are not run again (but
-    ``infra_error`` ones are retried)."""
+    """Finish an interrupted run from its plan and journal: samples with a verdict are not run
+    again, ``infra_error`` ones are. A finished run is only re-reported."""
     store = RunStore.open(run_dir)
+    if store.meta().get("state") == "finished":
+        _log.info("%s has already finished; re-rendering its report", store.path)
+        return report(run_dir)
     config = store.config()
-    requests, benchmark = _plan(config)
+    samples = store.plan()
+    benchmark, problems = _problems(config)
+    done = {r.key for r in _planned_results(store, samples) if r.status != "infra_error"}
+    todo = [s for s in samples if s.key not in done]
     driver, isolation = _check_sandbox(config)
-    return _execute(store, config, requests, benchmark, driver, isolation, progress)
+    with _scheduler(config, driver, needed=bool(todo)) as (scheduler, start_s):
+        store.write_meta(scheduler_start_s=start_s)
+        return _execute(store, config, benchmark, problems, samples, todo, scheduler, driver, isolation, progress)
 
 
 def report(run_dir: str | Path) -> RunOutcome:
-    """Re-score and re-render a run folder from its journal, without running anything."""
+    """Re-score and re-render a run folder from its plan and journal, without running anything."""
     store = RunStore.open(run_dir)
     config = store.config()
-    results = store.results()
+    samples = store.plan()
+    results = _planned_results(store, samples)
     meta = store.meta()
-    summary = _finish(store, config, results, meta.get("driver", "?"), meta.get("isolation", "?"), meta)
+    summary = _finish(store, config, samples, results, meta.get("driver", "?"), meta.get("isolation", "?"), meta)
     return RunOutcome(store.path, summary, _exit_code(summary))
 
 
-def _plan(config: EvalConfig) -> tuple[list[ExecRequest], Benchmark]:
+def latest_unfinished(config: EvalConfig) -> Path | None:
+    """The newest run folder of this very config (same name, same resolved settings) under its
+    output_dir that did not finish; None if there is none."""
+    pattern = re.compile(rf"{re.escape(config.name)}-\d{{8}}-\d{{6}}(-\d+)?")
+    folders = [p.parent for p in Path(config.output_dir).glob(f"{config.name}-*/run.json") if pattern.fullmatch(p.parent.name)]
+    for folder in sorted(folders, key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            store = RunStore.open(folder)
+            if store.meta().get("state") == "finished":
+                continue
+            if store.config().model_dump() != config.model_dump():
+                _log.info("not resuming %s: it was started with a different config", folder)
+                continue
+        except EvalkitError:
+            continue
+        return folder
+    return None
+
+
+def _problems(config: EvalConfig) -> tuple[Benchmark, list[Problem]]:
     benchmark = get_benchmark(config.benchmark)
-    problems = benchmark.select(config.benchmark.ids, config.benchmark.limit)
+    try:
+        return benchmark, benchmark.select(config.benchmark.ids, config.benchmark.limit)
+    except ConfigError as exc:
+        raise ConfigError(f"{config.where('benchmark', 'ids')}: {exc}") from None
+
+
+def _samples(config: EvalConfig, benchmark: Benchmark, problems: list[Problem]) -> list[Sample]:
     provider = make_provider(config.model.model_dump())
-    samples = provider.samples(problems, config.sampling.n, all_task_ids=[p.task_id for p in benchmark.problems()])
+    return provider.samples(problems, config.sampling.n, all_task_ids=[p.task_id for p in benchmark.problems()])
+
+
+def _requests(benchmark: Benchmark, problems: list[Problem], samples: Sequence[Sample]) -> list[ExecRequest]:
     by_id = {p.task_id: p for p in problems}
-    requests = [ExecRequest(sample=s, program=benchmark.program(by_id[s.task_id], s.completion)) for s in samples]
-    return requests, benchmark
+    return [ExecRequest(sample=s, program=benchmark.program(by_id[s.task_id], s.completion)) for s in samples]
+
+
+def _planned_results(store: RunStore, samples: Sequence[Sample]) -> list[SampleResult]:
+    """The journal's verdicts on the planned samples: the one rule that resume, the end of a run
+    and report all use to decide what counts."""
+    planned = {s.key: s.completion for s in samples}
+    return [r for r in store.results() if planned.get(r.key) == r.completion]
 
 
 def _check_sandbox(config: EvalConfig) -> tuple[str, str]:
@@ -113,53 +153,68 @@ def _check_sandbox(config: EvalConfig) -> tuple[str, str]:
     return driver, isolation
 
 
+@contextlib.contextmanager
+def _scheduler(config: EvalConfig, driver: str, *, needed: bool) -> Iterator[tuple[Any, float]]:
+    """A started `RayScheduler` and its start-up time, or (None, 0) when nothing is left to run."""
+    if not needed:
+        yield None, 0.0
+        return
+    from ._scheduler import RayScheduler
+
+    started = time.monotonic()
+    with RayScheduler(config.scheduler, config.sandbox, driver) as scheduler:
+        yield scheduler, time.monotonic() - started
+
+
 def _execute(
     store: RunStore,
     config: EvalConfig,
-    requests: Sequence[ExecRequest],
     benchmark: Benchmark,
+    problems: list[Problem],
+    samples: Sequence[Sample],
+    todo: Sequence[Sample],
+    scheduler: Any,
     driver: str,
     isolation: str,
     show_progress: bool,
 ) -> RunOutcome:
-    from ._scheduler import RayScheduler
-
-    # A journaled verdict counts only for the very completion it judged: if a samples file
-    # changed since the run was interrupted, the changed samples run again.
-    done = {r.key: r.completion for r in store.results() if r.status != "infra_error"}
-    todo = [r for r in requests if done.get(r.sample.key) != r.sample.completion]
     started = time.monotonic()
-    store.write_meta(state="running", driver=driver, isolation=isolation, benchmark=benchmark.name, already_done=len(requests) - len(todo))
-    progress = Progress(len(requests), len(requests) - len(todo), enabled=show_progress)
+    previous_s = float(store.meta().get("duration_s", 0.0))
+    store.write_meta(state="running", driver=driver, isolation=isolation, benchmark=benchmark.name,
+                     workers=getattr(scheduler, "num_workers", 0))
+    progress = Progress(len(samples), len(samples) - len(todo), enabled=show_progress)
     try:
         if todo:
-            with store.journal() as journal, RayScheduler(config.scheduler, config.sandbox, driver) as scheduler:
-                store.write_meta(scheduler_start_s=time.monotonic() - started, workers=scheduler.num_workers)
-                for result in scheduler.run(todo):
+            with store.journal() as journal:
+                for result in scheduler.run(_requests(benchmark, problems, todo)):
                     journal.append(result)
                     progress.update(result.status)
+        progress.close()
+        store.write_meta(state="finished", duration_s=previous_s + time.monotonic() - started, finished=now())
+        summary = _finish(store, config, samples, _planned_results(store, samples), driver, isolation, store.meta())
     except InfraError as exc:
         progress.close()
-        store.write_meta(state="failed")
+        store.write_meta(state="failed", duration_s=previous_s + time.monotonic() - started)
         raise InfraError(f"{exc}; the {progress.done} finished results are kept; continue with: evalkit resume {store.path}") from exc
     except KeyboardInterrupt:
         progress.close()
-        store.write_meta(state="interrupted", duration_s=float(store.meta().get("duration_s", 0.0)) + time.monotonic() - started)
-        raise RunInterrupted(store.path, progress.done, len(requests)) from None
-    progress.close()
-    wanted = {r.sample.key for r in requests}
-    results = [r for r in store.results() if r.key in wanted]
-    meta = store.meta()
-    duration = float(meta.get("duration_s", 0.0)) + time.monotonic() - started
-    store.write_meta(state="finished", duration_s=duration, finished=_now())
-    summary = _finish(store, config, results, driver, isolation, store.meta())
+        if store.meta().get("state") != "finished":
+            store.write_meta(state="interrupted", duration_s=previous_s + time.monotonic() - started)
+        raise RunInterrupted(store.path, progress.done, len(samples)) from None
     return RunOutcome(store.path, summary, _exit_code(summary))
 
 
 def _finish(
-    store: RunStore, config: EvalConfig, results: list[SampleResult], driver: str, isolation: str, meta: dict[str, Any]
+    store: RunStore,
+    config: EvalConfig,
+    samples: Sequence[Sample],
+    results: list[SampleResult],
+    driver: str,
+    isolation: str,
+    meta: dict[str, Any],
 ) -> dict[str, Any]:
     summary = score(results, config.sampling.k)
+    with_verdict = {r.key for r in results if r.status != "infra_error"}
     summary["run"] = {
         "name": config.name,
         "benchmark": meta.get("benchmark", config.benchmark.name or config.benchmark.path),
@@ -169,6 +224,8 @@ def _finish(
         "started": meta.get("created"),
         "finished": meta.get("finished"),
         "state": meta.get("state"),
+        "planned_samples": len(samples),
+        "complete": meta.get("state") == "finished" and len(with_verdict) == len(samples),
         "duration_s": float(meta.get("duration_s", 0.0)),
         "evalkit_version": __version__,
         "host": platform.node(),
@@ -183,7 +240,3 @@ def _finish(
 
 def _exit_code(summary: dict[str, Any]) -> int:
     return EXIT_INFRA if summary["counts"]["infra_error"] else EXIT_OK
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -21,31 +21,47 @@ def read_samples(path: str | Path, known_ids: Iterable[str]) -> list[Sample]:
     counts: dict[str, int] = {}
     samples: list[Sample] = []
     try:
-        handle = open(path, encoding="utf-8")
+        handle = open(path, "rb")  # decoded line by line, so an encoding error names its line
     except OSError as exc:
         raise SamplesError(f"cannot read samples file {path}: {exc.strerror}") from exc
     with handle:
-        try:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                task_id, completion = _parse_line(line, path, lineno, known)
-                idx = counts.get(task_id, 0)
-                counts[task_id] = idx + 1
-                samples.append(Sample(task_id=task_id, sample_idx=idx, completion=completion))
-        except UnicodeDecodeError as exc:
-            raise SamplesError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SamplesError(f"{path}, line {lineno}: not UTF-8 text ({exc.reason} at column {exc.start + 1})") from None
+            if not line.strip():
+                continue
+            task_id, completion = _parse_line(line, path, lineno, known)
+            idx = counts.get(task_id, 0)
+            counts[task_id] = idx + 1
+            samples.append(Sample(task_id=task_id, sample_idx=idx, completion=completion))
     if not samples:
         raise SamplesError(f"{path}: the file holds no samples")
     return samples
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    record: dict[str, object] = {}
+    for key, value in pairs:
+        if key in record:
+            raise _DuplicateKey(key)
+        record[key] = value
+    return record
+
+
 def _parse_line(line: str, path: str | Path, lineno: int, known: set[str]) -> tuple[str, str]:
     where = f"{path}, line {lineno}"
     try:
-        record = json.loads(line)
+        record = json.loads(line, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise SamplesError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except _DuplicateKey as exc:
+        raise SamplesError(f"{where}: key '{exc}' appears twice in one object") from None
     if not isinstance(record, dict):
         raise SamplesError(f'{where}: expected a JSON object {{"task_id": ..., "completion": ...}}, got {type(record).__name__}')
     for key in ("task_id", "completion"):
@@ -54,6 +70,12 @@ def _parse_line(line: str, path: str | Path, lineno: int, known: set[str]) -> tu
         if not isinstance(record[key], str):
             raise SamplesError(f"{where}: '{key}' must be a string, got {type(record[key]).__name__}")
     task_id, completion = record["task_id"], record["completion"]
+    for key, value in (("task_id", task_id), ("completion", completion)):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = value[exc.start]
+            raise SamplesError(f"{where}: '{key}' holds an unpaired surrogate (\\u{ord(bad):04x}), which is not valid Unicode text") from None
     if task_id not in known:
         raise SamplesError(f"{where}: unknown task_id {task_id!r} (not a problem of this benchmark)")
     return task_id, completion

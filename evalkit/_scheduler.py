@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -54,28 +56,41 @@ class RayScheduler:
         ray: Any = ray_module  # Ray's own annotations are partial; keep them out of our types
         self._ray = ray
         self.config = scheduler
-        self._owns_ray = not ray.is_initialized()
-        if self._owns_ray:
-            # A local instance needs little shared memory: requests and results are small.
-            local = {"object_store_memory": 512 * 2**20} if scheduler.address is None else {}
-            try:
-                ray.init(
-                    address=scheduler.address,
-                    **local,
-                    include_dashboard=False,
-                    logging_level=logging.ERROR,
-                    log_to_driver=False,
-                    configure_logging=True,
-                )
-            except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
-                where = scheduler.address or "a local instance"
-                raise InfraError(f"cannot start or join Ray ({where}): {exc}") from exc
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        self.num_workers = scheduler.workers or max(1, cpus)
-        self.max_in_flight = scheduler.max_in_flight or 2 * self.num_workers
-        actor = ray.remote(_Worker).options(num_cpus=min(1, cpus / self.num_workers), max_restarts=-1, max_task_retries=0)
-        self._workers: list[Any] = [actor.remote(sandbox, driver, scheduler.max_retries) for _ in range(self.num_workers)]
         self.driver = driver
+        self._workers: list[Any] = []
+        self._owns_ray = not ray.is_initialized()
+        try:
+            if self._owns_ray:
+                self._start_ray(scheduler.address)
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            self.num_workers = scheduler.workers or max(1, cpus)
+            self.max_in_flight = scheduler.max_in_flight or 2 * self.num_workers
+            actor = ray.remote(_Worker).options(num_cpus=min(1, cpus / self.num_workers), max_restarts=-1, max_task_retries=0)
+            self._workers = [actor.remote(sandbox, driver, scheduler.max_retries) for _ in range(self.num_workers)]
+        except BaseException:  # Ctrl-C during start-up too: never leave a half-started Ray behind
+            self.close()
+            raise
+
+    def _start_ray(self, address: str | None) -> None:
+        # ray.init installs its own SIGTERM handler; a CI job's SIGTERM must keep reaching ours,
+        # which stops the run cleanly with every finished result kept.
+        on_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+        local = {"object_store_memory": 512 * 2**20} if address is None else {}  # results are small
+        try:
+            self._ray.init(
+                address=address,
+                **local,
+                include_dashboard=False,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                configure_logging=True,
+            )
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
+            hint = " (ray:// addresses need Ray's client: pip install 'ray[client]')" if (address or "").startswith("ray://") else ""
+            raise InfraError(f"cannot start or join Ray ({address or 'a local instance'}): {exc}{hint}") from exc
+        finally:
+            if on_sigterm is not None:
+                signal.signal(signal.SIGTERM, on_sigterm)
 
     def run(self, requests: Sequence[ExecRequest]) -> Iterator[SampleResult]:
         """Yield one result per request, in the order they finish."""
@@ -108,7 +123,9 @@ class RayScheduler:
     def _retry_or_fail(
         self, queue: deque[tuple[list[ExecRequest], int]], batch: list[ExecRequest], attempts: int, exc: BaseException
     ) -> Iterator[SampleResult]:
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        cause = getattr(exc, "cause", None) or exc  # a RayTaskError wraps the worker's own exception
+        text = str(cause).strip().splitlines()
+        reason = f"{type(cause).__name__}: {text[0] if text else ''}"
         if attempts <= self.config.max_retries:
             _log.warning("a worker failed (%s); retrying %d sample(s)", reason, len(batch))
             queue.appendleft((batch, attempts))
@@ -124,8 +141,9 @@ class RayScheduler:
             except Exception:  # already dead: nothing to stop
                 pass
         self._workers = []
-        if self._owns_ray and self._ray.is_initialized():
+        if self._owns_ray:  # even if ray.init was interrupted half-way: shutdown stops what it started
             self._ray.shutdown()
+            self._owns_ray = False
 
     def __enter__(self) -> RayScheduler:
         return self

@@ -1,15 +1,17 @@
 """The run folder: the resolved config, the crash-safe journal of results, and the final files.
 
     <output_dir>/<name>-<YYYYmmdd-HHMMSS>/
-        run.json          format version, evalkit version, state (running, interrupted, finished)
+        run.json          format version, evalkit version, state (running, interrupted, failed, finished)
         config.yaml       the resolved config
+        plan.jsonl        every sample the run evaluates (task_id, sample_idx, completion), fixed at creation
         samples.jsonl     the journal: one line per finished sample, appended and flushed as it arrives
         samples.parquet   one row per sample, written from the journal at the end
         summary.json      metrics (pass@k), counts per status, run metadata
         report.html       the report
 
-The journal is the source of truth: everything else is derived from it and can be rebuilt
-(`evalkit report`). A partial last line (a crash mid-write) is ignored when reading.
+The plan and the journal are the source of truth: everything else is derived from them and can
+be rebuilt (`evalkit report`), and `evalkit resume` needs neither the samples file nor the
+model again. A partial last line of the journal (a crash mid-write) is ignored when reading.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from ._config import EvalConfig, parse_config
-from ._errors import RunStoreError
-from ._types import SampleResult, task_order
+from ._errors import ConfigError, RunStoreError
+from ._types import Sample, SampleResult, task_order
 from ._version import __version__
 
 RUN_FORMAT_VERSION = 1
@@ -67,11 +69,19 @@ class RunStore:
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    @staticmethod
+    def prepare(config: EvalConfig) -> None:
+        """Make ``output_dir`` if needed; `ConfigError` naming the key if it cannot hold runs."""
+        try:
+            Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{config.where('output_dir')}: 'output_dir' names {config.output_dir}, where run folders cannot be made ({exc.strerror})") from None
+
     @classmethod
     def create(cls, config: EvalConfig) -> RunStore:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         base = Path(config.output_dir) / f"{config.name}-{stamp}"
-        base.parent.mkdir(parents=True, exist_ok=True)
+        cls.prepare(config)
         path, i = base, 1
         while True:  # mkdir claims a name atomically; exists() then mkdir() raced another run
             try:
@@ -82,7 +92,7 @@ class RunStore:
                 path = base.with_name(f"{base.name}-{i}")
         store = cls(path.resolve())
         (store.path / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
-        store.write_meta(state="running", created=_now())
+        store.write_meta(state="running", created=now())
         return store
 
     @classmethod
@@ -120,7 +130,21 @@ class RunStore:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise RunStoreError(f"cannot read {path}: {exc}") from exc
-        return parse_config(text, source=path)
+        return parse_config(text, source=path, check_inputs=False)
+
+    def write_plan(self, samples: Iterable[Sample]) -> None:
+        lines = "".join(s.model_dump_json() + "\n" for s in samples)
+        _atomic_write(self.path / "plan.jsonl", lines)
+
+    def plan(self) -> list[Sample]:
+        """The samples this run evaluates, as fixed when it was created."""
+        path = self.path / "plan.jsonl"
+        try:
+            return [Sample.model_validate_json(line) for line in path.read_bytes().split(b"\n") if line.strip()]
+        except FileNotFoundError:
+            raise RunStoreError(f"{self.path} has no plan.jsonl: it was not written by a complete 'evalkit run' start") from None
+        except (OSError, ValidationError) as exc:
+            raise RunStoreError(f"cannot read {path}: {exc}") from exc
 
     def journal(self) -> Journal:
         return Journal(self.path / "samples.jsonl")
@@ -213,5 +237,6 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _now() -> str:
+def now() -> str:
+    """The current UTC time in ISO 8601, as run.json records times."""
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -68,11 +68,28 @@ def test_report_of_a_folder_that_is_not_a_run_exits_2(tmp_path: Path) -> None:
     assert_one_line_error(evalkit("report", str(tmp_path), cwd=tmp_path), "not an evalkit run folder")
 
 
+def test_unknown_sandbox_driver_exits_2_naming_the_line(tmp_path: Path) -> None:
+    write(tmp_path / "c.yaml", "benchmark: {name: humaneval}\nmodel: {provider: reference}\nsandbox:\n  driver: docker\n")
+    assert_one_line_error(evalkit("run", "c.yaml", cwd=tmp_path), "c.yaml, line 4", "unknown sandbox driver 'docker'", "bwrap")
+
+
+def test_unknown_problem_id_exits_2_naming_the_line(tmp_path: Path) -> None:
+    write(tmp_path / "c.yaml", "benchmark:\n  name: humaneval\n  ids: [HumanEval/0, HumanEval/999]\nmodel: {provider: reference}\n")
+    assert_one_line_error(evalkit("run", "c.yaml", cwd=tmp_path), "c.yaml, line 3", "HumanEval/999")
+
+
+def test_output_dir_that_is_a_file_exits_2(tmp_path: Path) -> None:
+    write(tmp_path / "taken", "")
+    write(tmp_path / "c.yaml", "benchmark: {name: humaneval, limit: 1}\nmodel: {provider: reference}\noutput_dir: taken\n")
+    assert_one_line_error(evalkit("run", "c.yaml", cwd=tmp_path), "output_dir", "taken")
+
+
 @pytest.mark.ray
 @pytest.mark.sandbox
 @pytest.mark.slow
 @pytest.mark.usefixtures("sandboxes")
-def test_ctrl_c_keeps_finished_results_and_resume_finishes_the_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stopped_run_keeps_finished_results_and_resume_finishes_it(tmp_path: Path, stop: signal.Signals) -> None:
     slow = "    import time\n    time.sleep(0.4)\n    return None\n"
     rows = [{"task_id": f"HumanEval/{i}", "completion": slow} for i in range(12)]
     write(tmp_path / "s.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
@@ -94,13 +111,17 @@ def test_ctrl_c_keeps_finished_results_and_resume_finishes_the_run(tmp_path: Pat
             break
         time.sleep(0.1)
     assert journal is not None, "the run never journaled three samples"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "evalkit resume" in err and "Traceback" not in err
     kept = [json.loads(line) for line in journal.read_text().splitlines()]
     assert len(kept) >= 3
     assert json.loads((journal.parent / "run.json").read_text())["state"] == "interrupted"
+    partial = evalkit("report", "--json", str(journal.parent), cwd=tmp_path)
+    assert partial.returncode == 0, partial.stderr
+    shown = json.loads(partial.stdout)
+    assert shown["complete"] is False and shown["state"] == "interrupted" and shown["planned_samples"] == 12
 
     resumed = evalkit("run", "c.yaml", "--resume", "--quiet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr

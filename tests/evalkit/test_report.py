@@ -22,6 +22,8 @@ def run_info(**overrides: Any) -> dict[str, Any]:
         "started": "2026-11-27T10:15:00+00:00",
         "finished": "2026-11-27T10:16:40+00:00",
         "state": "finished",
+        "planned_samples": 0,
+        "complete": True,
         "duration_s": 100.0,
         "evalkit_version": "0.1.0",
         "host": "testhost",
@@ -160,3 +162,12 @@ def test_long_failure_lists_are_cut(make_result) -> None:
     page = render(results)
     assert page.count("<details>") == 300
     assert "28 more are in samples.parquet" in text_of(page)
+
+
+def test_an_incomplete_run_says_so_above_its_figures(make_result: Any) -> None:
+    results = [make_result("HumanEval/0", 0, status="passed")]
+    summary = score(results, [1])
+    summary["run"] = run_info(state="interrupted", complete=False, planned_samples=5)
+    html = render_report(summary, results)
+    assert "Incomplete run (interrupted): 1 of\n5 planned samples" in html
+    assert html.index("Incomplete run") < html.index("pass@1 = ")

@@ -133,7 +133,7 @@ def test_an_unusable_sandbox_is_an_infrastructure_failure(tmp_path: Path) -> Non
     config = write_config(tmp_path, benchmark={"name": "humaneval", "limit": 1}, sandbox={"python": "/nonexistent/python3"})
     with pytest.raises(evalkit.InfraError, match="sandbox"):
         evalkit.run(config, progress=False)
-    assert not (tmp_path / "runs").exists()
+    assert list((tmp_path / "runs").iterdir()) == [], "a run that never started leaves no run folder"
 
 
 def test_report_rerenders_from_the_journal_without_running(tmp_path: Path) -> None:
@@ -148,15 +148,24 @@ def test_report_rerenders_from_the_journal_without_running(tmp_path: Path) -> No
     assert (outcome.run_dir / "report.html").is_file() and (outcome.run_dir / "samples.parquet").is_file()
 
 
-def test_resume_reruns_only_samples_whose_completion_changed(tmp_path: Path) -> None:
-    problems = evalkit.get_benchmark(evalkit.BenchmarkConfig(name="humaneval")).select(None, 2)
-    rows = [(p.task_id, p.canonical_solution or "") for p in problems]
-    samples = write_samples(tmp_path, rows)
-    config = write_config(tmp_path, benchmark={"name": "humaneval", "limit": 2}, model={"provider": "samples", "path": str(samples)})
+def test_resume_runs_what_is_missing_from_the_runs_own_plan(tmp_path: Path) -> None:
+    problems = evalkit.get_benchmark(evalkit.BenchmarkConfig(name="humaneval")).select(None, 4)
+    samples = write_samples(tmp_path, [(p.task_id, p.canonical_solution or "") for p in problems])
+    config = write_config(tmp_path, benchmark={"name": "humaneval", "limit": 4}, model={"provider": "samples", "path": str(samples)})
     first = evalkit.run(config, progress=False)
-    assert first.summary["counts"]["passed"] == 2
-    write_samples(tmp_path, [rows[0], (rows[1][0], "    return None\n")])
+    journal = first.run_dir / "samples.jsonl"
+    kept = journal.read_text().splitlines()[:2]
+    # As if the run had been interrupted after two samples, and the samples file then deleted:
+    journal.write_text("".join(line + "\n" for line in kept))
+    evalkit.RunStore.open(first.run_dir).write_meta(state="interrupted")
+    samples.unlink()
+    partial = evalkit.report(first.run_dir)
+    assert partial.summary["run"]["complete"] is False and partial.summary["num_samples"] == 2
+    resumed = evalkit.resume(first.run_dir, progress=False)
+    lines = journal.read_text().splitlines()
+    assert lines[:2] == kept and len(lines) == 4, "only the two missing samples ran"
+    assert resumed.summary["run"]["complete"] is True
+    assert resumed.summary["counts"]["passed"] == 4 and resumed.exit_code == 0
+    # A finished run is only re-reported, never re-run.
     again = evalkit.resume(first.run_dir, progress=False)
-    journal = (first.run_dir / "samples.jsonl").read_text().splitlines()
-    assert len(journal) == 3, "only the changed sample runs again"
-    assert again.summary["counts"] == {**again.summary["counts"], "passed": 1, "failed": 1}
+    assert journal.read_text().splitlines() == lines and again.summary["metrics"] == resumed.summary["metrics"]

@@ -59,3 +59,15 @@ def test_batches_of_a_dead_worker_are_retried_elsewhere() -> None:
     assert sorted(r.sample_idx for r in results) == list(range(8))
     assert all(r.status == "passed" for r in results), [(r.status, r.error) for r in results]
     assert any(r.attempts > 1 for r in results)
+
+
+def test_a_sample_the_harness_cannot_send_fails_alone() -> None:
+    executor = SampleExecutor(SandboxConfig(timeout_s=5), "bwrap", max_retries=2)
+    huge = "x = 1\n" + "#" * (70 * 2**20) + "\n"  # beyond the agent protocol's 64 MiB message limit
+    try:
+        results = executor.run_batch([request("t", 0, huge), request("t", 1, "x = 2\n")])
+    finally:
+        executor.close()
+    assert results[0].status == "infra_error" and "too large" in (results[0].error or "")
+    assert results[0].attempts == 1, "a deterministic harness error is not retried"
+    assert results[1].status == "passed"

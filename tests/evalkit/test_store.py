@@ -35,7 +35,7 @@ def test_create_makes_a_stamped_folder_with_config_and_meta(config: EvalConfig, 
     store = RunStore.create(config)
     assert store.path.parent == (tmp_path / "runs").resolve()
     assert re.fullmatch(r"unit-\d{8}-\d{6}", store.path.name), store.path.name
-    assert store.config() == config
+    assert store.config().model_dump() == config.model_dump()
     meta = json.loads((store.path / "run.json").read_text(encoding="utf-8"))
     assert meta["format_version"] == 1
     assert meta["state"] == "running"
