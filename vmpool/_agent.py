@@ -1,7 +1,8 @@
 """vmpool guest agent: a fork-server that runs programs for the host, one request at a time.
 
 Runs inside the sandbox (bubblewrap now, a microVM later) as a plain script next to
-``_protocol.py``, its only non-stdlib import; these two files are the whole guest side. Start::
+``_protocol.py`` and ``_seccomp.py``, its only non-stdlib imports; these three files are the
+whole guest side. Start::
 
     python3 -I -B _agent.py [--channel stdio|DEVICE] [--exclusive]
 
@@ -17,7 +18,15 @@ Contract:
   pipe (token: random per run, known only to the agent and that child) before ``os._exit(0)``.
   A run is ``ok`` only with that report *and* exit status 0; SystemExit, MemoryError and other
   exceptions are reported the same way as ``exited``/``oom``/``error``; no report at all (e.g.
-  ``os._exit``, a signal) means the program ended early: ``exited``.
+  ``os._exit``, a signal) means the program ended early: ``exited``. A report that the child
+  could not start the program (reply kind ``sandbox``) counts only if it precedes the
+  ``started`` marker the child writes just before ``exec``.
+- The agent installs the program filter (``_seccomp.build_program_filter``) on itself at start,
+  so every child is born with it and nothing a program starts can remove it: programs cannot
+  signal, limit or reschedule the agent, its ancestors or their process groups. The filter
+  refuses nothing the agent does. The agent is also non-dumpable, so processes of its uid cannot
+  read or write its memory or fds through /proc. No filter on other architectures than x86_64,
+  for which ``_seccomp`` has none.
 - ``--exclusive`` (the agent owns its PID namespace or VM): after every program and command the
   agent SIGKILLs every process except itself and its ancestors, waits until they are gone
   (reply kind ``sandbox`` if they are not), and deletes what a program created at the top level
@@ -33,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import ctypes
 import gc
 import importlib
 import json
@@ -53,9 +63,11 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 if __package__:  # imported as vmpool._agent (tests, type checking)
     from . import _protocol as proto
-else:  # run as a script inside the sandbox: the sibling file, never an installed vmpool
+    from . import _seccomp as seccomp
+else:  # run as a script inside the sandbox: the sibling files, never an installed vmpool
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import _protocol as proto  # type: ignore[no-redef]
+    import _seccomp as seccomp  # type: ignore[no-redef]
     del sys.path[0]
 
 AGENT_VERSION = "0.1.0"
@@ -70,6 +82,7 @@ STATUS_CAP = 64 * 1024  # bytes of the private status pipe kept
 SETUP_FAILED = 125  # child exit code when it could not even start the program
 PF_KTHREAD = 0x00200000  # /proc/<pid>/stat flags: kernel thread (never ours to kill, in a VM)
 MAX_OUTPUT_CAP = 8 * 1024 * 1024  # stdout+stderr kept at most: the reply must fit in one line
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2  # <linux/prctl.h>, <linux/seccomp.h>
 _EXIT = os._exit  # captured before any program runs: a program may replace os._exit
 Report = Callable[[str, Any], None]
 Body = Callable[[Report], None]
@@ -163,7 +176,9 @@ def _signal(pid: int, sig: int, group: bool = False) -> None:
 
 
 def _task_count() -> int:
-    """Tasks (threads) of our uid now: RLIMIT_NPROC counts them too, so they are added on top."""
+    """Tasks (threads) of our uid now: RLIMIT_NPROC counts them too, so they are added on top.
+    A process whose status cannot be read (the bwrap driver hides its init, which runs as our
+    uid) counts as one task: erring high loosens the limit by one, erring low would tighten it."""
     total = 0
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -172,6 +187,7 @@ def _task_count() -> int:
             with open("/proc/%s/status" % name) as handle:
                 fields = dict(line.split(":", 1) for line in handle if ":" in line)
         except OSError:
+            total += 1
             continue
         if int(fields.get("Uid", "-1 ").split()[0]) == os.getuid():
             total += int(fields.get("Threads", "1"))
@@ -186,6 +202,44 @@ def _set_dumpable(on: bool) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(4, int(on), 0, 0, 0)  # PR_SET_DUMPABLE
     except (OSError, AttributeError):
         pass
+
+
+def protected_ids() -> List[int]:
+    """The agent, its ancestors and their process groups: what programs may not signal, limit or
+    reschedule (see `_seccomp.build_program_filter`). Fixed for the agent's lifetime: inside a
+    sandbox its ancestors are the sandbox's init, which lives as long as the agent does."""
+    pids = [os.getpid()] + _ancestors(os.getpid())
+    ids = set(pids)
+    for pid in pids:
+        try:
+            ids.add(os.getpgid(pid))
+        except OSError:
+            pass  # gone, or not visible from this PID namespace
+    return sorted(number for number in ids if number > 0)  # 0: a group outside our namespace
+
+
+def install_program_filter() -> bool:
+    """Install the program filter on this process, for good: every child forked later is born
+    with it (once, instead of in each child: no cost per program). It refuses nothing the agent
+    does, which never signals, limits or reschedules itself or its ancestors.
+    False where `_seccomp` has no filter (not x86_64); OSError if the kernel refuses it."""
+    program = seccomp.build_program_filter(protected_ids())
+    if program is None:
+        return False
+
+    class SockFprog(ctypes.Structure):  # struct sock_fprog; the kernel copies the program
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    code = ctypes.create_string_buffer(program, len(program))
+    fprog = SockFprog(len(program) // 8, ctypes.addressof(code))
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    arg = ctypes.c_ulong  # prctl is variadic: pass full-width arguments, not C ints
+    # no-new-privs is required for an unprivileged filter (bwrap has set it already)
+    if (prctl(arg(PR_SET_NO_NEW_PRIVS), arg(1), arg(0), arg(0), arg(0)) != 0
+            or prctl(arg(PR_SET_SECCOMP), arg(SECCOMP_MODE_FILTER), ctypes.byref(fprog), arg(0), arg(0)) != 0):
+        number = ctypes.get_errno()
+        raise OSError(number, "cannot install the program filter: %s" % os.strerror(number))
+    return True
 
 
 # --------------------------------------------------------------------------------- files
@@ -284,13 +338,21 @@ class Capture:
                 self.pump(fd)
 
     def report(self, token: str) -> Optional[Tuple[str, Any]]:
+        """The child's first report with this token. A ``setup`` report after ``started`` is
+        skipped: only the program writes after that marker, and a program must not be able to
+        pass its own failure off as a broken sandbox."""
+        started = False
         for line in bytes(self.buffers[self.status_fd]).split(b"\n"):
             parts = line.decode("utf-8", "replace").split(" ", 2)
             if len(parts) == 3 and parts[0] == token:
                 try:
-                    return parts[1], json.loads(parts[2])
+                    kind, detail = parts[1], json.loads(parts[2])
                 except ValueError:
                     return None
+                if kind == "started":
+                    started = True
+                elif not (started and kind == "setup"):
+                    return kind, detail
         return None
 
     def text(self, fd: int) -> str:
@@ -515,6 +577,7 @@ def _program_main(code: str, report: Report) -> None:
     random.seed()  # from os.urandom: never the agent's (or a sibling's) random state
     streams = _std_streams()
     namespace = _fresh_main(code)
+    report("started", None)  # the program writes next: see Capture.report
     try:
         exec(compile(code, "<program>", "exec"), namespace)
     except SystemExit as exc:
@@ -788,6 +851,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if refusal:
             print("vmpool-agent: refusing --exclusive: %s" % refusal, file=sys.stderr)
             return 2
+    try:
+        install_program_filter()
+    except OSError as exc:  # never run programs that could take the agent down
+        print("vmpool-agent: %s" % exc, file=sys.stderr)
+        return 2
     channel = Channel(args.channel)
     warm_up()
     protocol = proto.PROTOCOL_VERSION if args.fake_protocol is None else args.fake_protocol

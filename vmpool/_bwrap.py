@@ -3,8 +3,12 @@
 Isolation: new user, PID, network (loopback only), IPC, UTS, cgroup and mount namespaces; no
 capabilities; nested user namespaces disabled; a read-only view of /usr (plus the Debian
 /lib, /bin, ... symlinks), a fresh /dev and /proc, a size-limited tmpfs /tmp as the only
-writable place, a synthetic /etc with just passwd/group/hosts, the agent's two files read-only
-at /opt/vmpool, uid/gid 65534 inside, a cleared environment and a seccomp deny-list.
+writable place, a synthetic /etc with just passwd/group/hosts, the agent's files (`GUEST_FILES`)
+read-only at /opt/vmpool, uid/gid 65534 inside, a cleared environment and a seccomp deny-list.
+
+/proc/1, bwrap's init inside the sandbox, is hidden behind an empty read-only directory. That
+init runs as the sandbox's uid and is dumpable, so a program could otherwise write its memory
+through /proc/1/mem (or raise its OOM score) and take the whole sandbox down with it.
 
 bwrap itself runs as uid/gid 65534 when the host process is root. Measured reason: a sandbox
 started by root is mapped to host uid 0, for which the kernel does not enforce RLIMIT_NPROC, so
@@ -32,6 +36,7 @@ __all__ = ["BwrapDriver"]
 DEFAULT_PYTHON = "/usr/bin/python3"
 SANDBOX_UID = 65534  # "nobody"
 AGENT_DIR = "/opt/vmpool"
+GUEST_FILES = ("_agent.py", "_protocol.py", "_seccomp.py")  # the agent and the modules it imports
 INSTALL_BWRAP = "install it with: apt-get install bubblewrap"
 _ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp",
@@ -75,9 +80,9 @@ def _check_python(python: str) -> str:
 
 
 @functools.cache
-def _agent_sources() -> tuple[bytes, bytes]:
+def _agent_sources() -> tuple[tuple[str, bytes], ...]:
     here = Path(__file__).resolve().parent
-    return (here / "_agent.py").read_bytes(), (here / "_protocol.py").read_bytes()
+    return tuple((name, (here / name).read_bytes()) for name in GUEST_FILES)
 
 
 def _memfd(name: str, data: bytes) -> int:
@@ -112,10 +117,10 @@ def _build_argv(bwrap: str, python: str, options: StartOptions) -> _Argv:
         argv.add("--disable-userns")  # no nested user namespaces (seccomp blocks them too)
     argv.add(*_runtime_binds())
     argv.add("--dev", "/dev", "--proc", "/proc")
+    argv.add("--tmpfs", "/proc/1", "--remount-ro", "/proc/1")  # bwrap's init: see module docstring
     argv.add("--size", str(options.tmp_size_mb * 1024 * 1024), "--tmpfs", "/tmp")
-    agent, protocol = _agent_sources()
-    argv.data("--ro-bind-data", "vmpool-agent", agent, AGENT_DIR + "/_agent.py")
-    argv.data("--ro-bind-data", "vmpool-protocol", protocol, AGENT_DIR + "/_protocol.py")
+    for name, source in _agent_sources():
+        argv.data("--ro-bind-data", "vmpool-guest", source, "%s/%s" % (AGENT_DIR, name))
     for path, content in _ETC.items():
         argv.data("--ro-bind-data", "vmpool-etc", content.encode(), path)
     argv.add("--remount-ro", "/", "--remount-ro", "/dev")  # /tmp stays the only writable place

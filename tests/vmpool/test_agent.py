@@ -84,6 +84,27 @@ def test_run_program_without_sandbox(agent: Agent) -> None:
     assert reply["result"]["status"] == "ok"
 
 
+def test_programs_cannot_signal_their_agent(agent: Agent) -> None:
+    # the agent filters its children itself: here no sandbox (and no bwrap filter) is involved.
+    # Signal 0 to the agent's parent (this test) only checks permission, whatever happens.
+    for code in ["import os; os.kill(os.getppid(), 9)",
+                 "import os; os.kill(int(open('/proc/%d/stat' % os.getppid()).read().rsplit(')', 1)[1].split()[1]), 0)"]:
+        reply = agent.send(id=1, op="run_program", code=code, limits=LIMITS)
+        assert reply["ok"] is True, reply
+        assert reply["result"]["status"] == "error"
+        assert reply["result"]["error"].startswith("PermissionError"), reply
+        assert agent.send(id=2, op="ping")["ok"] is True
+
+
+def test_forged_setup_report_is_not_a_broken_sandbox(agent: Agent) -> None:
+    # the program reaches the wrapper's report function through its caller's frame (a known,
+    # documented limit) and claims the sandbox failed: that must stay the program's own failure
+    code = "import os, sys\nsys._getframe(1).f_locals['report']('setup', 'forged')\nos._exit(0)"
+    reply = agent.send(id=1, op="run_program", code=code, limits=LIMITS)
+    assert reply["ok"] is True, reply
+    assert reply["result"]["status"] == "exited" and reply["result"]["exit_code"] == 0
+
+
 def test_shutdown(agent: Agent) -> None:
     assert agent.send(id=1, op="shutdown")["ok"] is True
     assert agent.proc.wait(timeout=10) == 0

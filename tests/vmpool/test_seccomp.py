@@ -1,5 +1,6 @@
-"""The seccomp deny-list: its BPF program checked with a small interpreter, then its effect
-inside a real bubblewrap sandbox (syscalls made with ctypes)."""
+"""The seccomp filters: their BPF programs checked with a small interpreter, then the sandbox
+filter's effect inside a real bubblewrap sandbox (syscalls made with ctypes). The program filter's
+effect is covered by the conformance suite (TestAgentIsOutOfReach) and test_agent."""
 
 import errno
 import os
@@ -19,9 +20,10 @@ CLONE_NEWUSER = 0x10000000
 THREAD_FLAGS = 0x003D0F00  # what glibc's pthread_create passes to clone
 
 
-def evaluate(program: bytes, nr: int, arch: int = seccomp.AUDIT_ARCH_X86_64, arg0: int = 0) -> int:
-    """Run a classic-BPF seccomp program on one syscall (the subset of BPF the filter uses)."""
-    data = struct.pack("=iIQ6Q", nr, arch, 0, arg0, 0, 0, 0, 0, 0)
+def evaluate(program: bytes, nr: int, arch: int = seccomp.AUDIT_ARCH_X86_64, arg0: int = 0,
+             arg1: int = 0) -> int:
+    """Run a classic-BPF seccomp program on one syscall (the subset of BPF the filters use)."""
+    data = struct.pack("=iIQ6Q", nr, arch, 0, arg0 & 2**64 - 1, arg1 & 2**64 - 1, 0, 0, 0, 0)
     code = [struct.unpack("=HBBI", program[i:i + 8]) for i in range(0, len(program), 8)]
     pc, acc = 0, 0
     while True:
@@ -31,6 +33,8 @@ def evaluate(program: bytes, nr: int, arch: int = seccomp.AUDIT_ARCH_X86_64, arg
             pc += 1
         elif op == 0x06:
             return int(k)
+        elif op == 0x05:
+            pc += 1 + k
         else:
             taken = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[op]
             pc += 1 + (jt if taken else jf)
@@ -104,3 +108,53 @@ def test_filter_applies_inside_the_sandbox() -> None:
                     "clone3": os.strerror(errno.ENOSYS), "x32_getpid": denied, "keyctl": denied,
                     "bpf": denied, "getpid": "ok"}
 
+
+
+AGENT, INIT, OTHER = 2, 1, 3  # inside a bwrap sandbox: the agent, bwrap's init, a program
+KILL, SETPRIORITY, IOPRIO_SET = 62, 141, 251
+PRIO_PROCESS, PRIO_PGRP, PRIO_USER = 0, 1, 2
+IOPRIO_WHO_PROCESS, IOPRIO_WHO_USER = 1, 3
+
+
+@pytest.fixture(scope="module")
+def guard() -> bytes:
+    built = seccomp.build_program_filter([INIT, AGENT], "x86_64")
+    assert built is not None
+    return built
+
+
+@pytest.mark.parametrize("name", sorted(seccomp.TARGET_SYSCALLS))
+def test_program_filter_protects_the_agent(guard: bytes, name: str) -> None:
+    nr = seccomp.TARGET_SYSCALLS[name]
+    for target in (AGENT, INIT, -AGENT, -INIT, -1, AGENT | 1 << 32, (-AGENT) & 2**32 - 1):
+        assert evaluate(guard, nr, arg0=target) == EPERM, target
+    for target in (0, OTHER, -OTHER, 4 << 32):  # itself, its own group, its children
+        assert evaluate(guard, nr, arg0=target) == ALLOW, target
+
+
+def test_program_filter_which_who(guard: bytes) -> None:
+    for nr, process, user in ((SETPRIORITY, PRIO_PROCESS, PRIO_USER), (IOPRIO_SET, IOPRIO_WHO_PROCESS, IOPRIO_WHO_USER)):
+        assert evaluate(guard, nr, arg0=process, arg1=AGENT) == EPERM
+        assert evaluate(guard, nr, arg0=process, arg1=INIT | 1 << 40) == EPERM
+        assert evaluate(guard, nr, arg0=process, arg1=0) == ALLOW
+        assert evaluate(guard, nr, arg0=process, arg1=OTHER) == ALLOW
+        assert evaluate(guard, nr, arg0=user, arg1=OTHER) == EPERM  # every process of a uid
+    assert evaluate(guard, SETPRIORITY, arg0=PRIO_PGRP, arg1=INIT) == EPERM
+    assert evaluate(guard, SETPRIORITY, arg0=PRIO_PGRP, arg1=OTHER) == ALLOW
+
+
+def test_program_filter_other_syscalls(guard: bytes) -> None:
+    assert evaluate(guard, seccomp.PIDFD_SEND_SIGNAL, arg0=5) == ENOSYS  # target unknowable
+    for nr in (0, 1, 2, 9, 39, 56, 57, 59, 61, 101, 231):  # including ptrace: the sandbox filter's job
+        assert evaluate(guard, nr, arg0=AGENT, arg1=AGENT) == ALLOW, nr
+    assert evaluate(guard, seccomp.X32_SYSCALL_BIT | KILL, arg0=OTHER) == EPERM
+    assert evaluate(guard, 37, arch=AUDIT_ARCH_I386, arg0=OTHER) == EPERM  # i386 kill
+
+
+def test_program_filter_arguments() -> None:
+    assert seccomp.build_program_filter([AGENT], "aarch64") is None
+    with pytest.raises(ValueError):
+        seccomp.build_program_filter([0, AGENT], "x86_64")  # 0 means "myself": never protected
+    many = seccomp.build_program_filter(range(1, 300), "x86_64")  # jumps stay in range
+    assert many is not None and evaluate(many, KILL, arg0=-299) == EPERM
+    assert evaluate(many, KILL, arg0=300) == ALLOW
