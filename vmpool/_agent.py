@@ -23,7 +23,8 @@ Contract:
   ``started`` marker the child writes just before ``exec``.
 - The agent installs the program filter (``_seccomp.build_program_filter``) on itself at start,
   so every child is born with it and nothing a program starts can remove it: programs cannot
-  signal, limit or reschedule the agent, its ancestors or their process groups. The filter
+  signal, limit or reschedule the agent, its ancestors or their process groups, and cannot
+  create SysV IPC objects or POSIX message queues (they would outlive the program). The filter
   refuses nothing the agent does. The agent is also non-dumpable, so processes of its uid cannot
   read or write its memory or fds through /proc. No filter on other architectures than x86_64,
   for which ``_seccomp`` has none.
@@ -221,7 +222,7 @@ def protected_ids() -> List[int]:
 def install_program_filter() -> bool:
     """Install the program filter on this process, for good: every child forked later is born
     with it (once, instead of in each child: no cost per program). It refuses nothing the agent
-    does, which never signals, limits or reschedules itself or its ancestors.
+    does, which never signals, limits or reschedules itself or its ancestors, nor uses IPC.
     False where `_seccomp` has no filter (not x86_64); OSError if the kernel refuses it."""
     program = seccomp.build_program_filter(protected_ids())
     if program is None:

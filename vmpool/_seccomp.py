@@ -10,7 +10,9 @@ so every child it forks (every program and command, and all they start) is born 
 cannot remove it: filters only stack. It keeps programs away from the agent: no signal, resource
 limit or scheduling change may target the agent or its ancestors (killing or stopping the agent
 would turn the program's own failure into a broken sandbox, and a lowered priority would be
-inherited by every later program). The agent itself never does any of that.
+inherited by every later program), and it refuses to create SysV IPC objects and POSIX message
+queues, which would outlive the program (see `IPC_CREATE_SYSCALLS`). The agent itself never
+does any of that.
 
 Everything not named is allowed. Refused syscalls fail with an errno, so a program sees an
 ordinary error instead of dying. Both filters are arrays of ``struct sock_filter`` (u16 code,
@@ -31,8 +33,8 @@ import os
 import struct
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
-__all__ = ["DENIED_SYSCALLS", "TARGET_SYSCALLS", "WHICH_WHO_SYSCALLS", "build_filter",
-           "build_program_filter", "supported"]
+__all__ = ["DENIED_SYSCALLS", "IPC_CREATE_SYSCALLS", "TARGET_SYSCALLS", "WHICH_WHO_SYSCALLS",
+           "build_filter", "build_program_filter", "supported"]
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 X32_SYSCALL_BIT = 0x40000000
@@ -82,6 +84,11 @@ WHICH_WHO_SYSCALLS: Dict[str, Tuple[int, int]] = {"setpriority": (141, 2), "iopr
 # /proc/<pid> directory is such an fd), so it is refused outright, with ENOSYS as on a kernel
 # without pidfds: code that handles older kernels falls back to kill(2), which is checked.
 PIDFD_SEND_SIGNAL = 424
+# Objects of the sandbox's IPC namespace that outlive the process that made them: a program
+# could leave hundreds of MB of shared memory (unaccounted by RLIMIT_AS once detached) or a
+# message for the next program. Refused with ENOSYS, as on a kernel built without SysV IPC or
+# POSIX message queues, which portable code already handles.
+IPC_CREATE_SYSCALLS: Dict[str, int] = {"shmget": 29, "semget": 64, "msgget": 68, "mq_open": 240}
 
 Instruction = Tuple[int, int, int, int]  # code, jt, jf, k
 Target = Union[int, str]  # an offset or a label
@@ -167,7 +174,8 @@ def _program_instructions(protected: Iterable[int]) -> List[Instruction]:
         asm.emit(_JEQ_K, number, "target_in_arg0", 0)
     for number, _user_kind in sorted(WHICH_WHO_SYSCALLS.values()):
         asm.emit(_JEQ_K, number, "which_who_%d" % number, 0)
-    asm.emit(_JEQ_K, PIDFD_SEND_SIGNAL, "enosys", 0)
+    for number in sorted(IPC_CREATE_SYSCALLS.values()) + [PIDFD_SEND_SIGNAL]:
+        asm.emit(_JEQ_K, number, "enosys", 0)
     asm.emit(_RET_K, SECCOMP_RET_ALLOW)
     asm.label("deny")
     asm.emit(_RET_K, SECCOMP_RET_ERRNO | errno.EPERM)

@@ -308,6 +308,34 @@ class TestIsolation:
         assert result.status == "ok", result
         assert result.stdout == ""
 
+    def test_ipc_objects_cannot_be_created(self, sandbox: Sandbox) -> None:
+        # SysV IPC objects and POSIX message queues outlive their creator: a program could leave
+        # memory behind (a 400 MB segment, filled and detached) or a message for the next one
+        result = run(sandbox, """
+            import ctypes, ctypes.util, os
+            libc = ctypes.CDLL(None, use_errno=True)
+            if not hasattr(libc, "mq_open"):  # glibc < 2.34 keeps it in librt
+                libc = ctypes.CDLL(ctypes.util.find_library("rt"), use_errno=True)
+            def report(name, ret):
+                print(name, "created" if ret >= 0 else os.strerror(ctypes.get_errno()))
+            IPC_PRIVATE, IPC_CREAT, mode = 0, 0o1000, 0o600
+            report("shmget", libc.shmget(IPC_PRIVATE, ctypes.c_size_t(400 * 2**20), IPC_CREAT | mode))
+            report("semget", libc.semget(IPC_PRIVATE, 1, IPC_CREAT | mode))
+            report("msgget", libc.msgget(IPC_PRIVATE, IPC_CREAT | mode))
+            report("mq_open", libc.mq_open(b"/vmpool-conformance", os.O_CREAT | os.O_RDWR,
+                                           ctypes.c_uint(mode), None))
+            """)
+        assert result.status == "ok", result
+        assert all(not line.endswith("created") for line in result.stdout.splitlines()), result.stdout
+        assert len(result.stdout.splitlines()) == 4
+        later = run(sandbox, """
+            import os
+            for kind in ("shm", "sem", "msg"):
+                path = "/proc/sysvipc/" + kind
+                print(kind, len(open(path).readlines()) - 1 if os.path.exists(path) else 0)
+            """)
+        assert later.stdout == "shm 0\nsem 0\nmsg 0\n", later
+
     def test_random_state_differs_between_programs(self, sandbox: Sandbox) -> None:
         code = "import random; print(random.getrandbits(64), random.random())"
         assert run(sandbox, code).stdout != run(sandbox, code).stdout

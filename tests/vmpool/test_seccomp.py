@@ -143,6 +143,11 @@ def test_program_filter_which_who(guard: bytes) -> None:
     assert evaluate(guard, SETPRIORITY, arg0=PRIO_PGRP, arg1=OTHER) == ALLOW
 
 
+@pytest.mark.parametrize("name", sorted(seccomp.IPC_CREATE_SYSCALLS))
+def test_program_filter_refuses_lasting_ipc_objects(guard: bytes, name: str) -> None:
+    assert evaluate(guard, seccomp.IPC_CREATE_SYSCALLS[name]) == ENOSYS
+
+
 def test_program_filter_other_syscalls(guard: bytes) -> None:
     assert evaluate(guard, seccomp.PIDFD_SEND_SIGNAL, arg0=5) == ENOSYS  # target unknowable
     for nr in (0, 1, 2, 9, 39, 56, 57, 59, 61, 101, 231):  # including ptrace: the sandbox filter's job
