@@ -14,6 +14,8 @@ Contract:
 - ``run_program`` forks a fresh child of this warm interpreter (common stdlib modules are
   pre-imported). The child gets a new session, a fresh scratch directory as cwd, rlimits, stdin
   from /dev/null, stdout/stderr on pipes the agent reads up to a cap, and a private status pipe.
+  Its address-space limit is its own size when the program starts plus ``memory_mb``, so that
+  ``memory_mb`` is what the program may allocate, however large the agent has grown.
   It runs the code with ``exec`` and, only if ``exec`` returns, writes ``<token> ok`` to the status
   pipe (token: random per run, known only to the agent and that child) before ``os._exit(0)``.
   A run is ``ok`` only with that report *and* exit status 0; SystemExit, MemoryError and other
@@ -83,6 +85,7 @@ STATUS_CAP = 64 * 1024  # bytes of the private status pipe kept
 SETUP_FAILED = 125  # child exit code when it could not even start the program
 PF_KTHREAD = 0x00200000  # /proc/<pid>/stat flags: kernel thread (never ours to kill, in a VM)
 MAX_OUTPUT_CAP = 8 * 1024 * 1024  # stdout+stderr kept at most: the reply must fit in one line
+MIB = 1024 * 1024
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2  # <linux/prctl.h>, <linux/seccomp.h>
 _EXIT = os._exit  # captured before any program runs: a program may replace os._exit
 Report = Callable[[str, Any], None]
@@ -365,21 +368,38 @@ class Capture:
 
 
 def _apply_limits(limits: proto.WireLimits, baseline_tasks: int) -> None:
+    """Every limit but memory, which the program and command paths set themselves."""
     cpu = max(1, math.ceil(limits["cpu_time_s"]))
-    mib = 1024 * 1024
-    wanted = (
-        (resource.RLIMIT_CPU, cpu, cpu + 1),  # SIGXCPU at the soft limit, SIGKILL a second later
-        (resource.RLIMIT_AS, limits["memory_mb"] * mib, limits["memory_mb"] * mib),
-        (resource.RLIMIT_NPROC, limits["max_processes"] + baseline_tasks,
-         limits["max_processes"] + baseline_tasks),
-        (resource.RLIMIT_FSIZE, limits["max_file_size_mb"] * mib, limits["max_file_size_mb"] * mib),
-        (resource.RLIMIT_CORE, 0, 0),
-    )
-    for which, soft, hard in wanted:
-        current_hard = resource.getrlimit(which)[1]
-        if current_hard != resource.RLIM_INFINITY:
-            soft, hard = min(soft, current_hard), min(hard, current_hard)
-        resource.setrlimit(which, (soft, hard))
+    _set_limit(resource.RLIMIT_CPU, cpu, cpu + 1)  # SIGXCPU at the soft limit, SIGKILL a second later
+    tasks = limits["max_processes"] + baseline_tasks
+    _set_limit(resource.RLIMIT_NPROC, tasks, tasks)
+    _set_limit(resource.RLIMIT_FSIZE, limits["max_file_size_mb"] * MIB, limits["max_file_size_mb"] * MIB)
+    _set_limit(resource.RLIMIT_CORE, 0, 0)
+
+
+def _set_limit(which: int, soft: int, hard: int) -> None:
+    current_hard = resource.getrlimit(which)[1]
+    if current_hard != resource.RLIM_INFINITY:  # an unprivileged process cannot raise it
+        soft, hard = min(soft, current_hard), min(hard, current_hard)
+    # setrlimit takes a signed 64-bit value: anything larger (memory_mb=2**50) means no limit
+    soft, hard = (resource.RLIM_INFINITY if value >= 2**63 else value for value in (soft, hard))
+    resource.setrlimit(which, (soft, hard))
+
+
+def _address_space() -> int:
+    """Bytes of address space this process maps now: VmSize, the first field of
+    /proc/self/statm (in pages), which is simpler to parse than /proc/self/status."""
+    fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, 256)
+    finally:
+        os.close(fd)
+    return int(data.split()[0]) * resource.getpagesize()
+
+
+def _limit_address_space(total: int) -> None:
+    """RLIMIT_AS: fails allocations (MemoryError) beyond `total` bytes of address space."""
+    _set_limit(resource.RLIMIT_AS, total, total)
 
 
 def _child_setup(out_w: int, err_w: int, status_w: int, cwd: str,
@@ -573,11 +593,14 @@ def _fresh_main(code: str) -> Dict[str, Any]:
     return module.__dict__
 
 
-def _program_main(code: str, report: Report) -> None:
+def _program_main(code: str, memory_mb: int, report: Report) -> None:
     """Child side of run_program: run `code` as __main__, report how it ended, exit."""
     random.seed()  # from os.urandom: never the agent's (or a sibling's) random state
     streams = _std_streams()
     namespace = _fresh_main(code)
+    # memory_mb is what the program may allocate beyond the interpreter it was forked from, so
+    # it does not shrink as the agent grows; compiling the code already counts against it.
+    _limit_address_space(_address_space() + memory_mb * MIB)
     report("started", None)  # the program writes next: see Capture.report
     try:
         exec(compile(code, "<program>", "exec"), namespace)
@@ -602,10 +625,11 @@ def _program_main(code: str, report: Report) -> None:
     _EXIT(0)
 
 
-def _command_main(command: str, report: Report) -> None:
+def _command_main(command: str, memory_mb: int, report: Report) -> None:
     """Child side of run_command: exec /bin/sh -c with the default signal dispositions."""
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # CPython ignores these; a shell must not
         signal.signal(sig, signal.SIG_DFL)
+    _limit_address_space(memory_mb * MIB)  # the shell starts afresh: nothing to add to
     try:
         os.execv("/bin/sh", ["/bin/sh", "-c", command])
     except OSError as exc:
@@ -663,13 +687,15 @@ def _classify(run: Finished, exit_code: Optional[int], signum: Optional[int], cp
 
 def run_program(code: str, limits: proto.WireLimits, cwd: str, exclusive: bool) -> Dict[str, Any]:
     token = secrets.token_hex(16)
-    run = _run_child(lambda report: _program_main(code, report), token, cwd, limits, exclusive)
+    run = _run_child(lambda report: _program_main(code, limits["memory_mb"], report), token, cwd,
+                     limits, exclusive)
     return program_result(run, limits)
 
 
 def run_command(command: str, cwd: str, limits: proto.WireLimits, exclusive: bool) -> Dict[str, Any]:
     token = secrets.token_hex(16)
-    run = _run_child(lambda report: _command_main(command, report), token, cwd, limits, exclusive)
+    run = _run_child(lambda report: _command_main(command, limits["memory_mb"], report), token, cwd,
+                     limits, exclusive)
     if os.WIFEXITED(run.wait_status):
         exit_code = os.WEXITSTATUS(run.wait_status)
     else:

@@ -30,7 +30,12 @@ class Limits(BaseModel):
 
     wall_time_s: float = Field(10.0, gt=0, description="wall-clock limit")
     cpu_time_s: float | None = Field(None, gt=0, description="CPU-time limit; None: same as wall_time_s")
-    memory_mb: int = Field(512, gt=0, description="address-space limit per process")
+    memory_mb: int = Field(512, gt=0, description=(
+        "memory the program may allocate beyond the interpreter it runs in (a fork of the "
+        "agent's warm interpreter): RLIMIT_AS is that interpreter's size + memory_mb, for the "
+        "program and for each process it starts; beyond it allocations fail (oom). Shell "
+        "commands (Sandbox.commands.run) start afresh: for them it is each process's whole "
+        "address space"))
     max_processes: int = Field(32, gt=0, description="processes and threads the program may run at once")
     max_file_size_mb: int = Field(16, gt=0, description="largest file the program may write")
     max_output_bytes: int = Field(1_000_000, gt=0, description="stdout + stderr kept; more kills the program")

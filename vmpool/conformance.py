@@ -182,6 +182,16 @@ class TestLimits:
         assert result.status == "timeout", result
         assert result.duration_s < 20 and result.error is not None and "cpu" in result.error
 
+    def test_memory_mb_is_counted_beyond_the_interpreter(self, sandbox: Sandbox) -> None:
+        # memory_mb is what the program may allocate, whatever the size of the (forked, already
+        # large) interpreter it runs in; a small allowance must not fail trivial programs
+        trivial = "import threading\nt = threading.Thread(target=print)\nt.start(); t.join()\nprint(len([0] * 10**6))"
+        assert run(sandbox, trivial, memory_mb=32).status == "ok"
+        assert run(sandbox, "x = bytearray(20 * 2**20)", memory_mb=32).status == "ok"
+        assert run(sandbox, "x = bytearray(20 * 2**20)", memory_mb=64).status == "ok"
+        assert run(sandbox, "x = bytearray(100 * 2**20)", memory_mb=32).status == "oom"
+        assert run(sandbox, "print(1)", memory_mb=2**50).status == "ok"  # beyond setrlimit: no limit
+
     def test_memory_bomb_is_oom(self, sandbox: Sandbox) -> None:
         result = run(sandbox, "x = []\nwhile True:\n    x.append(bytearray(10**7))\n", memory_mb=256)
         assert result.status == "oom", result
