@@ -416,6 +416,11 @@ def _child_setup(out_w: int, err_w: int, status_w: int, cwd: str,
     _apply_limits(limits, baseline_tasks)
 
 
+def _output_cap(limits: proto.WireLimits) -> int:
+    """The stdout+stderr cap that applies: max_output_bytes, at most MAX_OUTPUT_CAP."""
+    return min(limits["max_output_bytes"], MAX_OUTPUT_CAP)
+
+
 def _run_child(body: Body, token: str, cwd: str, limits: proto.WireLimits,
                exclusive: bool) -> Finished:
     """Fork a child that runs `body` under `limits`; supervise, kill leftovers, collect."""
@@ -449,7 +454,7 @@ def _run_child(body: Body, token: str, cwd: str, limits: proto.WireLimits,
         _EXIT(SETUP_FAILED)
     for fd in (out_w, err_w, status_w):
         os.close(fd)
-    capture = Capture(out_r, err_r, status_r, min(limits["max_output_bytes"], MAX_OUTPUT_CAP))
+    capture = Capture(out_r, err_r, status_r, _output_cap(limits))
     try:
         return _supervise_and_collect(pid, capture, token, limits, exclusive, started)
     finally:
@@ -670,7 +675,10 @@ def _classify(run: Finished, exit_code: Optional[int], signum: Optional[int], cp
     if run.reason == "timeout":
         return "timeout", "wall-time limit of %gs exceeded" % limits["wall_time_s"]
     if run.reason == "output_limit":
-        return "output_limit", "output exceeded %d bytes" % limits["max_output_bytes"]
+        cap = _output_cap(limits)  # the cap that applied, which may be below max_output_bytes
+        if cap < limits["max_output_bytes"]:
+            return "output_limit", "output exceeded %d bytes, the most the agent keeps" % cap
+        return "output_limit", "output exceeded %d bytes" % cap
     kind, detail = run.report or ("", None)
     if kind == "ok" and exit_code == 0:
         return "ok", None

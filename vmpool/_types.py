@@ -38,7 +38,9 @@ class Limits(BaseModel):
         "address space"))
     max_processes: int = Field(32, gt=0, description="processes and threads the program may run at once")
     max_file_size_mb: int = Field(16, gt=0, description="largest file the program may write")
-    max_output_bytes: int = Field(1_000_000, gt=0, description="stdout + stderr kept; more kills the program")
+    max_output_bytes: int = Field(1_000_000, gt=0, description=(
+        "stdout + stderr kept; more kills the program (output_limit). Capped at 8 MiB "
+        "(8388608 bytes) whatever this says, so that a result fits one protocol message"))
 
 
 class ExecResult(BaseModel):

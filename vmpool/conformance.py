@@ -163,6 +163,15 @@ class TestProgramOutcomes:
         result = run(sandbox, "while True:\n    print('x' * 10000)\n", max_output_bytes=100_000)
         assert result.status == "output_limit" and result.output_truncated
         assert 0 < len(result.stdout) + len(result.stderr) <= 100_000
+        assert result.error == "output exceeded 100000 bytes"
+
+    def test_output_limit_error_names_the_cap_that_applied(self, sandbox: Sandbox) -> None:
+        # max_output_bytes above the 8 MiB ceiling: the program is stopped at the ceiling
+        result = run(sandbox, "import sys\nchunk = 'x' * 2**20\nwhile True:\n    sys.stdout.write(chunk)\n",
+                     max_output_bytes=20_000_000)
+        assert result.status == "output_limit", result.error
+        assert 0 < len(result.stdout) <= 8 * 2**20
+        assert result.error is not None and "exceeded %d bytes" % (8 * 2**20) in result.error
 
 
 @pytest.mark.sandbox
