@@ -37,8 +37,17 @@ Contract:
   agent visibly is not alone (more than two ancestor processes), so a stray run on a host
   cannot kill the host's processes.
 
-Known limit: the token defends against programs that end early by accident, not against a
-program that searches its own memory for the token to forge success.
+Known limit: a program can forge its own result. The code that reports ``ok`` runs in the
+program's process, after the program, so whatever it does the program can do first: find the
+``report`` closure (``sys._getframe(1).f_locals['report']``, or among ``gc.get_objects()``) or
+the token in its memory, call it or write ``<token> ok`` to the status pipe (an fd it can list),
+then ``os._exit(0)``; the run is then ``ok``, or whichever of ``error``/``oom``/``exited`` it
+wrote. The token only defends against programs that end early by accident. Hiding the token
+better (an fd recorded nowhere, a C-level buffer, delivering it only after ``exec``) changes
+which few lines do this, not whether they can: memory and fds of one process are all readable
+by the code it runs. Closing it needs a verdict from outside the program's process (e.g. the
+host judging the program's output). A forged report cannot pass for a broken sandbox (see
+``started`` above) nor reach anything beyond that one result.
 """
 
 from __future__ import annotations
