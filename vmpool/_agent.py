@@ -1,8 +1,8 @@
 """vmpool guest agent: a fork-server that runs programs for the host, one request at a time.
 
-Runs inside the sandbox (bubblewrap now, a microVM later) as a plain script next to
-``_protocol.py`` and ``_seccomp.py``, its only non-stdlib imports; these three files are the
-whole guest side. Start::
+Runs inside the sandbox (bubblewrap now, a microVM later) as a plain script next to the other
+guest modules, its only non-stdlib imports; `vmpool._guest.GUEST_FILES` lists them, and they are
+the whole guest side. Start (`vmpool._guest.agent_command`)::
 
     python3 -I -B _agent.py [--channel stdio|DEVICE] [--exclusive]
 

@@ -3,8 +3,9 @@
 Isolation: new user, PID, network (loopback only), IPC, UTS, cgroup and mount namespaces; no
 capabilities; nested user namespaces disabled; a read-only view of /usr (plus the Debian
 /lib, /bin, ... symlinks), a fresh /dev and /proc, a size-limited tmpfs /tmp as the only
-writable place, a synthetic /etc with just passwd/group/hosts, the agent's files (`GUEST_FILES`)
-read-only at /opt/vmpool, uid/gid 65534 inside, a cleared environment and a seccomp deny-list.
+writable place, a synthetic /etc with just passwd/group/hosts, the guest files
+(`vmpool._guest.GUEST_FILES`) read-only at /opt/vmpool, uid/gid 65534 inside, a cleared
+environment and a seccomp deny-list.
 
 /proc/1, bwrap's init inside the sandbox, is hidden behind an empty read-only directory. That
 init runs as the sandbox's uid and is dumpable, so a program could otherwise write its memory
@@ -29,6 +30,7 @@ from pathlib import Path
 from . import _seccomp
 from ._driver import Driver, SandboxProcess, StartOptions
 from ._errors import DriverUnavailableError
+from ._guest import agent_command, guest_sources
 from ._process import PopenSandboxProcess, spawn
 
 __all__ = ["BwrapDriver"]
@@ -36,7 +38,6 @@ __all__ = ["BwrapDriver"]
 DEFAULT_PYTHON = "/usr/bin/python3"
 SANDBOX_UID = 65534  # "nobody"
 AGENT_DIR = "/opt/vmpool"
-GUEST_FILES = ("_agent.py", "_protocol.py", "_seccomp.py")  # the agent and the modules it imports
 INSTALL_BWRAP = "install it with: apt-get install bubblewrap"
 _ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp",
@@ -79,12 +80,6 @@ def _check_python(python: str) -> str:
     return python
 
 
-@functools.cache
-def _agent_sources() -> tuple[tuple[str, bytes], ...]:
-    here = Path(__file__).resolve().parent
-    return tuple((name, (here / name).read_bytes()) for name in GUEST_FILES)
-
-
 def _memfd(name: str, data: bytes) -> int:
     """An anonymous file holding `data`, readable by bwrap whatever its uid; no temp files."""
     fd = os.memfd_create(name)
@@ -119,7 +114,7 @@ def _build_argv(bwrap: str, python: str, options: StartOptions) -> _Argv:
     argv.add("--dev", "/dev", "--proc", "/proc")
     argv.add("--tmpfs", "/proc/1", "--remount-ro", "/proc/1")  # bwrap's init: see module docstring
     argv.add("--size", str(options.tmp_size_mb * 1024 * 1024), "--tmpfs", "/tmp")
-    for name, source in _agent_sources():
+    for name, source in guest_sources():
         argv.data("--ro-bind-data", "vmpool-guest", source, "%s/%s" % (AGENT_DIR, name))
     for path, content in _ETC.items():
         argv.data("--ro-bind-data", "vmpool-etc", content.encode(), path)
@@ -130,7 +125,7 @@ def _build_argv(bwrap: str, python: str, options: StartOptions) -> _Argv:
     seccomp = _seccomp.build_filter()
     if seccomp is not None:
         argv.data("--seccomp", "vmpool-seccomp", seccomp)
-    argv.add("--", python, "-I", "-B", AGENT_DIR + "/_agent.py", "--exclusive", *options.agent_args)
+    argv.add("--", *agent_command(python, AGENT_DIR, "--exclusive", *options.agent_args))
     return argv
 
 

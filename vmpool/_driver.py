@@ -2,6 +2,8 @@
 
 A driver knows how to start one sandbox whose guest agent (``vmpool/_agent.py``) speaks
 ``vmpool._protocol``; everything above that (requests, results, pools) is driver-independent.
+What a driver ships into its sandboxes, and the command that starts the agent there, are
+defined once in `vmpool._guest` (`GUEST_FILES`, `agent_command`).
 Built-in drivers are imported lazily; third-party drivers register a `Driver` subclass in the
 ``vmpool.drivers`` entry-point group and can check themselves with ``vmpool.conformance``.
 """
@@ -80,7 +82,8 @@ class Driver(abc.ABC):
       that says what to install or change. Called often: cache anything expensive;
     - `isolation()`: describe the isolation level for humans and reports, including the
       version of the underlying tool, e.g. ``"namespaces+seccomp (bubblewrap 0.8.0)"``;
-    - `start(options)`: launch one sandbox running the vmpool agent and return its
+    - `start(options)`: launch one sandbox running the vmpool agent (the files in
+      `vmpool._guest.GUEST_FILES`, started with `vmpool._guest.agent_command`) and return its
       `SandboxProcess` (the agent's hello is read by the caller). The sandbox must not outlive
       the host process (even when the host is SIGKILLed), must have no network, must not see
       host files beyond the runtime, and `start` must not leave a process behind if it raises.

@@ -1,0 +1,36 @@
+"""The guest side of vmpool as drivers see it: which files make up the agent, and how to start it.
+
+Every driver ships exactly `GUEST_FILES` into one directory of its sandbox (bwrap binds them
+read-only at /opt/vmpool; a VM image would bake them in) and starts the agent with
+`agent_command`. Inside the sandbox these files are top-level modules of that directory, where
+no other part of vmpool exists: each is stdlib only and imports its siblings as ``_name`` when
+it has no package (see the import block at the top of ``_agent.py``). This is the one place
+that lists them; a guest module importing a sibling missing here fails in every sandbox.
+
+Host only: this module is not shipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import posixpath
+from pathlib import Path
+
+__all__ = ["AGENT_SCRIPT", "GUEST_FILES", "agent_command", "guest_sources"]
+
+AGENT_SCRIPT = "_agent.py"  # the entry point; it imports the others
+GUEST_FILES = (AGENT_SCRIPT, "_protocol.py", "_seccomp.py")
+
+
+@functools.cache
+def guest_sources() -> tuple[tuple[str, bytes], ...]:
+    """(file name, content) of every guest file, read once from this package."""
+    here = Path(__file__).resolve().parent
+    return tuple((name, (here / name).read_bytes()) for name in GUEST_FILES)
+
+
+def agent_command(python: str, directory: str, *agent_args: str) -> list[str]:
+    """The command line that starts the agent from the guest files in `directory` (a path
+    inside the sandbox): isolated mode (no environment, no user site, no script directory on
+    sys.path) and no bytecode files written."""
+    return [python, "-I", "-B", posixpath.join(directory, AGENT_SCRIPT), *agent_args]
