@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import builtins
-import ctypes
 import gc
 import importlib
 import json
@@ -74,12 +73,12 @@ import types
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 if __package__:  # imported as vmpool._agent (tests, type checking)
+    from . import _agent_procs as procs
     from . import _protocol as proto
-    from . import _seccomp as seccomp
 else:  # run as a script inside the sandbox: the sibling files, never an installed vmpool
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _agent_procs as procs  # type: ignore[no-redef]
     import _protocol as proto  # type: ignore[no-redef]
-    import _seccomp as seccomp  # type: ignore[no-redef]
     del sys.path[0]
 
 AGENT_VERSION = "0.1.0"
@@ -92,167 +91,11 @@ PREIMPORTS = (
 )
 STATUS_CAP = 64 * 1024  # bytes of the private status pipe kept
 SETUP_FAILED = 125  # child exit code when it could not even start the program
-PF_KTHREAD = 0x00200000  # /proc/<pid>/stat flags: kernel thread (never ours to kill, in a VM)
 MAX_OUTPUT_CAP = 8 * 1024 * 1024  # stdout+stderr kept at most: the reply must fit in one line
 MIB = 1024 * 1024
-PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2  # <linux/prctl.h>, <linux/seccomp.h>
 _EXIT = os._exit  # captured before any program runs: a program may replace os._exit
 Report = Callable[[str, Any], None]
 Body = Callable[[Report], None]
-
-
-class AgentFailure(Exception):
-    """The sandbox itself is broken or dirty (reply kind ``sandbox``): the host must discard it."""
-
-
-# --------------------------------------------------------------------------------- processes
-
-
-def _stat(pid: int) -> Optional[Tuple[str, int, int]]:
-    """(state, ppid, flags) of a process, or None if it is gone."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2:].split()  # comm may contain spaces and parentheses
-    return fields[0].decode(), int(fields[1]), int(fields[6])
-
-
-def _ancestors(pid: int) -> List[int]:
-    chain: List[int] = []
-    info = _stat(pid)
-    while info is not None and info[1] > 0 and len(chain) < 64:
-        chain.append(info[1])
-        info = _stat(info[1])
-    return chain
-
-
-def exclusive_refusal() -> Optional[str]:
-    """Why --exclusive would be unsafe here, or None."""
-    chain = _ancestors(os.getpid())
-    if len(chain) > 2:
-        return "it has %d ancestor processes, so it does not own its PID namespace" % len(chain)
-    return None
-
-
-def _others() -> List[Tuple[int, str]]:
-    """(pid, state) of every process but this agent, its ancestors and kernel threads."""
-    protected = set(_ancestors(os.getpid()))
-    protected.add(os.getpid())
-    found: List[Tuple[int, str]] = []
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) not in protected:
-            info = _stat(int(name))
-            if info is not None and not info[2] & PF_KTHREAD:
-                found.append((int(name), info[0]))
-    return found
-
-
-def _reap_children() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def sweep_processes(timeout: float = 5.0) -> None:
-    """SIGKILL every other process and wait until all are reaped; AgentFailure if some persist.
-
-    Repeats the scan because a fork bomb may fork between scan and kill; waits for zombies too,
-    because an unreaped process still counts against the next program's RLIMIT_NPROC.
-    """
-    deadline = time.monotonic() + timeout
-    pause = 0.0005
-    while True:
-        others = _others()
-        for pid, state in others:
-            if state not in ("Z", "X"):
-                _signal(pid, signal.SIGKILL)
-        _reap_children()  # orphans are ours when the agent is PID 1 (a VM)
-        if not others:
-            return
-        if time.monotonic() > deadline:
-            raise AgentFailure("processes survived SIGKILL: %s" % sorted(pid for pid, _ in others)[:20])
-        time.sleep(pause)
-        pause = min(pause * 2, 0.02)
-
-
-def _signal(pid: int, sig: int, group: bool = False) -> None:
-    try:
-        (os.killpg if group else os.kill)(pid, sig)
-    except OSError:
-        pass  # already gone
-
-
-def _task_count() -> int:
-    """Tasks (threads) of our uid now: RLIMIT_NPROC counts them too, so they are added on top.
-    A process whose status cannot be read (the bwrap driver hides its init, which runs as our
-    uid) counts as one task: erring high loosens the limit by one, erring low would tighten it."""
-    total = 0
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/status" % name) as handle:
-                fields = dict(line.split(":", 1) for line in handle if ":" in line)
-        except OSError:
-            total += 1
-            continue
-        if int(fields.get("Uid", "-1 ").split()[0]) == os.getuid():
-            total += int(fields.get("Threads", "1"))
-    return total
-
-
-def _set_dumpable(on: bool) -> None:
-    """Non-dumpable: processes of the same uid cannot open the agent's /proc/<pid>/mem or fds."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(4, int(on), 0, 0, 0)  # PR_SET_DUMPABLE
-    except (OSError, AttributeError):
-        pass
-
-
-def protected_ids() -> List[int]:
-    """The agent, its ancestors and their process groups: what programs may not signal, limit or
-    reschedule (see `_seccomp.build_program_filter`). Fixed for the agent's lifetime: inside a
-    sandbox its ancestors are the sandbox's init, which lives as long as the agent does."""
-    pids = [os.getpid()] + _ancestors(os.getpid())
-    ids = set(pids)
-    for pid in pids:
-        try:
-            ids.add(os.getpgid(pid))
-        except OSError:
-            pass  # gone, or not visible from this PID namespace
-    return sorted(number for number in ids if number > 0)  # 0: a group outside our namespace
-
-
-def install_program_filter() -> bool:
-    """Install the program filter on this process, for good: every child forked later is born
-    with it (once, instead of in each child: no cost per program). It refuses nothing the agent
-    does, which never signals, limits or reschedules itself or its ancestors, nor uses IPC.
-    False where `_seccomp` has no filter (not x86_64); OSError if the kernel refuses it."""
-    program = seccomp.build_program_filter(protected_ids())
-    if program is None:
-        return False
-
-    class SockFprog(ctypes.Structure):  # struct sock_fprog; the kernel copies the program
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    code = ctypes.create_string_buffer(program, len(program))
-    fprog = SockFprog(len(program) // 8, ctypes.addressof(code))
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    arg = ctypes.c_ulong  # prctl is variadic: pass full-width arguments, not C ints
-    # no-new-privs is required for an unprivileged filter (bwrap has set it already)
-    if (prctl(arg(PR_SET_NO_NEW_PRIVS), arg(1), arg(0), arg(0), arg(0)) != 0
-            or prctl(arg(PR_SET_SECCOMP), arg(SECCOMP_MODE_FILTER), ctypes.byref(fprog), arg(0), arg(0)) != 0):
-        number = ctypes.get_errno()
-        raise OSError(number, "cannot install the program filter: %s" % os.strerror(number))
-    return True
 
 
 # --------------------------------------------------------------------------------- files
@@ -421,7 +264,7 @@ def _child_setup(out_w: int, err_w: int, status_w: int, cwd: str,
     os.closerange(3, status_w)  # the protocol channel and all agent fds must not leak
     os.closerange(status_w + 1, 1 << 20)
     os.chdir(cwd)
-    _set_dumpable(True)  # the program is an ordinary process; only the agent is shielded
+    procs.set_dumpable(True)  # the program is an ordinary process; only the agent is shielded
     _apply_limits(limits, baseline_tasks)
 
 
@@ -437,9 +280,9 @@ def _run_child(body: Body, token: str, cwd: str, limits: proto.WireLimits,
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         status_r, status_w = os.pipe()  # non-inheritable: closed if the child execs
-        baseline = _task_count()
+        baseline = procs.task_count()
     except OSError as exc:
-        raise AgentFailure("cannot prepare a child: %s" % exc) from exc
+        raise procs.AgentFailure("cannot prepare a child: %s" % exc) from exc
 
     def report(kind: str, detail: Any) -> None:
         try:
@@ -453,7 +296,7 @@ def _run_child(body: Body, token: str, cwd: str, limits: proto.WireLimits,
     except OSError as exc:
         for fd in (out_r, out_w, err_r, err_w, status_r, status_w):
             os.close(fd)
-        raise AgentFailure("cannot fork: %s" % exc) from exc
+        raise procs.AgentFailure("cannot fork: %s" % exc) from exc
     if pid == 0:  # child: never returns
         try:
             _child_setup(out_w, err_w, status_w, cwd, limits, baseline)
@@ -477,15 +320,15 @@ def _supervise_and_collect(pid: int, capture: Capture, token: str, limits: proto
         reason = _supervise(pid, capture, started + limits["wall_time_s"])
     finally:  # whatever happened, the child and its process group die and the child is reaped
         duration = time.monotonic() - started
-        _signal(pid, signal.SIGKILL, group=True)  # background helpers of the program, if any
-        _signal(pid, signal.SIGKILL)  # in case it was killed before its setsid()
+        procs.send_signal(pid, signal.SIGKILL, group=True)  # background helpers of the program, if any
+        procs.send_signal(pid, signal.SIGKILL)  # in case it was killed before its setsid()
         _, wait_status, usage = os.wait4(pid, 0)
     if exclusive:
-        sweep_processes()  # also closes every pipe writer, so the drain below hits EOF
+        procs.sweep_processes()  # also closes every pipe writer, so the drain below hits EOF
     capture.drain(2.0 if exclusive else 0.2)
     report = capture.report(token)
     if report is not None and report[0] == "setup":
-        raise AgentFailure("the child could not start the program: %s" % (report[1],))
+        raise procs.AgentFailure("the child could not start the program: %s" % (report[1],))
     return Finished(reason, wait_status, usage, capture.text(capture.out_fd),
                     capture.text(capture.err_fd), capture.truncated, duration, report)
 
@@ -729,7 +572,7 @@ def warm_up() -> None:
             importlib.import_module(name)
         except ImportError:
             pass
-    _set_dumpable(False)
+    procs.set_dumpable(False)
     gc.freeze()  # keep the warm heap out of the children's GC passes: fewer copy-on-write faults
 
 
@@ -823,7 +666,7 @@ class Agent:
             if isinstance(exc.filename, str):
                 extra["filename"] = exc.filename
             return proto.error_reply(request_id, "os_error", exc.strerror or str(exc), **extra)
-        except AgentFailure as exc:
+        except procs.AgentFailure as exc:
             return proto.error_reply(request_id, "sandbox", str(exc))
         except Exception as exc:
             traceback.print_exc()  # to the agent's stderr, which the host keeps for diagnostics
@@ -836,7 +679,7 @@ class Agent:
         try:
             workspace = Workspace(TMP_DIR, self.runs, clean_tmp=self.exclusive)
         except OSError as exc:
-            raise AgentFailure("cannot create a scratch directory: %s" % exc) from exc
+            raise procs.AgentFailure("cannot create a scratch directory: %s" % exc) from exc
         try:
             return run_program(code, limits, workspace.path, self.exclusive)
         finally:
@@ -891,12 +734,12 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parse_args(argv)
     if args.exclusive:
-        refusal = exclusive_refusal()
+        refusal = procs.exclusive_refusal()
         if refusal:
             print("vmpool-agent: refusing --exclusive: %s" % refusal, file=sys.stderr)
             return 2
     try:
-        install_program_filter()
+        procs.install_program_filter()
     except OSError as exc:  # never run programs that could take the agent down
         print("vmpool-agent: %s" % exc, file=sys.stderr)
         return 2

@@ -1,0 +1,175 @@
+"""The agent's view of the processes around it, through /proc: sweeping every other process
+away (``--exclusive``), counting tasks for RLIMIT_NPROC, and shielding the agent from the
+programs it runs (the program filter, non-dumpable).
+
+Part of the guest side (see ``_agent.py``): stdlib only, imported as ``vmpool._agent_procs`` on
+the host and as the top-level ``_agent_procs`` inside the sandbox.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from typing import List, Optional, Tuple
+
+if __package__:  # imported as vmpool._agent_procs (tests, type checking)
+    from . import _seccomp as seccomp
+else:  # a top-level module inside the sandbox, imported by _agent.py next to its siblings
+    import _seccomp as seccomp  # type: ignore[no-redef]
+
+PF_KTHREAD = 0x00200000  # /proc/<pid>/stat flags: kernel thread (never ours to kill, in a VM)
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2  # <linux/prctl.h>, <linux/seccomp.h>
+
+
+class AgentFailure(Exception):
+    """The sandbox itself is broken or dirty (reply kind ``sandbox``): the host must discard it.
+    Defined here, the lowest of the agent's modules, because the modules above raise it too."""
+
+
+def _stat(pid: int) -> Optional[Tuple[str, int, int]]:
+    """(state, ppid, flags) of a process, or None if it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()  # comm may contain spaces and parentheses
+    return fields[0].decode(), int(fields[1]), int(fields[6])
+
+
+def _ancestors(pid: int) -> List[int]:
+    chain: List[int] = []
+    info = _stat(pid)
+    while info is not None and info[1] > 0 and len(chain) < 64:
+        chain.append(info[1])
+        info = _stat(info[1])
+    return chain
+
+
+def exclusive_refusal() -> Optional[str]:
+    """Why --exclusive would be unsafe here, or None."""
+    chain = _ancestors(os.getpid())
+    if len(chain) > 2:
+        return "it has %d ancestor processes, so it does not own its PID namespace" % len(chain)
+    return None
+
+
+def _others() -> List[Tuple[int, str]]:
+    """(pid, state) of every process but this agent, its ancestors and kernel threads."""
+    protected = set(_ancestors(os.getpid()))
+    protected.add(os.getpid())
+    found: List[Tuple[int, str]] = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in protected:
+            info = _stat(int(name))
+            if info is not None and not info[2] & PF_KTHREAD:
+                found.append((int(name), info[0]))
+    return found
+
+
+def _reap_children() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def sweep_processes(timeout: float = 5.0) -> None:
+    """SIGKILL every other process and wait until all are reaped; AgentFailure if some persist.
+
+    Repeats the scan because a fork bomb may fork between scan and kill; waits for zombies too,
+    because an unreaped process still counts against the next program's RLIMIT_NPROC.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.0005
+    while True:
+        others = _others()
+        for pid, state in others:
+            if state not in ("Z", "X"):
+                send_signal(pid, signal.SIGKILL)
+        _reap_children()  # orphans are ours when the agent is PID 1 (a VM)
+        if not others:
+            return
+        if time.monotonic() > deadline:
+            raise AgentFailure("processes survived SIGKILL: %s" % sorted(pid for pid, _ in others)[:20])
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
+
+
+def send_signal(pid: int, sig: int, group: bool = False) -> None:
+    try:
+        (os.killpg if group else os.kill)(pid, sig)
+    except OSError:
+        pass  # already gone
+
+
+def task_count() -> int:
+    """Tasks (threads) of our uid now: RLIMIT_NPROC counts them too, so they are added on top.
+    A process whose status cannot be read (the bwrap driver hides its init, which runs as our
+    uid) counts as one task: erring high loosens the limit by one, erring low would tighten it."""
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/status" % name) as handle:
+                fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        except OSError:
+            total += 1
+            continue
+        if int(fields.get("Uid", "-1 ").split()[0]) == os.getuid():
+            total += int(fields.get("Threads", "1"))
+    return total
+
+
+def set_dumpable(on: bool) -> None:
+    """Non-dumpable: processes of the same uid cannot open the agent's /proc/<pid>/mem or fds."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, int(on), 0, 0, 0)  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        pass
+
+
+def protected_ids() -> List[int]:
+    """The agent, its ancestors and their process groups: what programs may not signal, limit or
+    reschedule (see `_seccomp.build_program_filter`). Fixed for the agent's lifetime: inside a
+    sandbox its ancestors are the sandbox's init, which lives as long as the agent does."""
+    pids = [os.getpid()] + _ancestors(os.getpid())
+    ids = set(pids)
+    for pid in pids:
+        try:
+            ids.add(os.getpgid(pid))
+        except OSError:
+            pass  # gone, or not visible from this PID namespace
+    return sorted(number for number in ids if number > 0)  # 0: a group outside our namespace
+
+
+def install_program_filter() -> bool:
+    """Install the program filter on this process, for good: every child forked later is born
+    with it (once, instead of in each child: no cost per program). It refuses nothing the agent
+    does, which never signals, limits or reschedules itself or its ancestors, nor uses IPC.
+    False where `_seccomp` has no filter (not x86_64); OSError if the kernel refuses it."""
+    program = seccomp.build_program_filter(protected_ids())
+    if program is None:
+        return False
+
+    class SockFprog(ctypes.Structure):  # struct sock_fprog; the kernel copies the program
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    code = ctypes.create_string_buffer(program, len(program))
+    fprog = SockFprog(len(program) // 8, ctypes.addressof(code))
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    arg = ctypes.c_ulong  # prctl is variadic: pass full-width arguments, not C ints
+    # no-new-privs is required for an unprivileged filter (bwrap has set it already)
+    if (prctl(arg(PR_SET_NO_NEW_PRIVS), arg(1), arg(0), arg(0), arg(0)) != 0
+            or prctl(arg(PR_SET_SECCOMP), arg(SECCOMP_MODE_FILTER), ctypes.byref(fprog), arg(0), arg(0)) != 0):
+        number = ctypes.get_errno()
+        raise OSError(number, "cannot install the program filter: %s" % os.strerror(number))
+    return True
