@@ -64,25 +64,25 @@ import random
 import resource
 import secrets
 import select
-import shutil
 import signal
 import sys
 import time
 import traceback
 import types
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 if __package__:  # imported as vmpool._agent (tests, type checking)
+    from . import _agent_files as files
     from . import _agent_procs as procs
     from . import _protocol as proto
 else:  # run as a script inside the sandbox: the sibling files, never an installed vmpool
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _agent_files as files  # type: ignore[no-redef]
     import _agent_procs as procs  # type: ignore[no-redef]
     import _protocol as proto  # type: ignore[no-redef]
     del sys.path[0]
 
 AGENT_VERSION = "0.1.0"
-TMP_DIR = "/tmp"
 PREIMPORTS = (
     "abc", "array", "base64", "bisect", "cmath", "collections", "collections.abc", "contextlib",
     "copy", "dataclasses", "datetime", "decimal", "enum", "fractions", "functools", "hashlib",
@@ -96,54 +96,6 @@ MIB = 1024 * 1024
 _EXIT = os._exit  # captured before any program runs: a program may replace os._exit
 Report = Callable[[str, Any], None]
 Body = Callable[[Report], None]
-
-
-# --------------------------------------------------------------------------------- files
-
-
-def _rmtree(path: str) -> None:
-    """Delete what a program left, even parts it made unreadable. Never follows symlinks."""
-    if os.path.islink(path) or not os.path.isdir(path):
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-        return
-    _make_traversable(path)
-    for top, dirs, _files in os.walk(path):  # top-down: children are fixed before they are listed
-        for name in dirs:
-            _make_traversable(os.path.join(top, name))
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _make_traversable(directory: str) -> None:
-    if not os.path.islink(directory):
-        try:
-            os.chmod(directory, 0o700)
-        except OSError:
-            pass
-
-
-class Workspace:
-    """A fresh private scratch directory for one program, plus (exclusive mode) a snapshot of
-    /tmp's top level, so that `cleanup` can delete everything the program added there."""
-
-    def __init__(self, root: str, number: int, clean_tmp: bool) -> None:
-        self.root = root
-        self.before: Optional[Set[str]] = set(os.listdir(root)) if clean_tmp else None
-        self.path = os.path.join(root, "run-%d" % number)
-        _rmtree(self.path)
-        os.mkdir(self.path, 0o700)
-
-    def cleanup(self) -> None:
-        if self.before is not None:
-            try:
-                os.chmod(self.root, 0o755)  # a program may have locked the agent out of /tmp
-            except OSError:
-                pass
-            for name in set(os.listdir(self.root)) - self.before:
-                _rmtree(os.path.join(self.root, name))
-        _rmtree(self.path)
 
 
 # --------------------------------------------------------------------------------- children
@@ -677,7 +629,7 @@ class Agent:
         limits = proto.check_limits(message.get("limits"))
         self.runs += 1
         try:
-            workspace = Workspace(TMP_DIR, self.runs, clean_tmp=self.exclusive)
+            workspace = files.Workspace(files.TMP_DIR, self.runs, clean_tmp=self.exclusive)
         except OSError as exc:
             raise procs.AgentFailure("cannot create a scratch directory: %s" % exc) from exc
         try:
@@ -687,38 +639,25 @@ class Agent:
 
     def run_command(self, message: Dict[str, Any]) -> Dict[str, Any]:
         command = proto.field(message, "command", str)
-        cwd = _resolve(proto.field(message, "cwd", str))
+        cwd = files.resolve(proto.field(message, "cwd", str))
         limits = proto.check_limits(message.get("limits"))
         if not os.path.isdir(cwd):
             raise OSError(2, "no such directory", cwd)
         return run_command(command, cwd, limits, self.exclusive)
 
     def write_file(self, message: Dict[str, Any]) -> Dict[str, Any]:
-        path = _resolve(proto.field(message, "path", str))
+        path = files.resolve(proto.field(message, "path", str))
         data = proto.b64decode(proto.field(message, "data_b64", str))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as handle:
-            handle.write(data)
-        return {"size": len(data)}
+        return {"size": files.write_file(path, data)}
 
     def read_file(self, message: Dict[str, Any]) -> Dict[str, Any]:
         limit = proto.MAX_LINE_BYTES // 4 * 3 - 4096  # what still fits in one line as base64
-        with open(_resolve(proto.field(message, "path", str)), "rb") as handle:
-            data = handle.read(limit + 1)
-        if len(data) > limit:
-            raise proto.MessageError("file is larger than %d bytes, the most one reply carries" % limit)
+        data = files.read_file(files.resolve(proto.field(message, "path", str)), limit)
         return {"data_b64": proto.b64encode(data)}
 
     def shutdown(self, message: Dict[str, Any]) -> Dict[str, Any]:
         self.stopping = True
         return {}
-
-
-def _resolve(path: str) -> str:
-    """Relative paths are relative to /tmp, the one writable place of a sandbox."""
-    if not path or "\0" in path:
-        raise proto.MessageError("invalid path %.100r" % path)
-    return os.path.normpath(os.path.join(TMP_DIR, path))
 
 
 def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
