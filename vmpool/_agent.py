@@ -56,27 +56,25 @@ import argparse
 import builtins
 import gc
 import importlib
-import json
 import linecache
 import math
 import os
 import random
-import resource
 import secrets
-import select
 import signal
 import sys
-import time
 import traceback
 import types
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 if __package__:  # imported as vmpool._agent (tests, type checking)
+    from . import _agent_child as child
     from . import _agent_files as files
     from . import _agent_procs as procs
     from . import _protocol as proto
 else:  # run as a script inside the sandbox: the sibling files, never an installed vmpool
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _agent_child as child  # type: ignore[no-redef]
     import _agent_files as files  # type: ignore[no-redef]
     import _agent_procs as procs  # type: ignore[no-redef]
     import _protocol as proto  # type: ignore[no-redef]
@@ -89,249 +87,6 @@ PREIMPORTS = (
     "heapq", "io", "itertools", "json", "math", "numbers", "operator", "pprint", "queue", "random",
     "re", "statistics", "string", "struct", "textwrap", "threading", "typing", "unicodedata",
 )
-STATUS_CAP = 64 * 1024  # bytes of the private status pipe kept
-SETUP_FAILED = 125  # child exit code when it could not even start the program
-MAX_OUTPUT_CAP = 8 * 1024 * 1024  # stdout+stderr kept at most: the reply must fit in one line
-MIB = 1024 * 1024
-_EXIT = os._exit  # captured before any program runs: a program may replace os._exit
-Report = Callable[[str, Any], None]
-Body = Callable[[Report], None]
-
-
-# --------------------------------------------------------------------------------- children
-
-
-class Finished(NamedTuple):
-    reason: str  # "exited" | "timeout" | "output_limit"
-    wait_status: int
-    usage: Any  # resource.struct_rusage
-    stdout: str
-    stderr: str
-    truncated: bool
-    duration_s: float
-    report: Optional[Tuple[str, Any]]  # (kind, detail) the child wrote after the token
-
-
-class Capture:
-    """stdout+stderr of one child up to a shared byte cap, and its private status pipe."""
-
-    def __init__(self, out_fd: int, err_fd: int, status_fd: int, cap: int) -> None:
-        self.out_fd, self.err_fd, self.status_fd = out_fd, err_fd, status_fd
-        self.buffers = {out_fd: bytearray(), err_fd: bytearray(), status_fd: bytearray()}
-        self.open = set(self.buffers)
-        self.cap, self.used, self.truncated = cap, 0, False
-
-    def pump(self, fd: int) -> None:
-        """Read what is available on fd (it must be readable); keeps within the caps."""
-        data = os.read(fd, 65536)
-        if not data:
-            self.open.discard(fd)
-            return
-        if fd == self.status_fd:
-            room = STATUS_CAP - len(self.buffers[fd])
-        else:
-            room = self.cap - self.used
-            self.truncated = self.truncated or len(data) > room
-            self.used += min(len(data), max(room, 0))
-        self.buffers[fd] += data[:max(room, 0)]
-
-    def drain(self, timeout: float) -> None:
-        """Read until every pipe is at EOF (all writers dead) or `timeout` passes."""
-        deadline = time.monotonic() + timeout
-        while self.open:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            for fd in select.select(sorted(self.open), [], [], remaining)[0]:
-                self.pump(fd)
-
-    def report(self, token: str) -> Optional[Tuple[str, Any]]:
-        """The child's first report with this token. A ``setup`` report after ``started`` is
-        skipped: only the program writes after that marker, and a program must not be able to
-        pass its own failure off as a broken sandbox."""
-        started = False
-        for line in bytes(self.buffers[self.status_fd]).split(b"\n"):
-            parts = line.decode("utf-8", "replace").split(" ", 2)
-            if len(parts) == 3 and parts[0] == token:
-                try:
-                    kind, detail = parts[1], json.loads(parts[2])
-                except ValueError:
-                    return None
-                if kind == "started":
-                    started = True
-                elif not (started and kind == "setup"):
-                    return kind, detail
-        return None
-
-    def text(self, fd: int) -> str:
-        return bytes(self.buffers[fd]).decode("utf-8", "replace")
-
-    def close(self) -> None:
-        for fd in self.buffers:
-            os.close(fd)
-
-
-def _apply_limits(limits: proto.WireLimits, baseline_tasks: int) -> None:
-    """Every limit but memory, which the program and command paths set themselves."""
-    cpu = max(1, math.ceil(limits["cpu_time_s"]))
-    _set_limit(resource.RLIMIT_CPU, cpu, cpu + 1)  # SIGXCPU at the soft limit, SIGKILL a second later
-    tasks = limits["max_processes"] + baseline_tasks
-    _set_limit(resource.RLIMIT_NPROC, tasks, tasks)
-    _set_limit(resource.RLIMIT_FSIZE, limits["max_file_size_mb"] * MIB, limits["max_file_size_mb"] * MIB)
-    _set_limit(resource.RLIMIT_CORE, 0, 0)
-
-
-def _set_limit(which: int, soft: int, hard: int) -> None:
-    current_hard = resource.getrlimit(which)[1]
-    if current_hard != resource.RLIM_INFINITY:  # an unprivileged process cannot raise it
-        soft, hard = min(soft, current_hard), min(hard, current_hard)
-    # setrlimit takes a signed 64-bit value: anything larger (memory_mb=2**50) means no limit
-    soft, hard = (resource.RLIM_INFINITY if value >= 2**63 else value for value in (soft, hard))
-    resource.setrlimit(which, (soft, hard))
-
-
-def _address_space() -> int:
-    """Bytes of address space this process maps now: VmSize, the first field of
-    /proc/self/statm (in pages), which is simpler to parse than /proc/self/status."""
-    fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        data = os.read(fd, 256)
-    finally:
-        os.close(fd)
-    return int(data.split()[0]) * resource.getpagesize()
-
-
-def _limit_address_space(total: int) -> None:
-    """RLIMIT_AS: fails allocations (MemoryError) beyond `total` bytes of address space."""
-    _set_limit(resource.RLIMIT_AS, total, total)
-
-
-def _child_setup(out_w: int, err_w: int, status_w: int, cwd: str,
-                 limits: proto.WireLimits, baseline_tasks: int) -> None:
-    os.setsid()  # own session and process group: killpg reaches everything it spawns
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(out_w, 1)
-    os.dup2(err_w, 2)
-    os.closerange(3, status_w)  # the protocol channel and all agent fds must not leak
-    os.closerange(status_w + 1, 1 << 20)
-    os.chdir(cwd)
-    procs.set_dumpable(True)  # the program is an ordinary process; only the agent is shielded
-    _apply_limits(limits, baseline_tasks)
-
-
-def _output_cap(limits: proto.WireLimits) -> int:
-    """The stdout+stderr cap that applies: max_output_bytes, at most MAX_OUTPUT_CAP."""
-    return min(limits["max_output_bytes"], MAX_OUTPUT_CAP)
-
-
-def _run_child(body: Body, token: str, cwd: str, limits: proto.WireLimits,
-               exclusive: bool) -> Finished:
-    """Fork a child that runs `body` under `limits`; supervise, kill leftovers, collect."""
-    try:
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        status_r, status_w = os.pipe()  # non-inheritable: closed if the child execs
-        baseline = procs.task_count()
-    except OSError as exc:
-        raise procs.AgentFailure("cannot prepare a child: %s" % exc) from exc
-
-    def report(kind: str, detail: Any) -> None:
-        try:
-            os.write(status_w, ("%s %s %s\n" % (token, kind, json.dumps(detail))).encode())
-        except (OSError, ValueError, TypeError):
-            pass
-
-    started = time.monotonic()
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        for fd in (out_r, out_w, err_r, err_w, status_r, status_w):
-            os.close(fd)
-        raise procs.AgentFailure("cannot fork: %s" % exc) from exc
-    if pid == 0:  # child: never returns
-        try:
-            _child_setup(out_w, err_w, status_w, cwd, limits, baseline)
-            body(report)
-        except BaseException as exc:
-            report("setup", "%s: %s" % (type(exc).__name__, exc))
-        _EXIT(SETUP_FAILED)
-    for fd in (out_w, err_w, status_w):
-        os.close(fd)
-    capture = Capture(out_r, err_r, status_r, _output_cap(limits))
-    try:
-        return _supervise_and_collect(pid, capture, token, limits, exclusive, started)
-    finally:
-        capture.close()
-
-
-def _supervise_and_collect(pid: int, capture: Capture, token: str, limits: proto.WireLimits,
-                           exclusive: bool, started: float) -> Finished:
-    reason = "exited"
-    try:
-        reason = _supervise(pid, capture, started + limits["wall_time_s"])
-    finally:  # whatever happened, the child and its process group die and the child is reaped
-        duration = time.monotonic() - started
-        procs.send_signal(pid, signal.SIGKILL, group=True)  # background helpers of the program, if any
-        procs.send_signal(pid, signal.SIGKILL)  # in case it was killed before its setsid()
-        _, wait_status, usage = os.wait4(pid, 0)
-    if exclusive:
-        procs.sweep_processes()  # also closes every pipe writer, so the drain below hits EOF
-    capture.drain(2.0 if exclusive else 0.2)
-    report = capture.report(token)
-    if report is not None and report[0] == "setup":
-        raise procs.AgentFailure("the child could not start the program: %s" % (report[1],))
-    return Finished(reason, wait_status, usage, capture.text(capture.out_fd),
-                    capture.text(capture.err_fd), capture.truncated, duration, report)
-
-
-def _supervise(pid: int, capture: Capture, deadline: float) -> str:
-    """Pump output until the child exits ("exited"), time runs out ("timeout") or the output
-    cap is exceeded ("output_limit"). The exit is watched with a pidfd, not pipe EOF, because
-    a daemonized grandchild may keep the pipes open."""
-    pidfd = _pidfd_open(pid)
-    poller = select.poll()
-    for fd in capture.open:
-        poller.register(fd, select.POLLIN)
-    if pidfd >= 0:
-        poller.register(pidfd, select.POLLIN)
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return "timeout"
-            wait = remaining if pidfd >= 0 else min(remaining, 0.005)
-            for fd, _event in poller.poll(max(1, math.ceil(wait * 1000))):
-                if fd == pidfd:
-                    return "exited"
-                capture.pump(fd)
-                if fd not in capture.open:
-                    poller.unregister(fd)
-                if capture.truncated:
-                    return "output_limit"
-            if pidfd < 0 and _has_exited(pid):
-                return "exited"
-    finally:
-        if pidfd >= 0:
-            os.close(pidfd)
-
-
-def _pidfd_open(pid: int) -> int:
-    opener = getattr(os, "pidfd_open", None)  # Python >= 3.9 on Linux >= 5.3
-    if opener is None:
-        return -1
-    try:
-        return int(opener(pid))
-    except OSError:
-        return -1
-
-
-def _has_exited(pid: int) -> bool:
-    """Polling fallback without pidfd; WNOWAIT leaves the child for wait4 to collect."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
 
 
 # --------------------------------------------------------------------------------- programs
@@ -402,48 +157,48 @@ def _fresh_main(code: str) -> Dict[str, Any]:
     return module.__dict__
 
 
-def _program_main(code: str, memory_mb: int, report: Report) -> None:
+def _program_main(code: str, memory_mb: int, report: child.Report) -> None:
     """Child side of run_program: run `code` as __main__, report how it ended, exit."""
     random.seed()  # from os.urandom: never the agent's (or a sibling's) random state
     streams = _std_streams()
     namespace = _fresh_main(code)
     # memory_mb is what the program may allocate beyond the interpreter it was forked from, so
     # it does not shrink as the agent grows; compiling the code already counts against it.
-    _limit_address_space(_address_space() + memory_mb * MIB)
-    report("started", None)  # the program writes next: see Capture.report
+    child.limit_address_space(child.address_space() + memory_mb * child.MIB)
+    report("started", None)  # the program writes next: see _agent_child.Capture.report
     try:
         exec(compile(code, "<program>", "exec"), namespace)
     except SystemExit as exc:
         status = _exit_status(exc)
         _flush(streams)
         report("exited", status)
-        _EXIT(status)
+        child.EXIT(status)
     except MemoryError as exc:
         namespace.clear()  # free what we can so that reporting works
         _print_traceback(exc)
         _flush(streams)
         report("oom", _one_line(exc))
-        _EXIT(1)
+        child.EXIT(1)
     except BaseException as exc:
         _print_traceback(exc)
         _flush(streams)
         report("error", _one_line(exc))
-        _EXIT(1)
+        child.EXIT(1)
     _flush(streams)
     report("ok", None)
-    _EXIT(0)
+    child.EXIT(0)
 
 
-def _command_main(command: str, memory_mb: int, report: Report) -> None:
+def _command_main(command: str, memory_mb: int, report: child.Report) -> None:
     """Child side of run_command: exec /bin/sh -c with the default signal dispositions."""
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # CPython ignores these; a shell must not
         signal.signal(sig, signal.SIG_DFL)
-    _limit_address_space(memory_mb * MIB)  # the shell starts afresh: nothing to add to
+    child.limit_address_space(memory_mb * child.MIB)  # the shell starts afresh: nothing to add to
     try:
         os.execv("/bin/sh", ["/bin/sh", "-c", command])
     except OSError as exc:
         report("setup", "cannot run /bin/sh: %s" % exc)
-        _EXIT(SETUP_FAILED)
+        child.EXIT(child.SETUP_FAILED)
 
 
 def _signal_name(number: int) -> str:
@@ -453,7 +208,7 @@ def _signal_name(number: int) -> str:
         return "signal %d" % number
 
 
-def program_result(run: Finished, limits: proto.WireLimits) -> Dict[str, Any]:
+def program_result(run: child.Finished, limits: proto.WireLimits) -> Dict[str, Any]:
     """Map a finished run to ExecResult fields (see vmpool._types.ExecStatus)."""
     exit_code = os.WEXITSTATUS(run.wait_status) if os.WIFEXITED(run.wait_status) else None
     signum = os.WTERMSIG(run.wait_status) if os.WIFSIGNALED(run.wait_status) else None
@@ -467,7 +222,7 @@ def program_result(run: Finished, limits: proto.WireLimits) -> Dict[str, Any]:
     }
 
 
-def _classify(run: Finished, exit_code: Optional[int], signum: Optional[int], cpu: float,
+def _classify(run: child.Finished, exit_code: Optional[int], signum: Optional[int], cpu: float,
               limits: proto.WireLimits) -> Tuple[str, Optional[str]]:
     """(status, error), first rule that applies: the agent's own wall-time kill -> timeout;
     output cap -> output_limit; the child's report: ok (with exit status 0) / error / oom /
@@ -479,7 +234,7 @@ def _classify(run: Finished, exit_code: Optional[int], signum: Optional[int], cp
     if run.reason == "timeout":
         return "timeout", "wall-time limit of %gs exceeded" % limits["wall_time_s"]
     if run.reason == "output_limit":
-        cap = _output_cap(limits)  # the cap that applied, which may be below max_output_bytes
+        cap = child.output_cap(limits)  # the cap that applied, which may be below max_output_bytes
         if cap < limits["max_output_bytes"]:
             return "output_limit", "output exceeded %d bytes, the most the agent keeps" % cap
         return "output_limit", "output exceeded %d bytes" % cap
@@ -499,14 +254,14 @@ def _classify(run: Finished, exit_code: Optional[int], signum: Optional[int], cp
 
 def run_program(code: str, limits: proto.WireLimits, cwd: str, exclusive: bool) -> Dict[str, Any]:
     token = secrets.token_hex(16)
-    run = _run_child(lambda report: _program_main(code, limits["memory_mb"], report), token, cwd,
+    run = child.run_child(lambda report: _program_main(code, limits["memory_mb"], report), token, cwd,
                      limits, exclusive)
     return program_result(run, limits)
 
 
 def run_command(command: str, cwd: str, limits: proto.WireLimits, exclusive: bool) -> Dict[str, Any]:
     token = secrets.token_hex(16)
-    run = _run_child(lambda report: _command_main(command, limits["memory_mb"], report), token, cwd,
+    run = child.run_child(lambda report: _command_main(command, limits["memory_mb"], report), token, cwd,
                      limits, exclusive)
     if os.WIFEXITED(run.wait_status):
         exit_code = os.WEXITSTATUS(run.wait_status)

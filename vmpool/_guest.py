@@ -19,7 +19,10 @@ from pathlib import Path
 __all__ = ["AGENT_SCRIPT", "GUEST_FILES", "agent_command", "guest_sources"]
 
 AGENT_SCRIPT = "_agent.py"  # the entry point; it imports the others
-GUEST_FILES = (AGENT_SCRIPT, "_agent_files.py", "_agent_procs.py", "_protocol.py", "_seccomp.py")
+GUEST_FILES = (
+    AGENT_SCRIPT, "_agent_child.py", "_agent_files.py", "_agent_procs.py",
+    "_protocol.py", "_seccomp.py",
+)
 
 
 @functools.cache
