@@ -37,6 +37,14 @@ Contract:
   agent visibly is not alone (more than two ancestor processes), so a stray run on a host
   cannot kill the host's processes.
 
+Modules, one concept each (all listed in `vmpool._guest.GUEST_FILES`): this file is the entry
+point, the channel and the request loop that dispatches ops; ``_agent_run.py`` is what a child
+runs (the program wrapper, ``/bin/sh`` for commands) and how its end is classified;
+``_agent_child.py`` forks one child, applies the limits, supervises it and captures its output
+and status pipe; ``_agent_procs.py`` reads /proc, sweeps processes and shields the agent (the
+program filter, non-dumpable); ``_agent_files.py`` owns /tmp, scratch directories and the file
+ops; ``_protocol.py`` is the wire format and ``_seccomp.py`` builds the filters.
+
 Known limit: a program can forge its own result. The code that reports ``ok`` runs in the
 program's process, after the program, so whatever it does the program can do first: find the
 ``report`` closure (``sys._getframe(1).f_locals['report']``, or among ``gc.get_objects()``) or
@@ -53,30 +61,23 @@ host judging the program's output). A forged report cannot pass for a broken san
 from __future__ import annotations
 
 import argparse
-import builtins
 import gc
 import importlib
-import linecache
-import math
 import os
-import random
-import secrets
-import signal
 import sys
 import traceback
-import types
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 if __package__:  # imported as vmpool._agent (tests, type checking)
-    from . import _agent_child as child
     from . import _agent_files as files
     from . import _agent_procs as procs
+    from . import _agent_run as run
     from . import _protocol as proto
 else:  # run as a script inside the sandbox: the sibling files, never an installed vmpool
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _agent_child as child  # type: ignore[no-redef]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # also for their own imports
     import _agent_files as files  # type: ignore[no-redef]
     import _agent_procs as procs  # type: ignore[no-redef]
+    import _agent_run as run  # type: ignore[no-redef]
     import _protocol as proto  # type: ignore[no-redef]
     del sys.path[0]
 
@@ -87,203 +88,6 @@ PREIMPORTS = (
     "heapq", "io", "itertools", "json", "math", "numbers", "operator", "pprint", "queue", "random",
     "re", "statistics", "string", "struct", "textwrap", "threading", "typing", "unicodedata",
 )
-
-
-# --------------------------------------------------------------------------------- programs
-
-_KEEP_ALIVE: List[Any] = []  # the agent's own std streams, kept so GC never closes fds 0-2
-
-
-def _std_streams() -> List[Any]:
-    """Fresh sys.std* objects on fds 0-2 (which now point at /dev/null and the pipes)."""
-    _KEEP_ALIVE.append((sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__))
-    streams = (
-        open(0, "r", encoding="utf-8", closefd=False),
-        open(1, "w", encoding="utf-8", closefd=False),
-        open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1),
-    )
-    for name, stream in zip(("stdin", "stdout", "stderr"), streams):
-        setattr(sys, name, stream)
-        setattr(sys, "__%s__" % name, stream)
-    return list(streams[1:])
-
-
-def _flush(streams: List[Any]) -> None:
-    for stream in streams + [sys.stdout, sys.stderr]:
-        try:
-            stream.flush()
-        except BaseException:
-            pass  # e.g. the agent stopped reading after an output flood
-
-
-def _one_line(exc: BaseException) -> str:
-    try:
-        text = str(exc)
-    except BaseException:
-        text = ""
-    line = " ".join(("%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__).splitlines())
-    return line if len(line) <= 300 else line[:297] + "..."
-
-
-def _exit_status(exc: SystemExit) -> int:
-    """The exit status CPython would give for this SystemExit (printing a non-int code)."""
-    if exc.code is None:
-        return 0
-    if isinstance(exc.code, int):
-        return exc.code & 0xFF
-    try:
-        print(exc.code, file=sys.stderr)
-    except BaseException:
-        pass
-    return 1
-
-
-def _print_traceback(exc: BaseException) -> None:
-    try:
-        tb = exc.__traceback__.tb_next if exc.__traceback__ else None  # hide the wrapper frame
-        traceback.print_exception(type(exc), exc, tb)
-    except BaseException:
-        pass
-
-
-def _fresh_main(code: str) -> Dict[str, Any]:
-    """A new __main__ module for the program (pickle, unittest.main and ``import __main__`` must
-    find the program, not the agent); its __dict__ is the program's globals."""
-    module = types.ModuleType("__main__")
-    module.__dict__["__builtins__"] = builtins
-    sys.modules["__main__"] = module
-    sys.argv = ["<program>"]
-    linecache.cache["<program>"] = (len(code), None, code.splitlines(True), "<program>")
-    return module.__dict__
-
-
-def _program_main(code: str, memory_mb: int, report: child.Report) -> None:
-    """Child side of run_program: run `code` as __main__, report how it ended, exit."""
-    random.seed()  # from os.urandom: never the agent's (or a sibling's) random state
-    streams = _std_streams()
-    namespace = _fresh_main(code)
-    # memory_mb is what the program may allocate beyond the interpreter it was forked from, so
-    # it does not shrink as the agent grows; compiling the code already counts against it.
-    child.limit_address_space(child.address_space() + memory_mb * child.MIB)
-    report("started", None)  # the program writes next: see _agent_child.Capture.report
-    try:
-        exec(compile(code, "<program>", "exec"), namespace)
-    except SystemExit as exc:
-        status = _exit_status(exc)
-        _flush(streams)
-        report("exited", status)
-        child.EXIT(status)
-    except MemoryError as exc:
-        namespace.clear()  # free what we can so that reporting works
-        _print_traceback(exc)
-        _flush(streams)
-        report("oom", _one_line(exc))
-        child.EXIT(1)
-    except BaseException as exc:
-        _print_traceback(exc)
-        _flush(streams)
-        report("error", _one_line(exc))
-        child.EXIT(1)
-    _flush(streams)
-    report("ok", None)
-    child.EXIT(0)
-
-
-def _command_main(command: str, memory_mb: int, report: child.Report) -> None:
-    """Child side of run_command: exec /bin/sh -c with the default signal dispositions."""
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # CPython ignores these; a shell must not
-        signal.signal(sig, signal.SIG_DFL)
-    child.limit_address_space(memory_mb * child.MIB)  # the shell starts afresh: nothing to add to
-    try:
-        os.execv("/bin/sh", ["/bin/sh", "-c", command])
-    except OSError as exc:
-        report("setup", "cannot run /bin/sh: %s" % exc)
-        child.EXIT(child.SETUP_FAILED)
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return "signal %d" % number
-
-
-def program_result(run: child.Finished, limits: proto.WireLimits) -> Dict[str, Any]:
-    """Map a finished run to ExecResult fields (see vmpool._types.ExecStatus)."""
-    exit_code = os.WEXITSTATUS(run.wait_status) if os.WIFEXITED(run.wait_status) else None
-    signum = os.WTERMSIG(run.wait_status) if os.WIFSIGNALED(run.wait_status) else None
-    cpu = run.usage.ru_utime + run.usage.ru_stime
-    status, error = _classify(run, exit_code, signum, cpu, limits)
-    return {
-        "status": status, "exit_code": exit_code, "signal": signum, "error": error,
-        "stdout": run.stdout, "stderr": run.stderr, "output_truncated": run.truncated,
-        "duration_s": round(run.duration_s, 6), "cpu_time_s": round(cpu, 6),
-        "max_rss_mb": round(run.usage.ru_maxrss / 1024.0, 3),
-    }
-
-
-def _classify(run: child.Finished, exit_code: Optional[int], signum: Optional[int], cpu: float,
-              limits: proto.WireLimits) -> Tuple[str, Optional[str]]:
-    """(status, error), first rule that applies: the agent's own wall-time kill -> timeout;
-    output cap -> output_limit; the child's report: ok (with exit status 0) / error / oom /
-    exited (SystemExit); SIGXCPU, or SIGKILL after using the whole CPU budget (RLIMIT_CPU's hard
-    limit) -> timeout; any other signal -> exited with `signal` set; anything else (os._exit, a
-    crash before reporting) -> exited. OOM is only ever reported from a MemoryError: with
-    RLIMIT_AS an allocation fails instead of inviting the kernel's OOM killer."""
-    cpu_limit = max(1, math.ceil(limits["cpu_time_s"]))
-    if run.reason == "timeout":
-        return "timeout", "wall-time limit of %gs exceeded" % limits["wall_time_s"]
-    if run.reason == "output_limit":
-        cap = child.output_cap(limits)  # the cap that applied, which may be below max_output_bytes
-        if cap < limits["max_output_bytes"]:
-            return "output_limit", "output exceeded %d bytes, the most the agent keeps" % cap
-        return "output_limit", "output exceeded %d bytes" % cap
-    kind, detail = run.report or ("", None)
-    if kind == "ok" and exit_code == 0:
-        return "ok", None
-    if kind == "error" or kind == "oom":
-        return kind, str(detail)
-    if kind == "exited":
-        return "exited", "SystemExit with status %s before the end of the program" % detail
-    if signum == signal.SIGXCPU or (signum == signal.SIGKILL and cpu >= cpu_limit - 0.05):
-        return "timeout", "cpu-time limit of %ds exceeded" % cpu_limit
-    if signum is not None:
-        return "exited", "killed by %s" % _signal_name(signum)
-    return "exited", "process exited with code %s before the end of the program" % exit_code
-
-
-def run_program(code: str, limits: proto.WireLimits, cwd: str, exclusive: bool) -> Dict[str, Any]:
-    token = secrets.token_hex(16)
-    run = child.run_child(lambda report: _program_main(code, limits["memory_mb"], report), token, cwd,
-                     limits, exclusive)
-    return program_result(run, limits)
-
-
-def run_command(command: str, cwd: str, limits: proto.WireLimits, exclusive: bool) -> Dict[str, Any]:
-    token = secrets.token_hex(16)
-    run = child.run_child(lambda report: _command_main(command, limits["memory_mb"], report), token, cwd,
-                     limits, exclusive)
-    if os.WIFEXITED(run.wait_status):
-        exit_code = os.WEXITSTATUS(run.wait_status)
-    else:
-        exit_code = -os.WTERMSIG(run.wait_status)  # subprocess convention
-    return {"exit_code": exit_code, "stdout": run.stdout, "stderr": run.stderr,
-            "timed_out": run.reason == "timeout", "output_truncated": run.truncated,
-            "duration_s": round(run.duration_s, 6)}
-
-
-def warm_up() -> None:
-    """Pre-import what programs commonly use, so every forked child starts warm."""
-    for name in PREIMPORTS:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
-    procs.set_dumpable(False)
-    gc.freeze()  # keep the warm heap out of the children's GC passes: fewer copy-on-write faults
-
-
-# --------------------------------------------------------------------------------- serving
 
 
 class Channel:
@@ -388,7 +192,7 @@ class Agent:
         except OSError as exc:
             raise procs.AgentFailure("cannot create a scratch directory: %s" % exc) from exc
         try:
-            return run_program(code, limits, workspace.path, self.exclusive)
+            return run.run_program(code, limits, workspace.path, self.exclusive)
         finally:
             workspace.cleanup()
 
@@ -398,7 +202,7 @@ class Agent:
         limits = proto.check_limits(message.get("limits"))
         if not os.path.isdir(cwd):
             raise OSError(2, "no such directory", cwd)
-        return run_command(command, cwd, limits, self.exclusive)
+        return run.run_command(command, cwd, limits, self.exclusive)
 
     def write_file(self, message: Dict[str, Any]) -> Dict[str, Any]:
         path = files.resolve(proto.field(message, "path", str))
@@ -413,6 +217,17 @@ class Agent:
     def shutdown(self, message: Dict[str, Any]) -> Dict[str, Any]:
         self.stopping = True
         return {}
+
+
+def warm_up() -> None:
+    """Pre-import what programs commonly use, so every forked child starts warm."""
+    for name in PREIMPORTS:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    procs.set_dumpable(False)
+    gc.freeze()  # keep the warm heap out of the children's GC passes: fewer copy-on-write faults
 
 
 def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:

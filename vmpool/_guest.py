@@ -20,7 +20,7 @@ __all__ = ["AGENT_SCRIPT", "GUEST_FILES", "agent_command", "guest_sources"]
 
 AGENT_SCRIPT = "_agent.py"  # the entry point; it imports the others
 GUEST_FILES = (
-    AGENT_SCRIPT, "_agent_child.py", "_agent_files.py", "_agent_procs.py",
+    AGENT_SCRIPT, "_agent_child.py", "_agent_files.py", "_agent_procs.py", "_agent_run.py",
     "_protocol.py", "_seccomp.py",
 )
 
