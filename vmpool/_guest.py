@@ -3,9 +3,10 @@
 Every driver ships exactly `GUEST_FILES` into one directory of its sandbox (bwrap binds them
 read-only at /opt/vmpool; a VM image would bake them in) and starts the agent with
 `agent_command`. Inside the sandbox these files are top-level modules of that directory, where
-no other part of vmpool exists: each is stdlib only and imports its siblings as ``_name`` when
-it has no package (see the import block at the top of ``_agent.py``). This is the one place
-that lists them; a guest module importing a sibling missing here fails in every sandbox.
+no other part of vmpool exists: each is stdlib only and imports its siblings as top-level
+modules when it has no package (``_agent.py`` puts their directory first on sys.path while it
+imports them, so no guest file may be named like a stdlib module). This is the one place that
+lists them; a guest module importing a sibling missing here fails in every sandbox.
 
 Host only: this module is not shipped.
 """
@@ -34,6 +35,6 @@ def guest_sources() -> tuple[tuple[str, bytes], ...]:
 
 def agent_command(python: str, directory: str, *agent_args: str) -> list[str]:
     """The command line that starts the agent from the guest files in `directory` (a path
-    inside the sandbox): isolated mode (no environment, no user site, no script directory on
-    sys.path) and no bytecode files written."""
+    inside the sandbox): isolated mode (PYTHON* variables, the user site and the script's
+    directory are all ignored) and no bytecode files written."""
     return [python, "-I", "-B", posixpath.join(directory, AGENT_SCRIPT), *agent_args]

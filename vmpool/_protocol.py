@@ -1,7 +1,7 @@
 """The host <-> agent wire protocol of vmpool, shared by the host library and the guest agent.
 
 Stdlib only and self-contained: this file is bind-mounted (or baked) next to ``_agent.py`` into
-every sandbox, where no other part of vmpool exists.
+every sandbox, where no other part of vmpool exists (it is one of `vmpool._guest.GUEST_FILES`).
 
 Wire format (PROTOCOL_VERSION 1)
 --------------------------------

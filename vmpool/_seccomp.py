@@ -23,7 +23,8 @@ elsewhere, and the driver reports the missing filter in its isolation string. On
 non-x86_64 ABI (i386 via int 0x80, x32 via the 0x40000000 bit) is refused outright, because a
 deny-list by number is meaningless under another numbering.
 
-This module also runs inside the sandbox, next to the agent: stdlib only, no vmpool imports.
+This module also runs inside the sandbox, next to the agent (it is one of
+`vmpool._guest.GUEST_FILES`): stdlib only, no vmpool imports.
 """
 
 from __future__ import annotations
