@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,12 @@ def read_json_records(path: str | Path) -> list[dict[str, Any]]:
 
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
+    # A fresh cache folder per read: datasets' shared cache keys local files by path, size and
+    # mtime, so an edited file with the same size and mtime would come back stale; and a run
+    # should leave no copies of problem files in ~/.cache.
     try:
-        table = datasets.load_dataset("json", data_files=str(path), split="train")
+        with tempfile.TemporaryDirectory(prefix="evalkit-datasets-") as cache:
+            table = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=cache, keep_in_memory=True)
     except Exception as exc:  # datasets raises many unrelated types for one bad file
         reason = exc if _has_content(path) else "the file holds no records"
         raise ConfigError(f"cannot read problems from {path}: {reason}") from exc

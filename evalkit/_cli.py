@@ -13,7 +13,7 @@ from types import FrameType
 import click
 
 from ._errors import EvalkitError, InfraError, RunInterrupted, UserInputError
-from ._runner import EXIT_INFRA, EXIT_INPUT, EXIT_INTERRUPTED, RunOutcome, latest_unfinished
+from ._runner import EXIT_INFRA, EXIT_INPUT, EXIT_INTERRUPTED, RunOutcome
 from ._version import __version__
 
 
@@ -82,24 +82,16 @@ def main() -> None:
 
 @main.command("run")
 @click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--resume", "resume_latest", is_flag=True, help="Continue this config's newest unfinished run instead of starting a new one.")
+@click.option("--resume", "resume_latest", is_flag=True, help="Continue this config's newest unfinished run if its samples are unchanged; otherwise start a new one.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output; only the result lines.")
 def run_command(config: Path, resume_latest: bool, quiet: bool) -> None:
     """Evaluate the benchmark, model and sandbox described by CONFIG (a YAML file)."""
     from ._config import load_config
-    from ._runner import resume, run
+    from ._runner import run
 
     _setup_logging(quiet)
 
-    def action() -> RunOutcome:
-        cfg = load_config(config)
-        previous = latest_unfinished(cfg) if resume_latest else None
-        if previous is not None:
-            logging.getLogger("evalkit").info("resuming %s", previous)
-            return resume(previous, progress=not quiet)
-        return run(cfg, progress=not quiet)
-
-    _conclude(_guarded(action))
+    _conclude(_guarded(lambda: run(load_config(config), progress=not quiet, resume=resume_latest)))
 
 
 @main.command("resume")

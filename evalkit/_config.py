@@ -58,8 +58,8 @@ class SamplingConfig(_Section):
 
 class SandboxConfig(_Section):
     driver: str = "auto"
-    timeout_s: float = Field(10.0, gt=0)
-    cpu_time_s: float | None = Field(None, gt=0)
+    timeout_s: float = Field(10.0, gt=0, le=86400, allow_inf_nan=False)
+    cpu_time_s: float | None = Field(None, gt=0, le=86400, allow_inf_nan=False)
     memory_mb: int = Field(512, ge=16)
     max_processes: int = Field(8, ge=1)  # memory_mb is per process: this bounds the total
     max_output_bytes: int = Field(1_000_000, ge=1024)

@@ -10,6 +10,8 @@ run starts, so resuming or re-reporting needs neither the samples file nor the m
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import platform
 import re
@@ -21,7 +23,7 @@ from typing import Any
 
 from ._benchmarks import Benchmark, get_benchmark
 from ._config import EvalConfig, load_config
-from ._errors import ConfigError, EvalkitError, InfraError, RunInterrupted
+from ._errors import ConfigError, EvalkitError, InfraError, RunInterrupted, RunStoreError
 from ._models import make_provider
 from ._progress import Progress
 from ._report import render_report
@@ -48,38 +50,64 @@ class RunOutcome:
     exit_code: int
 
 
-def run(config: EvalConfig | str | Path, *, progress: bool = True) -> RunOutcome:
-    """Evaluate ``config`` in a new run folder under its ``output_dir``."""
+def run(config: EvalConfig | str | Path, *, progress: bool = True, resume: bool = False) -> RunOutcome:
+    """Evaluate ``config`` in a new run folder under its ``output_dir``.
+
+    With ``resume=True``, continue instead the newest unfinished run of the same config whose
+    plan (every sample and completion) and problems are exactly what this config gives now;
+    start a new run if there is none.
+    """
     if not isinstance(config, EvalConfig):
         config = load_config(config)
     RunStore.prepare(config)
     benchmark, problems = _problems(config)
     samples = _samples(config, benchmark, problems)
+    digest = problems_digest(problems)
+    if resume:
+        previous = _resumable(config, samples, digest)
+        if previous is not None:
+            _log.info("resuming %s", previous)
+            return _continue(previous, progress)
     driver, isolation = _check_sandbox(config)
     with _scheduler(config, driver, needed=True) as (scheduler, start_s):
         store = RunStore.create(config)  # only once Ray is up: a failed start leaves no folder
-        store.write_plan(samples)
-        store.write_meta(planned_samples=len(samples), scheduler_start_s=start_s)
-        _log.info("run folder: %s", store.path)
-        return _execute(store, config, benchmark, problems, samples, samples, scheduler, driver, isolation, progress)
+        try:
+            store.write_plan(samples)
+            store.write_meta(planned_samples=len(samples), scheduler_start_s=start_s, problems_sha256=digest)
+            _log.info("run folder: %s", store.path)
+            return _execute(store, config, benchmark, problems, samples, samples, scheduler, driver, isolation, progress)
+        finally:
+            store.release()
 
 
 def resume(run_dir: str | Path, *, progress: bool = True) -> RunOutcome:
     """Finish an interrupted run from its plan and journal: samples with a verdict are not run
-    again, ``infra_error`` ones are. A finished run is only re-reported."""
+    again, ``infra_error`` ones are. A finished run is only re-reported.
+
+    Raises `RunStoreError` if another process is running it, or if its problems changed.
+    """
+    return _continue(run_dir, progress)
+
+
+def _continue(run_dir: str | Path, progress: bool) -> RunOutcome:
     store = RunStore.open(run_dir)
     if store.meta().get("state") == "finished":
         _log.info("%s has already finished; re-rendering its report", store.path)
         return report(run_dir)
-    config = store.config()
-    samples = store.plan()
-    benchmark, problems = _problems(config)
-    done = {r.key for r in _planned_results(store, samples) if r.status != "infra_error"}
-    todo = [s for s in samples if s.key not in done]
-    driver, isolation = _check_sandbox(config)
-    with _scheduler(config, driver, needed=bool(todo)) as (scheduler, start_s):
-        store.write_meta(scheduler_start_s=start_s)
-        return _execute(store, config, benchmark, problems, samples, todo, scheduler, driver, isolation, progress)
+    store.acquire()
+    try:
+        config = store.config()
+        samples = store.plan()
+        benchmark, problems = _problems(config)
+        _check_unchanged(store, samples, problems)
+        done = {r.key for r in _planned_results(store, samples) if r.status != "infra_error"}
+        todo = [s for s in samples if s.key not in done]
+        driver, isolation = _check_sandbox(config)
+        with _scheduler(config, driver, needed=bool(todo)) as (scheduler, start_s):
+            store.write_meta(scheduler_start_s=start_s)
+            return _execute(store, config, benchmark, problems, samples, todo, scheduler, driver, isolation, progress)
+    finally:
+        store.release()
 
 
 def report(run_dir: str | Path) -> RunOutcome:
@@ -95,13 +123,13 @@ def report(run_dir: str | Path) -> RunOutcome:
 
 def latest_unfinished(config: EvalConfig) -> Path | None:
     """The newest run folder of this very config (same name, same resolved settings) under its
-    output_dir that did not finish; None if there is none."""
+    output_dir that did not finish and that no other process is running; None if there is none."""
     pattern = re.compile(rf"{re.escape(config.name)}-\d{{8}}-\d{{6}}(-\d+)?")
     folders = [p.parent for p in Path(config.output_dir).glob(f"{config.name}-*/run.json") if pattern.fullmatch(p.parent.name)]
     for folder in sorted(folders, key=lambda p: p.stat().st_mtime, reverse=True):
         try:
             store = RunStore.open(folder)
-            if store.meta().get("state") == "finished":
+            if store.meta().get("state") == "finished" or store.in_use():
                 continue
             if store.config().model_dump() != config.model_dump():
                 _log.info("not resuming %s: it was started with a different config", folder)
@@ -110,6 +138,33 @@ def latest_unfinished(config: EvalConfig) -> Path | None:
             continue
         return folder
     return None
+
+
+def problems_digest(problems: Sequence[Problem]) -> str:
+    """A fingerprint of the problems a run is checked against (prompts and tests included)."""
+    text = json.dumps([p.model_dump(mode="json") for p in problems], sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _resumable(config: EvalConfig, samples: Sequence[Sample], digest: str) -> Path | None:
+    folder = latest_unfinished(config)
+    if folder is None:
+        return None
+    store = RunStore.open(folder)
+    if store.meta().get("problems_sha256") != digest or store.plan() != list(samples):
+        _log.info("not resuming %s: its samples or problems differ from what this config gives now; starting a new run", folder)
+        return None
+    return folder
+
+
+def _check_unchanged(store: RunStore, samples: Sequence[Sample], problems: Sequence[Problem]) -> None:
+    known = {p.task_id for p in problems}
+    stray = next((s for s in samples if s.task_id not in known), None)
+    if stray is not None:
+        raise RunStoreError(f"{store.path / 'plan.jsonl'}: sample of {stray.task_id!r}, which is not among the run's problems")
+    recorded = store.meta().get("problems_sha256")
+    if recorded is not None and recorded != problems_digest(problems):
+        raise RunStoreError(f"{store.path}: the problems (prompts or tests) changed since this run started; start a new run instead")
 
 
 def _problems(config: EvalConfig) -> tuple[Benchmark, list[Problem]]:
@@ -122,7 +177,10 @@ def _problems(config: EvalConfig) -> tuple[Benchmark, list[Problem]]:
 
 def _samples(config: EvalConfig, benchmark: Benchmark, problems: list[Problem]) -> list[Sample]:
     provider = make_provider(config.model.model_dump())
-    return provider.samples(problems, config.sampling.n, all_task_ids=[p.task_id for p in benchmark.problems()])
+    try:
+        return provider.samples(problems, config.sampling.n, all_task_ids=[p.task_id for p in benchmark.problems()])
+    except ConfigError as exc:  # SamplesError names its own file and line
+        raise ConfigError(f"{config.where('model', 'provider')}: {exc}") from None
 
 
 def _requests(benchmark: Benchmark, problems: list[Problem], samples: Sequence[Sample]) -> list[ExecRequest]:
@@ -201,6 +259,10 @@ def _execute(
         if store.meta().get("state") != "finished":
             store.write_meta(state="interrupted", duration_s=previous_s + time.monotonic() - started)
         raise RunInterrupted(store.path, progress.done, len(samples)) from None
+    except BaseException:
+        progress.close()
+        store.write_meta(state="failed", duration_s=previous_s + time.monotonic() - started)
+        raise
     return RunOutcome(store.path, summary, _exit_code(summary))
 
 
@@ -239,4 +301,5 @@ def _finish(
 
 
 def _exit_code(summary: dict[str, Any]) -> int:
-    return EXIT_INFRA if summary["counts"]["infra_error"] else EXIT_OK
+    """0 only for a complete run: infra errors left, or samples without a verdict, give 3."""
+    return EXIT_OK if summary["run"]["complete"] and not summary["counts"]["infra_error"] else EXIT_INFRA

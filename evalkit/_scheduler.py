@@ -9,6 +9,7 @@ its samples become ``infra_error``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -43,6 +44,30 @@ def _quiet_ray_env() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back while Ray starts, then act on them.
+
+    Interrupted half-way, ray.init leaves orphaned Ray processes and can crash the interpreter;
+    afterwards, `RayScheduler.close` can shut down what it started. Our own handlers (the CLI
+    turns SIGTERM into an interrupt) are restored too: ray.init replaces the SIGTERM handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in saved:
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
 class RayScheduler:
     """Runs `ExecRequest`s on a local Ray instance or a cluster; a context manager.
 
@@ -72,25 +97,20 @@ class RayScheduler:
             raise
 
     def _start_ray(self, address: str | None) -> None:
-        # ray.init installs its own SIGTERM handler; a CI job's SIGTERM must keep reaching ours,
-        # which stops the run cleanly with every finished result kept.
-        on_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
         local = {"object_store_memory": 512 * 2**20} if address is None else {}  # results are small
-        try:
-            self._ray.init(
-                address=address,
-                **local,
-                include_dashboard=False,
-                logging_level=logging.ERROR,
-                log_to_driver=False,
-                configure_logging=True,
-            )
-        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
-            hint = " (ray:// addresses need Ray's client: pip install 'ray[client]')" if (address or "").startswith("ray://") else ""
-            raise InfraError(f"cannot start or join Ray ({address or 'a local instance'}): {exc}{hint}") from exc
-        finally:
-            if on_sigterm is not None:
-                signal.signal(signal.SIGTERM, on_sigterm)
+        with _signals_deferred():
+            try:
+                self._ray.init(
+                    address=address,
+                    **local,
+                    include_dashboard=False,
+                    logging_level=logging.ERROR,
+                    log_to_driver=False,
+                    configure_logging=True,
+                )
+            except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
+                hint = " (ray:// addresses need Ray's client: pip install 'ray[client]')" if (address or "").startswith("ray://") else ""
+                raise InfraError(f"cannot start or join Ray ({address or 'a local instance'}): {exc}{hint}") from exc
 
     def run(self, requests: Sequence[ExecRequest]) -> Iterator[SampleResult]:
         """Yield one result per request, in the order they finish."""

@@ -17,6 +17,7 @@ model again. A partial last line of the journal (a crash mid-write) is ignored w
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
 import time
@@ -68,6 +69,7 @@ class RunStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock: IO[str] | None = None
 
     @staticmethod
     def prepare(config: EvalConfig) -> None:
@@ -91,6 +93,7 @@ class RunStore:
                 i += 1
                 path = base.with_name(f"{base.name}-{i}")
         store = cls(path.resolve())
+        store.acquire()  # before run.json exists: nobody can take a run that is being created
         (store.path / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
         store.write_meta(state="running", created=now())
         return store
@@ -137,20 +140,73 @@ class RunStore:
         _atomic_write(self.path / "plan.jsonl", lines)
 
     def plan(self) -> list[Sample]:
-        """The samples this run evaluates, as fixed when it was created."""
+        """The samples this run evaluates, as fixed when it was created; `RunStoreError` naming
+        the line if the file was damaged or edited into something invalid."""
         path = self.path / "plan.jsonl"
         try:
-            return [Sample.model_validate_json(line) for line in path.read_bytes().split(b"\n") if line.strip()]
+            lines = path.read_bytes().split(b"\n")
         except FileNotFoundError:
             raise RunStoreError(f"{self.path} has no plan.jsonl: it was not written by a complete 'evalkit run' start") from None
-        except (OSError, ValidationError) as exc:
-            raise RunStoreError(f"cannot read {path}: {exc}") from exc
+        except OSError as exc:
+            raise RunStoreError(f"cannot read {path}: {exc.strerror}") from exc
+        samples: dict[tuple[str, int], Sample] = {}
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                sample = Sample.model_validate_json(line)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise RunStoreError(f"{path}, line {lineno}: not a valid sample ({'.'.join(map(str, err['loc']))}: {err['msg']})") from None
+            if sample.key in samples:
+                raise RunStoreError(f"{path}, line {lineno}: sample {sample.task_id} #{sample.sample_idx} appears twice")
+            samples[sample.key] = sample
+        if not samples:
+            raise RunStoreError(f"{path} holds no samples")
+        return list(samples.values())
+
+    def acquire(self) -> None:
+        """Claim the run folder for this process; `RunStoreError` if another process holds it.
+
+        The claim is an exclusive ``flock`` on ``.lock``, released by `release` or when the
+        process ends, however it ends.
+        """
+        if self._lock is not None:
+            return
+        handle = open(self.path / ".lock", "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            raise RunStoreError(f"{self.path} is being run by another evalkit process (pid {holder})") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing drops the flock
+            self._lock = None
+
+    def in_use(self) -> bool:
+        """Whether another process holds this run folder right now."""
+        try:
+            self.acquire()
+        except RunStoreError:
+            return True
+        self.release()
+        return False
 
     def journal(self) -> Journal:
         return Journal(self.path / "samples.jsonl")
 
     def results(self) -> list[SampleResult]:
-        """The journal's results; for a sample recorded twice (a retried infra_error), the last."""
+        """The journal's results, one per sample: for a sample recorded twice (a retried
+        infra_error), the last verdict; an infra_error never replaces a verdict."""
         path = self.path / "samples.jsonl"
         if not path.exists():
             return []
@@ -167,6 +223,9 @@ class RunStore:
                 if lineno == len(lines):  # a crash mid-write leaves a partial last line
                     continue
                 raise RunStoreError(f"{path}, line {lineno}: not a valid result ({exc.errors()[0]['msg']})") from exc
+            previous = latest.get(result.key)
+            if result.status == "infra_error" and previous is not None and previous.status != "infra_error":
+                continue  # a verdict stands: a later infrastructure failure on the same sample says nothing new
             latest[result.key] = result
         return list(latest.values())
 

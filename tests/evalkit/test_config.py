@@ -302,3 +302,10 @@ def test_a_key_overriding_a_merge_key_is_not_a_duplicate(tmp_path: Path) -> None
     text = REFERENCE + "sandbox:\n  <<: {timeout_s: 3, memory_mb: 256}\n  timeout_s: 5\n"
     config = load_config(write(tmp_path, text))
     assert (config.sandbox.timeout_s, config.sandbox.memory_mb) == (5, 256)
+
+
+@pytest.mark.parametrize("value", [".inf", "1.0e+12", ".nan"])
+def test_timeouts_must_be_finite_and_at_most_a_day(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, f"benchmark: {{name: humaneval}}\nmodel: {{provider: reference}}\nsandbox:\n  timeout_s: {value}\n")
+    with pytest.raises(ConfigError, match=r"line 4: 'sandbox.timeout_s'"):
+        load_config(path)

@@ -169,3 +169,20 @@ def test_resume_runs_what_is_missing_from_the_runs_own_plan(tmp_path: Path) -> N
     # A finished run is only re-reported, never re-run.
     again = evalkit.resume(first.run_dir, progress=False)
     assert journal.read_text().splitlines() == lines and again.summary["metrics"] == resumed.summary["metrics"]
+
+
+def test_run_with_resume_starts_afresh_when_the_samples_changed(tmp_path: Path) -> None:
+    problems = evalkit.get_benchmark(evalkit.BenchmarkConfig(name="humaneval")).select(None, 2)
+    samples = write_samples(tmp_path, [(p.task_id, p.canonical_solution or "") for p in problems])
+    config = write_config(tmp_path, benchmark={"name": "humaneval", "limit": 2}, model={"provider": "samples", "path": str(samples)})
+    first = evalkit.run(config, progress=False)
+    evalkit.RunStore.open(first.run_dir).write_meta(state="interrupted")
+    # Same config, same samples: the unfinished run is continued (it has nothing left to run).
+    same = evalkit.run(config, progress=False, resume=True)
+    assert same.run_dir == first.run_dir
+    evalkit.RunStore.open(first.run_dir).write_meta(state="interrupted")
+    # Another model's completions at the same path must never be scored as the old run.
+    write_samples(tmp_path, [(p.task_id, "    return None\n") for p in problems])
+    fresh = evalkit.run(config, progress=False, resume=True)
+    assert fresh.run_dir != first.run_dir
+    assert fresh.summary["metrics"]["pass@1"] == 0.0

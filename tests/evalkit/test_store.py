@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import json
 import re
 import threading
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -41,7 +43,7 @@ def test_create_makes_a_stamped_folder_with_config_and_meta(config: EvalConfig, 
     assert meta["state"] == "running"
     assert meta["evalkit_version"]
     assert meta["created"]
-    assert sorted(p.name for p in store.path.iterdir()) == ["config.yaml", "run.json"]
+    assert sorted(p.name for p in store.path.iterdir()) == [".lock", "config.yaml", "run.json"]
 
 
 def test_creates_in_the_same_second_get_distinct_folders(config: EvalConfig) -> None:
@@ -289,3 +291,43 @@ def test_write_json_and_text(store: RunStore) -> None:
     assert json.loads((store.path / "summary.json").read_text(encoding="utf-8")) == {"metrics": {"pass@1": 0.5}}
     assert (store.path / "report.html").read_text(encoding="utf-8") == "<html></html>"
     assert not list(store.path.glob("*.tmp"))
+
+
+def test_a_run_folder_is_held_by_one_process_at_a_time(store: RunStore) -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom evalkit import RunStore, RunStoreError\n"
+        "try:\n    RunStore.open(sys.argv[1]).acquire()\nexcept RunStoreError as exc:\n    print(exc)\n"
+    )
+    held = subprocess.run([sys.executable, "-c", probe, str(store.path)], capture_output=True, text=True, check=True)
+    assert "is being run by another evalkit process" in held.stdout and str(os.getpid()) in held.stdout
+    store.release()
+    free = subprocess.run([sys.executable, "-c", probe, str(store.path)], capture_output=True, text=True, check=True)
+    assert free.stdout == ""
+    assert not RunStore.open(store.path).in_use()
+
+
+def test_an_infra_error_never_replaces_a_verdict(store: RunStore, make_result: Any) -> None:
+    with store.journal() as journal:
+        journal.append(make_result("HumanEval/0", 0, status="passed"))
+        journal.append(make_result("HumanEval/0", 0, status="infra_error"))
+        journal.append(make_result("HumanEval/1", 0, status="infra_error"))
+        journal.append(make_result("HumanEval/1", 0, status="failed"))
+    statuses = {r.task_id: r.status for r in store.results()}
+    assert statuses == {"HumanEval/0": "passed", "HumanEval/1": "failed"}
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (['{"task_id": "HumanEval/0", "sample_idx": 0, "completion": ""}', '{"task_id": "HumanEval/0", "sample_idx": -1, "completion": ""}'], "line 2: not a valid sample (sample_idx"),
+        (['{"task_id": "HumanEval/0", "sample_idx": 0, "completion": "a"}', '{"task_id": "HumanEval/0", "sample_idx": 0, "completion": "b"}'], "line 2: sample HumanEval/0 #0 appears twice"),
+        ([], "holds no samples"),
+    ],
+)
+def test_a_damaged_plan_is_reported_with_its_line(store: RunStore, lines: list[str], message: str) -> None:
+    (store.path / "plan.jsonl").write_text("".join(line + "\n" for line in lines))
+    with pytest.raises(RunStoreError, match=re.escape(message)):
+        store.plan()
