@@ -20,7 +20,6 @@ _STATUS: dict[str, Status] = {
     "oom": "oom",
     "error": "failed",
     "exited": "failed",
-    "output_limit": "failed",
 }
 
 
@@ -40,8 +39,8 @@ def verdict(request: ExecRequest, result: ExecResult, driver: str, isolation: st
     error = result.error
     if result.status == "exited":
         error = f"the program ended before its tests finished ({error or 'exit'})"
-    elif result.status == "output_limit":
-        error = f"output limit exceeded ({error})" if error else "output limit exceeded"
+    if result.output_truncated and status != "passed":  # never a cause, but explains a cut-off stdout
+        error = f"{error} (output truncated)" if error else "output truncated"
     sample = request.sample
     return SampleResult(
         task_id=sample.task_id,

@@ -13,7 +13,9 @@ Contract:
   a crash; EOF on the channel ends the agent.
 - ``run_program`` forks a fresh child of this warm interpreter (common stdlib modules are
   pre-imported). The child gets a new session, a fresh scratch directory as cwd, rlimits, stdin
-  from /dev/null, stdout/stderr on pipes the agent reads up to a cap, and a private status pipe.
+  from /dev/null, stdout/stderr on pipes the agent reads to the end but keeps only up to a cap
+  (the rest is dropped and ``output_truncated`` set; output never ends a run), and a private
+  status pipe.
   Its address-space limit is its own size when the program starts plus ``memory_mb``, so that
   ``memory_mb`` is what the program may allocate, however large the agent has grown.
   It runs the code with ``exec`` and, only if ``exec`` returns, writes ``<token> ok`` to the status

@@ -1,6 +1,7 @@
 """Running one child of the agent: fork it with fresh pipes and rlimits, supervise it until it
-exits or its wall time runs out, capture its stdout+stderr up to a cap and its private status
-pipe, kill it and whatever it left, and collect how it ended (`Finished`). What the child runs,
+exits or its wall time runs out, capture its stdout+stderr up to a cap (draining and dropping
+the rest, so output never decides how a run ends) and its private status pipe, kill it and
+whatever it left, and collect how it ended (`Finished`). What the child runs,
 and what its end means, is ``_agent_run.py``.
 
 Part of the guest side (see ``_agent.py``): stdlib only, imported as ``vmpool._agent_child`` on
@@ -27,7 +28,8 @@ else:  # a top-level module inside the sandbox, imported by _agent.py next to it
 
 STATUS_CAP = 64 * 1024  # bytes of the private status pipe kept
 SETUP_FAILED = 125  # child exit code when it could not even start the program
-MAX_OUTPUT_CAP = 8 * 1024 * 1024  # stdout+stderr kept at most: the reply must fit in one line
+MAX_OUTPUT_CAP = proto.MAX_OUTPUT_BYTES  # stdout+stderr kept at most: the reply must fit in one line
+MAX_POLL_S = 3600.0  # longest single poll(): its timeout is a C int of milliseconds
 MIB = 1024 * 1024
 EXIT = os._exit  # captured before any program runs: a program may replace os._exit
 Report = Callable[[str, Any], None]
@@ -35,7 +37,7 @@ Body = Callable[[Report], None]
 
 
 class Finished(NamedTuple):
-    reason: str  # "exited" | "timeout" | "output_limit"
+    reason: str  # "exited" | "timeout"
     wait_status: int
     usage: Any  # resource.struct_rusage
     stdout: str
@@ -46,7 +48,12 @@ class Finished(NamedTuple):
 
 
 class Capture:
-    """stdout+stderr of one child up to a shared byte cap, and its private status pipe."""
+    """stdout+stderr of one child up to a shared byte cap, and its private status pipe.
+
+    Every pipe is read to its end, whatever the caps: what is beyond them is dropped, so the
+    agent's memory stays bounded while a writer past the cap never blocks on a full pipe (a
+    program that prints too much goes on, and ends like any other; `truncated` records it).
+    """
 
     def __init__(self, out_fd: int, err_fd: int, status_fd: int, cap: int) -> None:
         self.out_fd, self.err_fd, self.status_fd = out_fd, err_fd, status_fd
@@ -55,7 +62,7 @@ class Capture:
         self.cap, self.used, self.truncated = cap, 0, False
 
     def pump(self, fd: int) -> None:
-        """Read what is available on fd (it must be readable); keeps within the caps."""
+        """Read one chunk from fd (it must be readable); keeps what fits within the caps."""
         data = os.read(fd, 65536)
         if not data:
             self.open.discard(fd)
@@ -219,9 +226,10 @@ def _supervise_and_collect(pid: int, capture: Capture, token: str, limits: proto
 
 
 def _supervise(pid: int, capture: Capture, deadline: float) -> str:
-    """Pump output until the child exits ("exited"), time runs out ("timeout") or the output
-    cap is exceeded ("output_limit"). The exit is watched with a pidfd, not pipe EOF, because
-    a daemonized grandchild may keep the pipes open."""
+    """Pump output until the child exits ("exited") or time runs out ("timeout"). The exit is
+    watched with a pidfd, not pipe EOF, because a daemonized grandchild may keep the pipes open.
+    The deadline is checked before every poll and each pump reads one bounded chunk, so a
+    flood of output (always ready to read) cannot keep the loop from timing the child out."""
     pidfd = _pidfd_open(pid)
     poller = select.poll()
     for fd in capture.open:
@@ -233,15 +241,13 @@ def _supervise(pid: int, capture: Capture, deadline: float) -> str:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return "timeout"
-            wait = remaining if pidfd >= 0 else min(remaining, 0.005)
+            wait = min(remaining, MAX_POLL_S) if pidfd >= 0 else min(remaining, 0.005)
             for fd, _event in poller.poll(max(1, math.ceil(wait * 1000))):
                 if fd == pidfd:
                     return "exited"
                 capture.pump(fd)
                 if fd not in capture.open:
                     poller.unregister(fd)
-                if capture.truncated:
-                    return "output_limit"
             if pidfd < 0 and _has_exited(pid):
                 return "exited"
     finally:

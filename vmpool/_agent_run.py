@@ -52,7 +52,7 @@ def _flush(streams: List[Any]) -> None:
         try:
             stream.flush()
         except BaseException:
-            pass  # e.g. the agent stopped reading after an output flood
+            pass  # e.g. a pipe whose reader is gone: reporting how the program ended matters more
 
 
 def _one_line(exc: BaseException) -> str:
@@ -164,19 +164,15 @@ def program_result(run: child.Finished, limits: proto.WireLimits) -> Dict[str, A
 def _classify(run: child.Finished, exit_code: Optional[int], signum: Optional[int], cpu: float,
               limits: proto.WireLimits) -> Tuple[str, Optional[str]]:
     """(status, error), first rule that applies: the agent's own wall-time kill -> timeout;
-    output cap -> output_limit; the child's report: ok (with exit status 0) / error / oom /
-    exited (SystemExit); SIGXCPU, or SIGKILL after using the whole CPU budget (RLIMIT_CPU's hard
-    limit) -> timeout; any other signal -> exited with `signal` set; anything else (os._exit, a
-    crash before reporting) -> exited. OOM is only ever reported from a MemoryError: with
-    RLIMIT_AS an allocation fails instead of inviting the kernel's OOM killer."""
+    the child's report: ok (with exit status 0) / error / oom / exited (SystemExit); SIGXCPU,
+    or SIGKILL after using the whole CPU budget (RLIMIT_CPU's hard limit) -> timeout; any other
+    signal -> exited with `signal` set; anything else (os._exit, a crash before reporting) ->
+    exited. OOM is only ever reported from a MemoryError: with RLIMIT_AS an allocation fails
+    instead of inviting the kernel's OOM killer. Output beyond the cap plays no part: it is
+    only ``output_truncated``, so a program that prints too much ends as it would have anyway."""
     cpu_limit = max(1, math.ceil(limits["cpu_time_s"]))
     if run.reason == "timeout":
         return "timeout", "wall-time limit of %gs exceeded" % limits["wall_time_s"]
-    if run.reason == "output_limit":
-        cap = child.output_cap(limits)  # the cap that applied, which may be below max_output_bytes
-        if cap < limits["max_output_bytes"]:
-            return "output_limit", "output exceeded %d bytes, the most the agent keeps" % cap
-        return "output_limit", "output exceeded %d bytes" % cap
     kind, detail = run.report or ("", None)
     if kind == "ok" and exit_code == 0:
         return "ok", None

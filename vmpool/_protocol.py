@@ -32,7 +32,9 @@ Ops (request fields -> result fields):
 
 - ``ping``: {} -> {}
 - ``run_program``: {code: str, limits: WireLimits} -> ExecResult fields (see vmpool._types);
-  stdout+stderr are kept up to min(max_output_bytes, 8 MiB) so that a reply always fits a line
+  stdout+stderr are kept up to min(max_output_bytes, MAX_OUTPUT_BYTES = 8 MiB) so that a reply
+  always fits a line; the rest is read and dropped (``output_truncated``), never a reason to
+  stop the program
 - ``run_command``: {command: str, cwd: str, limits: WireLimits}
   -> {exit_code, stdout, stderr, timed_out, output_truncated, duration_s}
 - ``write_file``: {path: str, data_b64: str} -> {size: int}   (parents are created)
@@ -53,6 +55,7 @@ from typing import Any, Dict, Optional, TypedDict
 
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 64 * 1024 * 1024
+MAX_OUTPUT_BYTES = 8 * 1024 * 1024  # stdout+stderr a reply carries at most, whatever the limits say
 HELLO_ID = 0
 OPS = ("ping", "run_program", "run_command", "write_file", "read_file", "shutdown")
 ERROR_KINDS = ("bad_request", "os_error", "sandbox", "internal")

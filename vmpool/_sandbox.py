@@ -104,8 +104,9 @@ class Sandbox:
         machinery failed and the sandbox is gone. Programs are isolated from each other: each runs
         in a fresh private cwd, its leftover processes are killed and what it created at the top
         level of /tmp is deleted when it ends (files put there with `files.write` stay).
-        Output kept: at most min(max_output_bytes, 8 MiB). max_rss_mb includes the ~15 MB of
-        the warm interpreter the program was forked from.
+        Output kept: the first min(max_output_bytes, 8 MiB) bytes of stdout+stderr; more is
+        dropped (output_truncated) and does not stop the program. max_rss_mb includes the
+        ~15 MB of the warm interpreter the program was forked from.
         """
         limits = limits or Limits()
         result = self._call("run_program", limits.wall_time_s + REPLY_GRACE_S,

@@ -10,15 +10,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ExecStatus = Literal["ok", "error", "exited", "timeout", "oom", "output_limit"]
-"""How a program ended.
+from ._protocol import MAX_OUTPUT_BYTES
+
+ExecStatus = Literal["ok", "error", "exited", "timeout", "oom"]
+"""How a program ended; how much it printed plays no part (see `ExecResult.output_truncated`).
 
 - ``ok``: the program ran to its last statement (confirmed by the agent, not by an exit code);
 - ``error``: it raised an exception that nothing caught;
 - ``exited``: it ended before its last statement: ``sys.exit``, ``os._exit``, a signal;
 - ``timeout``: it exceeded its wall-time or CPU-time limit and was killed with its process tree;
-- ``oom``: it exceeded its memory limit;
-- ``output_limit``: it wrote more than ``max_output_bytes`` and was killed.
+- ``oom``: it exceeded its memory limit.
 """
 
 
@@ -39,8 +40,14 @@ class Limits(BaseModel):
     max_processes: int = Field(32, gt=0, description="processes and threads the program may run at once")
     max_file_size_mb: int = Field(16, gt=0, description="largest file the program may write")
     max_output_bytes: int = Field(1_000_000, gt=0, description=(
-        "stdout + stderr kept; more kills the program (output_limit). Capped at 8 MiB "
+        "stdout + stderr kept (together, first bytes first); the rest is read and dropped "
+        "while the program goes on, and the result says output_truncated. Capped at 8 MiB "
         "(8388608 bytes) whatever this says, so that a result fits one protocol message"))
+
+    @property
+    def output_cap_bytes(self) -> int:
+        """The stdout + stderr bytes a run keeps: max_output_bytes, at most 8 MiB."""
+        return min(self.max_output_bytes, MAX_OUTPUT_BYTES)
 
 
 class ExecResult(BaseModel):
@@ -55,7 +62,9 @@ class ExecResult(BaseModel):
     error: str | None = Field(None, description="one line: exception type and message, or why it ended")
     stdout: str = ""
     stderr: str = ""
-    output_truncated: bool = False
+    output_truncated: bool = Field(False, description=(
+        "the program wrote more than Limits.output_cap_bytes: stdout/stderr hold only the first "
+        "bytes; the program was not stopped for it"))
     duration_s: float = 0.0
     cpu_time_s: float = 0.0
     max_rss_mb: float = 0.0
@@ -63,7 +72,7 @@ class ExecResult(BaseModel):
 
 class CommandResult(BaseModel):
     """What a shell command run with `Sandbox.commands.run` produced. Like `ExecResult`, every
-    outcome of the command (failure, timeout, output flood) is a result, never an exception."""
+    outcome of the command (failure, timeout) is a result, never an exception."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -71,5 +80,6 @@ class CommandResult(BaseModel):
     stdout: str = ""
     stderr: str = ""
     timed_out: bool = False
-    output_truncated: bool = Field(False, description="output exceeded the cap; the command was killed")
+    output_truncated: bool = Field(False, description=(
+        "output exceeded the cap: only its first bytes are kept; the command was not stopped for it"))
     duration_s: float = 0.0

@@ -162,3 +162,23 @@ def test_exclusive_is_refused_outside_a_sandbox() -> None:
     done = subprocess.run([sys.executable, "-I", "-B", str(AGENT), "--exclusive"], input=b"",
                           capture_output=True, timeout=30)
     assert done.returncode == 2 and b"refusing --exclusive" in done.stderr
+
+
+def _peak_rss_kb(pid: int) -> int:
+    for line in Path("/proc/%d/status" % pid).read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM in /proc/%d/status" % pid)
+
+
+def test_output_beyond_the_cap_is_drained_in_bounded_memory(agent: Agent) -> None:
+    # 128 MB through the pipes with 10 kB kept: the run ends normally and the agent, which
+    # reads it all, keeps no more than the cap (its peak RSS would grow by the flood otherwise)
+    code = ("import sys\nchunk = 'x' * 2**20\nfor _ in range(64):\n"
+            "    sys.stdout.write(chunk)\n    sys.stderr.write(chunk)\nprint('end')")
+    before = _peak_rss_kb(agent.proc.pid)
+    reply = agent.send(id=1, op="run_program", code=code, limits=dict(LIMITS, wall_time_s=60, cpu_time_s=60))
+    result = reply["result"]
+    assert (result["status"], result["error"], result["output_truncated"]) == ("ok", None, True), result["error"]
+    assert len(result["stdout"]) + len(result["stderr"]) == LIMITS["max_output_bytes"]
+    assert _peak_rss_kb(agent.proc.pid) - before < 32 * 1024
