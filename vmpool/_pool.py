@@ -21,6 +21,8 @@ from ._sandbox import Sandbox
 
 __all__ = ["SandboxPool"]
 
+_MAX_WAIT_S = 3600.0  # longest single Condition.wait: larger timeouts overflow
+
 
 class SandboxPool:
     """At most `size` sandboxes of one driver; a context manager (entering pre-starts them).
@@ -140,9 +142,10 @@ class SandboxPool:
                     self._slots += 1
                     return None
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                if remaining is not None and not remaining > 0:  # nan too: never a busy loop
                     raise VmpoolError("no sandbox became free in time (pool size %d)" % self.size)
-                self._cond.wait(remaining)
+                # in pieces: Condition.wait overflows on enormous timeouts; the loop re-checks
+                self._cond.wait(None if remaining is None else min(remaining, _MAX_WAIT_S))
 
     def _create(self) -> Sandbox:
         try:

@@ -27,6 +27,19 @@ from ._driver import SandboxProcess
 __all__ = ["PopenSandboxProcess", "spawn"]
 
 Popen = subprocess.Popen[bytes]
+MAX_WAIT_S = 3600.0  # longest single select()/poll(): larger timeouts overflow time_t or int ms
+
+
+def _deadline(timeout: float) -> float:
+    """monotonic() + timeout, where nan or a negative timeout means no wait at all (inf: none)."""
+    return time.monotonic() + (timeout if timeout > 0 else 0.0)
+
+
+def _wait_s(deadline: float) -> float:
+    """Seconds until `deadline` as one wait the kernel accepts: in [0, MAX_WAIT_S]; callers
+    loop until the deadline, so an enormous (or infinite) timeout is only waited in pieces."""
+    remaining = deadline - time.monotonic()
+    return min(remaining, MAX_WAIT_S) if remaining > 0 else 0.0
 
 
 class _Spawner:
@@ -112,24 +125,25 @@ class PopenSandboxProcess(SandboxProcess):
         return self._popen.pid
 
     def send(self, data: bytes, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = _deadline(timeout)
         view = memoryview(data)
         poller = select.poll()
         poller.register(self._wfd, select.POLLOUT)
         while view:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            wait = _wait_s(deadline)
+            if wait <= 0:
                 raise TimeoutError("the agent did not read its input for %.0fs" % timeout)
-            if poller.poll(remaining * 1000):
+            if poller.poll(wait * 1000):
                 try:
                     view = view[os.write(self._wfd, view):]
                 except BlockingIOError:
                     continue
 
     def receive(self, timeout: float) -> bytes:
-        ready, _, _ = select.select([self._rfd], [], [], max(timeout, 0.0))
-        if not ready:
-            raise TimeoutError("no answer from the agent within %.0fs" % timeout)
+        deadline = _deadline(timeout)
+        while not select.select([self._rfd], [], [], _wait_s(deadline))[0]:
+            if time.monotonic() >= deadline:
+                raise TimeoutError("no answer from the agent within %.0fs" % timeout)
         return os.read(self._rfd, 1 << 20)
 
     def alive(self) -> bool:

@@ -51,6 +51,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from typing import Any, Dict, Optional, TypedDict
 
 PROTOCOL_VERSION = 1
@@ -149,14 +150,16 @@ def check_hello(message: Dict[str, Any]) -> Hello:
 
 
 def check_limits(value: Any) -> WireLimits:
-    """Validate wire limits: every field present, numeric, positive. MessageError otherwise."""
+    """Validate wire limits: every field present, numeric, positive, finite (JSON from Python
+    may carry Infinity and NaN, which no deadline or rlimit can use). MessageError otherwise."""
     if not isinstance(value, dict):
         raise MessageError("limits must be an object")
     out: Dict[str, Any] = {}
     for key, kind in LIMIT_FIELDS.items():
         item = value.get(key)
-        if isinstance(item, bool) or not isinstance(item, (int, float)) or item <= 0:
-            raise MessageError("limits.%s must be a positive number, got %r" % (key, item))
+        if (isinstance(item, bool) or not isinstance(item, (int, float)) or not item > 0
+                or not math.isfinite(item)):
+            raise MessageError("limits.%s must be a positive finite number, got %r" % (key, item))
         out[key] = kind(item)
     return out  # type: ignore[return-value]
 

@@ -12,6 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._protocol import MAX_OUTPUT_BYTES
 
+MAX_TIME_S = 86400.0
+"""The longest wall-time or CPU-time limit a program may have: a day. Deadlines far beyond it
+overflow the kernel's timeouts, and no program that is meant to end needs more."""
+
 ExecStatus = Literal["ok", "error", "exited", "timeout", "oom"]
 """How a program ended; how much it printed plays no part (see `ExecResult.output_truncated`).
 
@@ -29,8 +33,10 @@ class Limits(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    wall_time_s: float = Field(10.0, gt=0, description="wall-clock limit")
-    cpu_time_s: float | None = Field(None, gt=0, description="CPU-time limit; None: same as wall_time_s")
+    wall_time_s: float = Field(10.0, gt=0, le=MAX_TIME_S, allow_inf_nan=False,
+                               description="wall-clock limit, at most MAX_TIME_S (a day)")
+    cpu_time_s: float | None = Field(None, gt=0, le=MAX_TIME_S, allow_inf_nan=False,
+                                     description="CPU-time limit, at most a day; None: same as wall_time_s")
     memory_mb: int = Field(512, gt=0, description=(
         "memory the program may allocate beyond the interpreter it runs in (a fork of the "
         "agent's warm interpreter): RLIMIT_AS is that interpreter's size + memory_mb, for the "

@@ -217,6 +217,10 @@ class TestLimits:
         result = run(sandbox, "import time; time.sleep(60)", wall_time_s=1)
         assert result.status == "timeout" and result.duration_s < 15
 
+    def test_longest_time_limits_are_usable(self, sandbox: Sandbox) -> None:
+        result = run(sandbox, "print(1)", wall_time_s=86400, cpu_time_s=86400)
+        assert (result.status, result.stdout) == ("ok", "1\n"), result
+
     def test_cpu_limit(self, sandbox: Sandbox) -> None:
         result = run(sandbox, "while True:\n    pass\n", wall_time_s=60, cpu_time_s=1)
         assert result.status == "timeout", result

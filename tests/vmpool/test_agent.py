@@ -182,3 +182,16 @@ def test_output_beyond_the_cap_is_drained_in_bounded_memory(agent: Agent) -> Non
     assert (result["status"], result["error"], result["output_truncated"]) == ("ok", None, True), result["error"]
     assert len(result["stdout"]) + len(result["stderr"]) == LIMITS["max_output_bytes"]
     assert _peak_rss_kb(agent.proc.pid) - before < 32 * 1024
+
+
+def test_huge_and_non_finite_time_limits(agent: Agent) -> None:
+    # the host refuses such limits (vmpool.Limits), but the agent must not depend on that: a
+    # finite but huge wall time is waited in pieces, infinity and NaN are malformed requests
+    huge = dict(LIMITS, wall_time_s=1e12, cpu_time_s=1e12)
+    reply = agent.send(id=1, op="run_program", code="print(1)", limits=huge)
+    assert reply["ok"] is True and reply["result"]["status"] == "ok", reply
+    for bad in (float("inf"), float("nan")):
+        reply = agent.send(id=2, op="run_program", code="print(1)", limits=dict(LIMITS, wall_time_s=bad))
+        assert reply["ok"] is False and reply["error"]["kind"] == "bad_request", reply
+        assert "wall_time_s" in reply["error"]["message"]
+    assert agent.send(id=3, op="ping")["ok"] is True

@@ -51,6 +51,24 @@ def test_size_bounds_leases() -> None:
         pool.release(pool.acquire(timeout=5))
 
 
+def test_enormous_acquire_timeout_waits_for_a_release() -> None:
+    # Condition.wait overflows on such timeouts: the pool must wait in pieces instead
+    with SandboxPool(size=1, driver="bwrap") as pool:
+        held = pool.acquire()
+        releaser = threading.Timer(0.3, pool.release, args=(held,))
+        releaser.start()
+        try:
+            pool.release(pool.acquire(timeout=1e12))
+        finally:
+            releaser.join()
+        held = pool.acquire()
+        try:
+            with pytest.raises(VmpoolError, match="no sandbox became free"):
+                pool.acquire(timeout=float("nan"))  # no time to wait, rather than a busy loop
+        finally:
+            pool.release(held)
+
+
 def test_release_of_a_foreign_sandbox_is_refused() -> None:
     with SandboxPool(size=1, driver="bwrap") as pool, Sandbox.create("bwrap") as stranger:
         with pytest.raises(ValueError):

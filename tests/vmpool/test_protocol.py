@@ -53,6 +53,14 @@ def test_check_limits() -> None:
         proto.check_limits(None)
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), float("-inf")])
+def test_check_limits_refuses_non_finite_values(bad: float) -> None:
+    # json.loads accepts Infinity and NaN; no deadline or rlimit can use them
+    for key in ("wall_time_s", "cpu_time_s", "max_output_bytes"):
+        with pytest.raises(proto.MessageError, match=key):
+            proto.check_limits(dict(LIMITS, **{key: bad}))
+
+
 def test_field() -> None:
     assert proto.field({"code": "x"}, "code", str) == "x"
     messages: list[dict[str, object]] = [{}, {"code": 1}, {"code": None}]
