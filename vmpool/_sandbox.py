@@ -199,7 +199,8 @@ class Commands:
     def run(self, cmd: str, timeout: float = 60.0, cwd: str = "/tmp",
             limits: Limits | None = None) -> CommandResult:
         """Run `cmd` with /bin/sh -c in `cwd`; killed with everything it started after `timeout`
-        seconds (then timed_out=True, exit_code=-9). `limits` default: COMMAND_LIMITS."""
+        seconds (then timed_out=True, exit_code=-9). `timeout` is a wall-time limit, so finite
+        and at most a day (pydantic's ValidationError otherwise). `limits` default: COMMAND_LIMITS."""
         base = limits or COMMAND_LIMITS
         limits = Limits.model_validate({**base.model_dump(), "wall_time_s": timeout})
         result = self._sandbox._call("run_command", timeout + REPLY_GRACE_S, command=cmd,
