@@ -3,22 +3,61 @@
     vmpool drivers                      each driver, and whether it is usable here (or why not)
     vmpool run FILE.py [--driver NAME] [--timeout S]
                                         run a program in a fresh sandbox, print its ExecResult
+
+Exit status of ``vmpool run``: 0 the program ended ``ok``; 1 it ended otherwise; 2 the sandbox
+itself failed; 3 bad arguments (a missing, unreadable or non-UTF-8 FILE, a timeout that is not
+a finite number of seconds up to a day, ...), reported as one line on stderr. Bad arguments
+have a code of their own, not click's usual 2, so that a script can tell them from a sandbox
+failure.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
+from typing import IO, Any
 
 import click
+from pydantic import ValidationError
 
 from ._driver import get_driver, list_drivers
 from ._errors import VmpoolError
 from ._sandbox import Sandbox
-from ._types import Limits
+from ._types import MAX_TIME_S, Limits
 
 __all__ = ["main"]
+
+EXIT_OK, EXIT_PROGRAM_FAILED, EXIT_SANDBOX_FAILED, EXIT_BAD_ARGUMENTS = 0, 1, 2, 3
+
+
+class BadArguments(click.ClickException):
+    """A mistake in what `vmpool run` was given: one line on stderr, exit status 3."""
+
+    exit_code = EXIT_BAD_ARGUMENTS
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        message = " ".join(self.format_message().split())  # one line, whatever click composed
+        click.echo("vmpool run: error: %s" % message, err=True)
+
+
+class _RunCommand(click.Command):
+    """Turns click's own usage errors (missing FILE, a value of the wrong type, an unknown
+    option) into BadArguments, so that every bad argument ends the same way."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise BadArguments(exc.format_message()) from None
+
+
+def _finite_timeout(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    # FloatRange lets nan through: every comparison with it is false
+    if math.isnan(value):
+        raise click.BadParameter("nan is not a number of seconds", ctx, param)
+    return value
 
 
 @click.group(help="Self-hosted sandboxes for running untrusted Python programs.")
@@ -39,28 +78,42 @@ def drivers_command() -> None:
         click.echo("%-8s %s" % (name, state))
 
 
-@cli.command("run")
+@cli.command("run", cls=_RunCommand)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--driver", default="auto", show_default=True, help="auto, bwrap, microvm, ...")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
-              show_default=True, help="wall-time limit in seconds")
+@click.option("--timeout", type=click.FloatRange(min=0, max=MAX_TIME_S, min_open=True), default=10.0,
+              show_default=True, callback=_finite_timeout, help="wall-time limit in seconds, at most a day")
 @click.option("--memory-mb", type=click.IntRange(min=1), default=512, show_default=True)
 def run_command(file: Path, driver: str, timeout: float, memory_mb: int) -> None:
-    """Run FILE in a fresh sandbox and print the ExecResult as JSON.
+    """Run FILE (Python source, UTF-8) in a fresh sandbox and print the ExecResult as JSON.
 
-    Exit status: 0 if the program ended "ok", 1 for any other program outcome, 2 if the sandbox
-    itself failed.
+    \b
+    Exit status:
+      0  the program ended "ok"
+      1  the program ended any other way (error, exited, timeout, oom)
+      2  the sandbox itself failed
+      3  bad arguments: FILE missing, unreadable or not UTF-8, a bad option value
+         (one line on stderr)
     """
-    code = file.read_text(encoding="utf-8")
+    try:
+        code = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadArguments("%s is not UTF-8 text (byte %d: %s)" % (file, exc.start, exc.reason)) from None
+    except OSError as exc:  # e.g. removed or made unreadable since click checked it
+        raise BadArguments("cannot read %s: %s" % (file, exc.strerror or exc)) from None
+    try:
+        limits = Limits(wall_time_s=timeout, memory_mb=memory_mb)
+    except ValidationError as exc:  # the options' own checks should have caught this already
+        raise BadArguments("invalid limits: %s" % exc.errors()[0]["msg"]) from None
     try:
         with Sandbox.create(driver) as sandbox:
-            result = sandbox.run_program(code, Limits(wall_time_s=timeout, memory_mb=memory_mb))
+            result = sandbox.run_program(code, limits)
             payload = {"driver": sandbox.driver, "isolation": sandbox.isolation, **result.model_dump()}
     except VmpoolError as exc:
         click.echo("vmpool: %s: %s" % (type(exc).__name__, exc), err=True)
-        sys.exit(2)
+        sys.exit(EXIT_SANDBOX_FAILED)
     click.echo(json.dumps(payload, indent=2))
-    sys.exit(0 if result.status == "ok" else 1)
+    sys.exit(EXIT_OK if result.status == "ok" else EXIT_PROGRAM_FAILED)
 
 
 def main() -> None:

@@ -1,6 +1,8 @@
 """The vmpool command line, through click's runner (the real API underneath)."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,58 @@ def test_run_with_unusable_driver(tmp_path: Path) -> None:
     program.write_text("print('hi')\n")
     result = CliRunner().invoke(cli, ["run", str(program), "--driver", "microvm"])
     assert result.exit_code == 2 and "not implemented yet" in result.output
+
+
+def _bad_arguments(args: list[str]) -> str:
+    """Run `vmpool run ARGS`, which must refuse its arguments: exit 3, nothing on stdout, one
+    line on stderr (no traceback, no usage block); that line."""
+    result = CliRunner().invoke(cli, ["run", *args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 3, (result.exit_code, result.output)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vmpool run: error: "), result.stderr
+    return lines[0]
+
+
+def test_non_utf8_program_is_a_bad_argument(tmp_path: Path) -> None:
+    program = tmp_path / "latin1.py"
+    program.write_bytes(b"print('caf\xe9')\n")
+    assert "is not UTF-8" in _bad_arguments([str(program)])
+
+
+def test_missing_program_is_a_bad_argument(tmp_path: Path) -> None:
+    assert "does not exist" in _bad_arguments([str(tmp_path / "missing.py")])
+    assert "is a directory" in _bad_arguments([str(tmp_path)])
+    assert "Missing argument" in _bad_arguments([])
+
+
+@pytest.mark.parametrize("timeout", ["nan", "inf", "-inf", "1e12", "86401", "0", "soon"])
+def test_timeout_must_be_finite_and_at_most_a_day(tmp_path: Path, timeout: str) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text("print('hi')\n")
+    assert "--timeout" in _bad_arguments([str(program), "--timeout", timeout])
+
+
+def test_unknown_option_is_a_bad_argument(tmp_path: Path) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text("print('hi')\n")
+    assert "--bogus" in _bad_arguments([str(program), "--bogus"])
+
+
+def test_exit_statuses_are_documented() -> None:
+    result = CliRunner().invoke(cli, ["run", "--help"])
+    assert result.exit_code == 0
+    for line in ["0  the program ended", "1  the program ended any other way", "2  the sandbox itself failed",
+                 "3  bad arguments"]:
+        assert line in result.output
+
+
+def test_bad_argument_from_the_console_script(tmp_path: Path) -> None:
+    # the real entry point, not the test runner: what a user sees in a terminal
+    program = tmp_path / "latin1.py"
+    program.write_bytes(b"\xff\xfe")
+    done = subprocess.run([sys.executable, "-c", "from vmpool._cli import main; main()", "run", str(program)],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (3, "")
+    assert done.stderr.count("\n") == 1 and "is not UTF-8" in done.stderr, done.stderr
