@@ -1,8 +1,8 @@
 """Running one child of the agent: fork it with fresh pipes and rlimits, supervise it until it
 exits or its wall time runs out, capture its stdout+stderr up to a cap (draining and dropping
 the rest, so output never decides how a run ends) and its private status pipe, kill it and
-whatever it left, and collect how it ended (`Finished`). What the child runs,
-and what its end means, is ``_agent_run.py``.
+whatever it left, and collect how it ended (`Finished`). What the child runs, and what its
+end means, is ``_agent_run.py``.
 
 Part of the guest side (see ``_agent.py``): stdlib only, imported as ``vmpool._agent_child`` on
 the host and as the top-level ``_agent_child`` inside the sandbox.

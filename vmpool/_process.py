@@ -31,7 +31,7 @@ MAX_WAIT_S = 3600.0  # longest single select()/poll(): larger timeouts overflow 
 
 
 def _deadline(timeout: float) -> float:
-    """monotonic() + timeout, where nan or a negative timeout means no wait at all (inf: none)."""
+    """monotonic() + timeout; nan or a negative timeout means no wait at all, inf no deadline."""
     return time.monotonic() + (timeout if timeout > 0 else 0.0)
 
 
