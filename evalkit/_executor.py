@@ -33,14 +33,17 @@ def limits_for(config: SandboxConfig) -> Limits:
     )
 
 
-def verdict(request: ExecRequest, result: ExecResult, driver: str, isolation: str, attempts: int) -> SampleResult:
+def verdict(
+    request: ExecRequest, result: ExecResult, driver: str, isolation: str, attempts: int, output_cap: int | None = None
+) -> SampleResult:
     """The sample's verdict: passed only when the program ran to its end (its tests finished)."""
     status = _STATUS[result.status]
     error = result.error
     if result.status == "exited":
         error = f"the program ended before its tests finished ({error or 'exit'})"
     if result.output_truncated and status != "passed":  # never a cause, but explains a cut-off stdout
-        error = f"{error} (output truncated)" if error else "output truncated"
+        note = f"output truncated at {output_cap} bytes" if output_cap else "output truncated"
+        error = f"{error} ({note})" if error else note
     sample = request.sample
     return SampleResult(
         task_id=sample.task_id,
@@ -111,7 +114,7 @@ class SampleExecutor:
             except Exception as exc:  # the harness cannot handle this one sample; retrying won't help
                 self._discard_sandbox()
                 return infra_error(request, self.driver, f"{type(exc).__name__}: {exc}", attempts)
-            return verdict(request, result, sandbox.driver, sandbox.isolation, attempts)
+            return verdict(request, result, sandbox.driver, sandbox.isolation, attempts, self.limits.output_cap_bytes)
         return infra_error(request, self.driver, f"sandbox failed {attempts} time(s); last: {last_error}", attempts)
 
     def run_batch(self, requests: Sequence[ExecRequest], prior_attempts: int = 0) -> list[SampleResult]:
