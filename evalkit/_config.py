@@ -8,6 +8,7 @@ working directory, like the output folder of any command-line tool.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -136,6 +137,7 @@ def parse_config(text: str, source: Path, *, check_inputs: bool = True) -> EvalC
     _check_model(config, source, lines)
     _check_driver(config.sandbox, source, lines)
     if check_inputs:
+        _check_runnable(config.sandbox, source, lines)
         config = _resolve_paths(config, source.parent, source, lines)
     config._source, config._lines = source, lines
     return config
@@ -211,7 +213,10 @@ def _config_error(
     message = str(err["msg"])
     message = message[0].lower() + message[1:]
     message = message.removeprefix("value error, ").removeprefix("input ")
-    return ConfigError(f"{where}: '{key}' {message}, got {err['input']!r}")
+    got = err["input"]
+    if isinstance(got, str) and err["type"] in ("float_type", "int_type", "float_parsing", "int_parsing"):
+        return ConfigError(f"{where}: '{key}' {message}, got the string {got!r} (YAML reads 1e12 as text: write 1.0e12)")
+    return ConfigError(f"{where}: '{key}' {message}, got {got!r}")
 
 
 def _check_benchmark(bench: BenchmarkConfig, source: Path, lines: _Line) -> None:
@@ -232,6 +237,19 @@ def _check_driver(sandbox: SandboxConfig, source: Path, lines: _Line) -> None:
     if sandbox.driver not in known:
         where = _where(source, lines, ("sandbox", "driver"))
         raise ConfigError(f"{where}: unknown sandbox driver '{sandbox.driver}' (known: {', '.join(known)})")
+
+
+def _check_runnable(sandbox: SandboxConfig, source: Path, lines: _Line) -> None:
+    """What the config itself asks for must exist here: a driver named explicitly (``auto`` is
+    resolved, and checked, when the run starts) and the sandbox's interpreter."""
+    from vmpool import get_driver
+
+    if sandbox.driver != "auto":
+        reason = get_driver(sandbox.driver).available()
+        if reason is not None:
+            raise ConfigError(f"{_where(source, lines, ('sandbox', 'driver'))}: sandbox driver '{sandbox.driver}' cannot run here: {reason}")
+    if sandbox.python is not None and not (Path(sandbox.python).is_file() and os.access(sandbox.python, os.X_OK)):
+        raise ConfigError(f"{_where(source, lines, ('sandbox', 'python'))}: 'sandbox.python' names {sandbox.python}, which is not an executable file")
 
 
 def _check_model(config: EvalConfig, source: Path, lines: _Line) -> None:

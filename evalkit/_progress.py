@@ -15,17 +15,20 @@ _PLAIN_INTERVAL_S = 10.0
 class Progress:
     """Counts finished samples by status and shows them; ``enabled=False`` prints nothing."""
 
-    def __init__(self, total: int, done: int = 0, *, enabled: bool = True, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, total: int, done: Counter[str] | None = None, *, enabled: bool = True, stream: TextIO | None = None
+    ) -> None:
+        """``done``: statuses of the samples finished before (a resumed run), counted from the start."""
         self.total = total
-        self.done = done
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter(done or {})
+        self.done = sum(self.counts.values())
         self._stream = stream or sys.stderr
         self._enabled = enabled
         self._start = time.monotonic()
         self._last_line = self._start
         self._bar: tqdm[None] | None = None
         if enabled and self._stream.isatty():
-            self._bar = tqdm(total=total, initial=done, file=self._stream, unit="sample", dynamic_ncols=True)
+            self._bar = tqdm(total=total, initial=self.done, file=self._stream, unit="sample", dynamic_ncols=True)
 
     def update(self, status: str) -> None:
         self.done += 1

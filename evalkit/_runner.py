@@ -16,6 +16,7 @@ import logging
 import platform
 import re
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,14 +76,15 @@ def run(config: EvalConfig | str | Path, *, progress: bool = True, resume: bool 
             store.write_plan(samples)
             store.write_meta(planned_samples=len(samples), scheduler_start_s=start_s, problems_sha256=digest)
             _log.info("run folder: %s", store.path)
-            return _execute(store, config, benchmark, problems, samples, samples, scheduler, driver, isolation, progress)
+            return _execute(store, config, benchmark, problems, samples, samples, scheduler, driver, isolation, progress, Counter())
         finally:
             store.release()
 
 
 def resume(run_dir: str | Path, *, progress: bool = True) -> RunOutcome:
-    """Finish an interrupted run from its plan and journal: samples with a verdict are not run
-    again, ``infra_error`` ones are. A finished run is only re-reported.
+    """Finish a run from its plan and journal: samples with a verdict are not run again;
+    missing and ``infra_error`` ones are (so this also retries the infrastructure failures of
+    a finished run). A finished run with nothing left to run is only re-reported.
 
     Raises `RunStoreError` if another process is running it, or if its problems changed.
     """
@@ -91,21 +93,23 @@ def resume(run_dir: str | Path, *, progress: bool = True) -> RunOutcome:
 
 def _continue(run_dir: str | Path, progress: bool) -> RunOutcome:
     store = RunStore.open(run_dir)
-    if store.meta().get("state") == "finished":
-        _log.info("%s has already finished; re-rendering its report", store.path)
-        return report(run_dir)
     store.acquire()
     try:
-        config = store.config()
         samples = store.plan()
+        finished = {r.key: r.status for r in _planned_results(store, samples) if r.status != "infra_error"}
+        todo = [s for s in samples if s.key not in finished]
+        if store.meta().get("state") == "finished" and not todo:
+            _log.info("%s has already finished; re-rendering its report", store.path)
+            store.release()
+            return report(run_dir)
+        config = store.config()
         benchmark, problems = _problems(config)
         _check_unchanged(store, samples, problems)
-        done = {r.key for r in _planned_results(store, samples) if r.status != "infra_error"}
-        todo = [s for s in samples if s.key not in done]
         driver, isolation = _check_sandbox(config)
         with _scheduler(config, driver, needed=bool(todo)) as (scheduler, start_s):
             store.write_meta(scheduler_start_s=start_s)
-            return _execute(store, config, benchmark, problems, samples, todo, scheduler, driver, isolation, progress)
+            return _execute(store, config, benchmark, problems, samples, todo, scheduler, driver, isolation, progress,
+                            Counter(finished.values()))
     finally:
         store.release()
 
@@ -235,12 +239,13 @@ def _execute(
     driver: str,
     isolation: str,
     show_progress: bool,
+    done: Counter[str],
 ) -> RunOutcome:
     started = time.monotonic()
     previous_s = float(store.meta().get("duration_s", 0.0))
     store.write_meta(state="running", driver=driver, isolation=isolation, benchmark=benchmark.name,
                      workers=getattr(scheduler, "num_workers", 0))
-    progress = Progress(len(samples), len(samples) - len(todo), enabled=show_progress)
+    progress = Progress(len(samples), done, enabled=show_progress)
     try:
         if todo:
             with store.journal() as journal:

@@ -234,6 +234,7 @@ class RunStore:
 
         rows = [r.model_dump() for r in sorted(results, key=_order)]
         frame = pd.DataFrame(rows, columns=list(SampleResult.model_fields))
+        frame["exit_code"] = frame["exit_code"].astype("Int64")  # stays integer when some are missing (timeouts)
         path = self.path / "samples.parquet"
         tmp = path.with_suffix(".parquet.tmp")
         frame.to_parquet(tmp, index=False)

@@ -5,14 +5,16 @@
                                         run a program in a fresh sandbox, print its ExecResult
 
 Exit status of ``vmpool run``: 0 the program ended ``ok``; 1 it ended otherwise; 2 the sandbox
-itself failed; 3 bad arguments (a missing, unreadable or non-UTF-8 FILE, a timeout that is not
-a finite number of seconds up to a day, ...), reported as one line on stderr. Bad arguments
+itself failed (or its driver cannot run here); 3 bad arguments (a missing, unreadable or
+non-UTF-8 FILE, a timeout that is not a finite number of seconds up to a day, an unknown
+driver, ...), reported as one line on stderr; 130 interrupted. Bad arguments
 have a code of their own, not click's usual 2, so that a script can tell them from a sandbox
 failure.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import sys
@@ -29,7 +31,7 @@ from ._types import MAX_TIME_S, Limits
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_PROGRAM_FAILED, EXIT_SANDBOX_FAILED, EXIT_BAD_ARGUMENTS = 0, 1, 2, 3
+EXIT_OK, EXIT_PROGRAM_FAILED, EXIT_SANDBOX_FAILED, EXIT_BAD_ARGUMENTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class BadArguments(click.ClickException):
@@ -60,7 +62,23 @@ def _finite_timeout(ctx: click.Context, param: click.Parameter, value: float) ->
     return value
 
 
-@click.group(help="Self-hosted sandboxes for running untrusted Python programs.")
+def _known_driver(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    known = ["auto", *list_drivers()]
+    if value not in known:
+        raise click.BadParameter("unknown driver %r (known: %s)" % (value, ", ".join(known)), ctx, param)
+    return value
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("evalkit")  # vmpool ships in the evalkit distribution
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@click.group(help="Self-hosted sandboxes for running untrusted Python programs.",
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), prog_name="vmpool")
 def cli() -> None:
     pass
 
@@ -80,10 +98,13 @@ def drivers_command() -> None:
 
 @cli.command("run", cls=_RunCommand)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--driver", default="auto", show_default=True, help="auto, bwrap, microvm, ...")
+@click.option("--driver", default="auto", show_default=True, callback=_known_driver,
+              help="sandbox driver: auto picks the strongest usable one (see `vmpool drivers`)")
 @click.option("--timeout", type=click.FloatRange(min=0, max=MAX_TIME_S, min_open=True), default=10.0,
-              show_default=True, callback=_finite_timeout, help="wall-time limit in seconds, at most a day")
-@click.option("--memory-mb", type=click.IntRange(min=1), default=512, show_default=True)
+              show_default=True, callback=_finite_timeout,
+              help="wall-time limit in seconds, at most a day; the CPU-time limit is the same")
+@click.option("--memory-mb", type=click.IntRange(min=1), default=512, show_default=True,
+              help="memory the program may allocate beyond the interpreter, per process")
 def run_command(file: Path, driver: str, timeout: float, memory_mb: int) -> None:
     """Run FILE (Python source, UTF-8) in a fresh sandbox and print the ExecResult as JSON.
 
@@ -91,9 +112,10 @@ def run_command(file: Path, driver: str, timeout: float, memory_mb: int) -> None
     Exit status:
       0  the program ended "ok"
       1  the program ended any other way (error, exited, timeout, oom)
-      2  the sandbox itself failed
+      2  the sandbox itself failed, or the driver cannot run here
       3  bad arguments: FILE missing, unreadable or not UTF-8, a bad option value
-         (one line on stderr)
+         or an unknown driver (one line on stderr)
+      130  interrupted (Ctrl-C)
     """
     try:
         code = file.read_text(encoding="utf-8")
@@ -112,6 +134,9 @@ def run_command(file: Path, driver: str, timeout: float, memory_mb: int) -> None
     except VmpoolError as exc:
         click.echo("vmpool: %s: %s" % (type(exc).__name__, exc), err=True)
         sys.exit(EXIT_SANDBOX_FAILED)
+    except KeyboardInterrupt:  # the sandbox is already gone: its context manager killed it
+        click.echo("vmpool: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     click.echo(json.dumps(payload, indent=2))
     sys.exit(EXIT_OK if result.status == "ok" else EXIT_PROGRAM_FAILED)
 

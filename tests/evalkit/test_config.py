@@ -309,3 +309,15 @@ def test_timeouts_must_be_finite_and_at_most_a_day(tmp_path: Path, value: str) -
     path = write(tmp_path, f"benchmark: {{name: humaneval}}\nmodel: {{provider: reference}}\nsandbox:\n  timeout_s: {value}\n")
     with pytest.raises(ConfigError, match=r"line 4: 'sandbox.timeout_s'"):
         load_config(path)
+
+
+def test_a_driver_that_cannot_run_here_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "benchmark: {name: humaneval}\nmodel: {provider: reference}\nsandbox:\n  driver: microvm\n")
+    with pytest.raises(ConfigError, match=r"line 4: sandbox driver 'microvm' cannot run here: .*not implemented"):
+        load_config(path)
+
+
+def test_a_missing_sandbox_interpreter_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "benchmark: {name: humaneval}\nmodel: {provider: reference}\nsandbox:\n  python: /usr/bin/python9\n")
+    with pytest.raises(ConfigError, match=r"line 4: 'sandbox.python' names /usr/bin/python9, which is not an executable file"):
+        load_config(path)

@@ -130,7 +130,8 @@ def test_generated_code_cannot_touch_the_host(tmp_path: Path) -> None:
 
 
 def test_an_unusable_sandbox_is_an_infrastructure_failure(tmp_path: Path) -> None:
-    config = write_config(tmp_path, benchmark={"name": "humaneval", "limit": 1}, sandbox={"python": "/nonexistent/python3"})
+    # An executable that exists but cannot run the agent: the sandbox never says hello.
+    config = write_config(tmp_path, benchmark={"name": "humaneval", "limit": 1}, sandbox={"python": "/bin/false"})
     with pytest.raises(evalkit.InfraError, match="sandbox"):
         evalkit.run(config, progress=False)
     assert list((tmp_path / "runs").iterdir()) == [], "a run that never started leaves no run folder"
@@ -186,3 +187,17 @@ def test_run_with_resume_starts_afresh_when_the_samples_changed(tmp_path: Path) 
     fresh = evalkit.run(config, progress=False, resume=True)
     assert fresh.run_dir != first.run_dir
     assert fresh.summary["metrics"]["pass@1"] == 0.0
+
+
+def test_resume_retries_the_infra_errors_of_a_finished_run(tmp_path: Path) -> None:
+    config = write_config(tmp_path, benchmark={"name": "humaneval", "limit": 2})
+    first = evalkit.run(config, progress=False)
+    journal = first.run_dir / "samples.jsonl"
+    lines = journal.read_text().splitlines()
+    # As if the second sample had hit infrastructure failures beyond the retry budget:
+    broken = json.loads(lines[1]) | {"status": "infra_error", "passed": False, "error": "sandbox failed"}
+    journal.write_text(lines[0] + "\n" + json.dumps(broken) + "\n")
+    assert evalkit.report(first.run_dir).exit_code == 3
+    again = evalkit.resume(first.run_dir, progress=False)
+    assert again.exit_code == 0 and again.summary["counts"]["passed"] == 2
+    assert len(journal.read_text().splitlines()) == 3, "only the infra_error sample ran again"

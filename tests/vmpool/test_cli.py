@@ -93,3 +93,15 @@ def test_bad_argument_from_the_console_script(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (3, "")
     assert done.stderr.count("\n") == 1 and "is not UTF-8" in done.stderr, done.stderr
+
+
+def test_unknown_driver_is_a_bad_argument(tmp_path: Path) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text("print('hi')\n")
+    assert "unknown driver 'nope'" in _bad_arguments([str(program), "--driver", "nope"])
+
+
+def test_short_help_and_version() -> None:
+    assert CliRunner().invoke(cli, ["-h"]).exit_code == 0
+    version = CliRunner().invoke(cli, ["--version"])
+    assert version.exit_code == 0 and version.output.startswith("vmpool, version ")
