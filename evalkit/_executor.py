@@ -58,6 +58,7 @@ def verdict(
         exit_code=result.exit_code,
         stdout=result.stdout,
         stderr=result.stderr,
+        output_truncated=result.output_truncated,
         cpu_time_s=result.cpu_time_s,
         max_rss_mb=result.max_rss_mb,
         attempts=attempts,

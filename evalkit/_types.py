@@ -67,6 +67,7 @@ class SampleResult(BaseModel):
     exit_code: int | None = None
     stdout: str = ""
     stderr: str = ""
+    output_truncated: bool = Field(False, description="stdout/stderr beyond the output cap were dropped")
     cpu_time_s: float = 0.0
     max_rss_mb: float = 0.0
     attempts: int = Field(1, description="executions it took, counting infrastructure retries")

