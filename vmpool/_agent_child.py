@@ -27,6 +27,7 @@ else:  # a top-level module inside the sandbox, imported by _agent.py next to it
     import _protocol as proto  # type: ignore[no-redef]
 
 STATUS_CAP = 64 * 1024  # bytes of the private status pipe kept
+STDERR_TAIL = 16 * 1024  # bytes at the end of stderr kept beyond the output cap (tracebacks)
 SETUP_FAILED = 125  # child exit code when it could not even start the program
 MAX_OUTPUT_CAP = proto.MAX_OUTPUT_BYTES  # stdout+stderr kept at most: the reply must fit in one line
 MAX_POLL_S = 3600.0  # longest single poll(): its timeout is a C int of milliseconds
@@ -60,6 +61,9 @@ class Capture:
         self.buffers = {out_fd: bytearray(), err_fd: bytearray(), status_fd: bytearray()}
         self.open = set(self.buffers)
         self.cap, self.used, self.truncated = cap, 0, False
+        # The end of stderr is kept even past the cap: a program that prints a lot and then
+        # fails must not lose the traceback that says why.
+        self.err_tail, self.err_dropped = bytearray(), 0
 
     def pump(self, fd: int) -> None:
         """Read one chunk from fd (it must be readable); keeps what fits within the caps."""
@@ -73,6 +77,10 @@ class Capture:
             room = self.cap - self.used
             self.truncated = self.truncated or len(data) > room
             self.used += min(len(data), max(room, 0))
+            if fd == self.err_fd and len(data) > max(room, 0):
+                dropped = data[max(room, 0):]
+                self.err_dropped += len(dropped)
+                self.err_tail = (self.err_tail + dropped)[-STDERR_TAIL:]
         self.buffers[fd] += data[:max(room, 0)]
 
     def drain(self, timeout: float) -> None:
@@ -104,7 +112,13 @@ class Capture:
         return None
 
     def text(self, fd: int) -> str:
-        return bytes(self.buffers[fd]).decode("utf-8", "replace")
+        kept = bytes(self.buffers[fd])
+        if fd == self.err_fd and self.err_dropped:
+            skipped = self.err_dropped - len(self.err_tail)
+            if skipped:
+                kept += b"\n[vmpool: %d bytes of stderr left out; its last %d bytes follow]\n" % (skipped, len(self.err_tail))
+            kept += bytes(self.err_tail)
+        return kept.decode("utf-8", "replace")
 
     def close(self) -> None:
         for fd in self.buffers:

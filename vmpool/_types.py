@@ -48,7 +48,8 @@ class Limits(BaseModel):
     max_output_bytes: int = Field(1_000_000, gt=0, description=(
         "stdout + stderr kept (together, first bytes first); the rest is read and dropped "
         "while the program goes on, and the result says output_truncated. Capped at 8 MiB "
-        "(8388608 bytes) whatever this says, so that a result fits one protocol message"))
+        "(8388608 bytes) whatever this says, so that a result fits one protocol message. The "
+        "last 16 KiB of stderr are kept beyond the cap, so that a traceback survives a flood"))
 
     @property
     def output_cap_bytes(self) -> int:

@@ -164,11 +164,13 @@ class TestProgramOutcomes:
         result = run(sandbox, "import sys\nprint('x' * 3_000_000)\nprint('err', file=sys.stderr)\n")
         assert (result.status, result.exit_code, result.error) == ("ok", 0, None), result.error
         assert result.output_truncated
-        assert len(result.stdout) + len(result.stderr) == 1_000_000  # the default cap, first bytes first
-        assert result.stdout == "x" * 1_000_000
+        assert result.stdout == "x" * 1_000_000  # the default cap, first bytes first
+        assert result.stderr == "err\n"  # past the cap, but the end of stderr is always kept
         failing = run(sandbox, "print('y' * 200_000)\nraise ValueError('late')\n", max_output_bytes=10_000)
         assert (failing.status, failing.error) == ("error", "ValueError: late")
-        assert failing.output_truncated and failing.stdout == "y" * 10_000 and failing.stderr == ""
+        assert failing.output_truncated and failing.stdout == "y" * 10_000
+        # the cap was spent on stdout, yet the traceback that says why it failed is kept
+        assert failing.stderr.startswith("Traceback") and failing.stderr.endswith("ValueError: late\n")
 
     def test_output_within_the_cap_is_not_truncated(self, sandbox: Sandbox) -> None:
         result = run(sandbox, "print('x' * 999)", max_output_bytes=1000)
@@ -188,7 +190,12 @@ class TestProgramOutcomes:
         result = run(sandbox, code, wall_time_s=2)
         assert result.status == "timeout", result.error
         assert 1.9 <= result.duration_s < 20
-        assert result.output_truncated and len(getattr(result, stream)) == 1_000_000
+        assert result.output_truncated and getattr(result, stream).startswith("x" * 1000)
+        if stream == "stdout":
+            assert len(result.stdout) == 1_000_000
+        else:  # the cap, then a marker, then the last 16 KiB of stderr
+            head, marker, tail = result.stderr.partition("\n[vmpool: ")
+            assert len(head) == 1_000_000 and marker and len(tail.split("follow]\n", 1)[1]) == 16 * 1024
         assert run(sandbox, "print('fine')").stdout == "fine\n"
 
     def test_output_flood_from_many_processes_times_out(self, sandbox: Sandbox) -> None:
