@@ -36,7 +36,6 @@ from ._version import __version__
 _log = logging.getLogger("evalkit")
 
 EXIT_OK = 0
-EXIT_GATES = 1
 EXIT_INPUT = 2
 EXIT_INFRA = 3
 EXIT_INTERRUPTED = 130
@@ -246,27 +245,30 @@ def _execute(
     store.write_meta(state="running", driver=driver, isolation=isolation, benchmark=benchmark.name,
                      workers=getattr(scheduler, "num_workers", 0))
     progress = Progress(len(samples), done, enabled=show_progress)
+
+    def elapsed() -> float:
+        return previous_s + time.monotonic() - started
+
     try:
-        if todo:
-            with store.journal() as journal:
-                for result in scheduler.run(_requests(benchmark, problems, todo)):
-                    journal.append(result)
-                    progress.update(result.status)
-        progress.close()
-        store.write_meta(state="finished", duration_s=previous_s + time.monotonic() - started, finished=now())
+        try:
+            if todo:
+                with store.journal() as journal:
+                    for result in scheduler.run(_requests(benchmark, problems, todo)):
+                        journal.append(result)
+                        progress.update(result.status)
+        finally:
+            progress.close()
+        store.write_meta(state="finished", duration_s=elapsed(), finished=now())
         summary = _finish(store, config, samples, _planned_results(store, samples), driver, isolation, store.meta())
     except InfraError as exc:
-        progress.close()
-        store.write_meta(state="failed", duration_s=previous_s + time.monotonic() - started)
+        store.write_meta(state="failed", duration_s=elapsed())
         raise InfraError(f"{exc}; the {progress.done} finished results are kept; continue with: evalkit resume {store.path}") from exc
     except KeyboardInterrupt:
-        progress.close()
-        if store.meta().get("state") != "finished":
-            store.write_meta(state="interrupted", duration_s=previous_s + time.monotonic() - started)
+        if store.meta().get("state") != "finished":  # a late Ctrl-C, while writing the report
+            store.write_meta(state="interrupted", duration_s=elapsed())
         raise RunInterrupted(store.path, progress.done, len(samples)) from None
     except BaseException:
-        progress.close()
-        store.write_meta(state="failed", duration_s=previous_s + time.monotonic() - started)
+        store.write_meta(state="failed", duration_s=elapsed())
         raise
     return RunOutcome(store.path, summary, _exit_code(summary))
 

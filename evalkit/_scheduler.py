@@ -27,16 +27,14 @@ _log = logging.getLogger("evalkit")
 
 
 class _Worker:
-    """The Ray actor body: one sandbox, batches run one after another."""
+    """The Ray actor body: one sandbox, batches run one after another. The sandbox is started
+    with die-with-parent, so killing the actor (`RayScheduler.close`) also ends the sandbox."""
 
     def __init__(self, sandbox: SandboxConfig, driver: str, max_retries: int) -> None:
         self.executor = SampleExecutor(sandbox, driver, max_retries)
 
     def run(self, batch: list[ExecRequest], prior_attempts: int) -> list[SampleResult]:
         return self.executor.run_batch(batch, prior_attempts)
-
-    def close(self) -> None:
-        self.executor.close()
 
 
 def _quiet_ray_env() -> None:
