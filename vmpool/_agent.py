@@ -1,6 +1,6 @@
 """vmpool guest agent: a fork-server that runs programs for the host, one request at a time.
 
-Runs inside the sandbox (bubblewrap now, a microVM later) as a plain script next to the other
+Runs inside the sandbox (a bubblewrap namespace or a microVM) as a plain script next to the other
 guest modules, its only non-stdlib imports; `vmpool._guest.GUEST_FILES` lists them, and they are
 the whole guest side. Start (`vmpool._guest.agent_command`)::
 
@@ -10,7 +10,9 @@ Contract:
 
 - Speaks ``_protocol`` on the channel (stdin/stdout, or a device such as a virtio-serial port):
   one hello, then one reply per request, in order. A malformed request gets an error reply, never
-  a crash; EOF on the channel ends the agent.
+  a crash; EOF on stdin ends the agent. A device channel reads EOF whenever no host is connected
+  (a VM restored from a snapshot starts that way): the agent waits for the next host and greets
+  it with a new hello, so one snapshot of a waiting agent serves every clone.
 - ``run_program`` forks a fresh child of this warm interpreter (common stdlib modules are
   pre-imported). The child gets a new session, a fresh scratch directory as cwd, rlimits, stdin
   from /dev/null, stdout/stderr on pipes the agent reads to the end but keeps only up to a cap
@@ -66,7 +68,9 @@ import argparse
 import gc
 import importlib
 import os
+import select
 import sys
+import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional
 
@@ -84,6 +88,7 @@ else:  # run as a script inside the sandbox: the sibling files, never an install
     del sys.path[0]
 
 AGENT_VERSION = "0.1.0"
+RECONNECT_POLL_S = 0.01  # how often a device channel checks whether a host has connected
 PREIMPORTS = (
     "abc", "array", "base64", "bisect", "cmath", "collections", "collections.abc", "contextlib",
     "copy", "dataclasses", "datetime", "decimal", "enum", "fractions", "functools", "hashlib",
@@ -105,9 +110,20 @@ class Channel:
             os.dup2(2, 1)
         else:
             self.rfd = self.wfd = os.open(spec, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY)
+        self.device = spec != "stdio"
 
     def read(self) -> bytes:
         return os.read(self.rfd, 1 << 20)
+
+    def wait_for_host(self) -> None:
+        """Block until a host is connected to the device again. A virtio-serial port reads as
+        EOF and polls as POLLHUP while no host is connected (before the host connects, after it
+        disconnects, and after a VM is restored from a snapshot); it wakes nobody on connect, so
+        this polls."""
+        poller = select.poll()
+        poller.register(self.rfd, select.POLLIN)
+        while any(events & select.POLLHUP for _, events in poller.poll(0)):
+            time.sleep(RECONNECT_POLL_S)
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -138,7 +154,13 @@ class Agent:
         while not self.stopping:
             data = self.channel.read()
             if not data:
-                return  # the host is gone
+                if not self.channel.device:
+                    return  # the host is gone
+                # A device outlives host connections: every new host gets its own hello.
+                self.channel.wait_for_host()
+                lines = proto.LineBuffer()
+                self.send(dict(hello))
+                continue
             lines.feed(data)
             while not self.stopping:
                 try:

@@ -171,7 +171,19 @@ def _child_setup(out_w: int, err_w: int, status_w: int, cwd: str,
     os.closerange(status_w + 1, 1 << 20)
     os.chdir(cwd)
     procs.set_dumpable(True)  # the program is an ordinary process; only the agent is shielded
+    _prefer_for_oom_kill()
     _apply_limits(limits, baseline_tasks)
+
+
+def _prefer_for_oom_kill() -> None:
+    """Make the program (and what it spawns) the kernel's first victim when the sandbox runs out
+    of memory (a VM's RAM is shared by all its processes), so the agent survives to report
+    ``oom``. Raising one's own score needs no privilege."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write("1000")
+    except OSError:
+        pass
 
 
 def output_cap(limits: proto.WireLimits) -> int:

@@ -147,12 +147,12 @@ def _signal_name(number: int) -> str:
         return "signal %d" % number
 
 
-def program_result(run: child.Finished, limits: proto.WireLimits) -> Dict[str, Any]:
+def program_result(run: child.Finished, limits: proto.WireLimits, oom_killed: bool = False) -> Dict[str, Any]:
     """Map a finished run to ExecResult fields (see vmpool._types.ExecStatus)."""
     exit_code = os.WEXITSTATUS(run.wait_status) if os.WIFEXITED(run.wait_status) else None
     signum = os.WTERMSIG(run.wait_status) if os.WIFSIGNALED(run.wait_status) else None
     cpu = run.usage.ru_utime + run.usage.ru_stime
-    status, error = _classify(run, exit_code, signum, cpu, limits)
+    status, error = _classify(run, exit_code, signum, cpu, limits, oom_killed)
     return {
         "status": status, "exit_code": exit_code, "signal": signum, "error": error,
         "stdout": run.stdout, "stderr": run.stderr, "output_truncated": run.truncated,
@@ -161,14 +161,28 @@ def program_result(run: child.Finished, limits: proto.WireLimits) -> Dict[str, A
     }
 
 
+def oom_kills() -> int:
+    """How many processes the kernel's OOM killer has killed since boot (0 if unknown)."""
+    try:
+        with open("/proc/vmstat", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def _classify(run: child.Finished, exit_code: Optional[int], signum: Optional[int], cpu: float,
-              limits: proto.WireLimits) -> Tuple[str, Optional[str]]:
+              limits: proto.WireLimits, oom_killed: bool = False) -> Tuple[str, Optional[str]]:
     """(status, error), first rule that applies: the agent's own wall-time kill -> timeout;
     the child's report: ok (with exit status 0) / error / oom / exited (SystemExit); SIGXCPU,
     or SIGKILL after using the whole CPU budget (RLIMIT_CPU's hard limit) -> timeout; any other
     signal -> exited with `signal` set; anything else (os._exit, a crash before reporting) ->
-    exited. OOM is only ever reported from a MemoryError: with RLIMIT_AS an allocation fails
-    instead of inviting the kernel's OOM killer. Output beyond the cap plays no part: it is
+    exited. OOM comes from a MemoryError (RLIMIT_AS makes an allocation fail first), or from a
+    SIGKILL while the kernel's OOM killer struck (`oom_killed`): when the processes of a VM
+    together exhaust its RAM, the killer picks a program (see ``_prefer_for_oom_kill``).
+    Output beyond the cap plays no part: it is
     only ``output_truncated``, so a program that prints too much ends as it would have anyway."""
     cpu_limit = max(1, math.ceil(limits["cpu_time_s"]))
     if run.reason == "timeout":
@@ -182,6 +196,8 @@ def _classify(run: child.Finished, exit_code: Optional[int], signum: Optional[in
         return "exited", "SystemExit with status %s before the end of the program" % detail
     if signum == signal.SIGXCPU or (signum == signal.SIGKILL and cpu >= cpu_limit - 0.05):
         return "timeout", "cpu-time limit of %ds exceeded" % cpu_limit
+    if signum == signal.SIGKILL and oom_killed:
+        return "oom", "killed by the kernel's OOM killer: the sandbox ran out of memory"
     if signum is not None:
         return "exited", "killed by %s" % _signal_name(signum)
     return "exited", "process exited with code %s before the end of the program" % exit_code
@@ -189,9 +205,10 @@ def _classify(run: child.Finished, exit_code: Optional[int], signum: Optional[in
 
 def run_program(code: str, limits: proto.WireLimits, cwd: str, exclusive: bool) -> Dict[str, Any]:
     token = secrets.token_hex(16)
+    kills_before = oom_kills()
     run = child.run_child(lambda report: _program_main(code, limits["memory_mb"], report), token, cwd,
                      limits, exclusive)
-    return program_result(run, limits)
+    return program_result(run, limits, oom_kills() > kills_before)
 
 
 def run_command(command: str, cwd: str, limits: proto.WireLimits, exclusive: bool) -> Dict[str, Any]:

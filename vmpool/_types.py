@@ -23,7 +23,8 @@ ExecStatus = Literal["ok", "error", "exited", "timeout", "oom"]
 - ``error``: it raised an exception that nothing caught;
 - ``exited``: it ended before its last statement: ``sys.exit``, ``os._exit``, a signal;
 - ``timeout``: it exceeded its wall-time or CPU-time limit and was killed with its process tree;
-- ``oom``: it exceeded its memory limit.
+- ``oom``: it exceeded its memory limit, or the sandbox (a VM) ran out of memory and the kernel
+  killed it.
 """
 
 
