@@ -3,6 +3,9 @@
     vmpool drivers                      each driver, and whether it is usable here (or why not)
     vmpool run FILE.py [--driver NAME] [--timeout S]
                                         run a program in a fresh sandbox, print its ExecResult
+    vmpool template list                each known VM template: hash, built or not, size
+    vmpool template build NAME [--force]
+                                        build a VM template (progress on stderr), print its folder
 
 Exit status of ``vmpool run``: 0 the program ended ``ok``; 1 it ended otherwise; 2 the sandbox
 itself failed (or its driver cannot run here); 3 bad arguments (a missing, unreadable or
@@ -10,6 +13,10 @@ non-UTF-8 FILE, a timeout that is not a finite number of seconds up to a day, an
 driver, ...), reported as one line on stderr; 130 interrupted. Bad arguments
 have a code of their own, not click's usual 2, so that a script can tell them from a sandbox
 failure.
+
+``vmpool template build`` exits the same way: 0 built (or built already), 2 the build failed
+or cannot run here (not root, a tool missing), 3 bad arguments (an unknown template, an invalid
+spec), 130 interrupted. ``vmpool template list`` exits 3 if a spec is invalid, else 0.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from pydantic import ValidationError
 from ._driver import get_driver, list_drivers
 from ._errors import VmpoolError
 from ._sandbox import Sandbox
+from ._templates import TemplateSpecError, build, cached, load_spec, spec_hash, template_names
 from ._types import MAX_TIME_S, Limits
 
 __all__ = ["main"]
@@ -139,6 +147,84 @@ def run_command(file: Path, driver: str, timeout: float, memory_mb: int) -> None
         sys.exit(EXIT_INTERRUPTED)
     click.echo(json.dumps(payload, indent=2))
     sys.exit(EXIT_OK if result.status == "ok" else EXIT_PROGRAM_FAILED)
+
+
+EXIT_BUILD_FAILED = EXIT_SANDBOX_FAILED  # the machinery failed, not the user's arguments
+
+
+class TemplateBadArguments(BadArguments):
+    """A mistake in what `vmpool template` was given: one line on stderr, exit status 3."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        message = " ".join(self.format_message().split())
+        click.echo("vmpool template: error: %s" % message, err=True)
+
+
+class _TemplateCommand(click.Command):
+    """Like `_RunCommand`, for the template commands."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise TemplateBadArguments(exc.format_message()) from None
+
+
+@cli.group("template")
+def template_group() -> None:
+    """Build and list the VM templates the microvm driver boots (vmpool/templates/*.yaml)."""
+
+
+@template_group.command("list", cls=_TemplateCommand)
+def template_list_command() -> None:
+    """List each known template: its hash, whether it is built, and its size on disk.
+
+    Exit status: 0, or 3 if a template's spec is invalid (the line says why).
+    """
+    invalid = False
+    for name in template_names():
+        try:
+            spec = load_spec(name)
+            digest, built = spec_hash(spec)[:16], cached(spec)
+        except TemplateSpecError as exc:
+            click.echo("%-12s %-16s  invalid: %s" % (name, "-", exc))
+            invalid = True
+            continue
+        if built is None:
+            click.echo("%-12s %s  not built" % (name, digest))
+        else:
+            click.echo("%-12s %s  built  %5d MiB  %s" % (name, digest, built.disk_usage() // 2**20, built.dir))
+    sys.exit(EXIT_BAD_ARGUMENTS if invalid else EXIT_OK)
+
+
+@template_group.command("build", cls=_TemplateCommand)
+@click.argument("name")
+@click.option("--force", is_flag=True, help="rebuild even if the template is built already")
+def template_build_command(name: str, force: bool) -> None:
+    """Build template NAME (a known template, or the path of a YAML spec) unless it is built
+    already, and print its folder. Progress goes to stderr. Building needs root.
+
+    \b
+    Exit status:
+      0  built, or built already
+      2  the build failed (the step and the tool's output on stderr), or cannot run here
+      3  bad arguments: an unknown template or an invalid spec (one line on stderr)
+      130  interrupted (Ctrl-C); nothing half-built is left behind
+    """
+    def progress(message: str) -> None:
+        click.echo("vmpool template build %s: %s" % (name, message), err=True)
+
+    try:
+        built = build(name, force=force, progress=progress)
+    except TemplateSpecError as exc:
+        raise TemplateBadArguments(str(exc)) from None
+    except VmpoolError as exc:
+        click.echo("vmpool: %s: %s" % (type(exc).__name__, exc), err=True)
+        sys.exit(EXIT_BUILD_FAILED)
+    except KeyboardInterrupt:
+        click.echo("vmpool: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo(str(built.dir))
 
 
 def main() -> None:
