@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
 # Installs everything evalkit needs on a Debian/Ubuntu machine, idempotently:
-# system packages (bubblewrap), a Python virtual environment in .venv, and evalkit itself.
+# system packages (bubblewrap; QEMU, debootstrap and e2fsprogs for the microvm driver), a Python
+# virtual environment in .venv, evalkit itself, and the microvm driver's VM template "base".
 # Usage: scripts/setup.sh            (quiet unless something fails)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+has() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+sudo_cmd=""
+[ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+
 need_apt=()
-command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
+has bwrap || need_apt+=(bubblewrap)
+has qemu-system-x86_64 || need_apt+=(qemu-system-x86)
+has debootstrap || need_apt+=(debootstrap)
+has mkfs.ext4 || need_apt+=(e2fsprogs)
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing system packages: ${need_apt[*]}" >&2
-    sudo_cmd=""
-    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
 if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
@@ -32,4 +38,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -
     echo "setup: installing evalkit and its dependencies into .venv" >&2
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
     echo "$want" > "$stamp"
+fi
+
+# The microvm driver's VM template (Debian root image, kernel, busybox): built once, in a few
+# minutes, then a cache hit that prints nothing. Building needs root; an ordinary user builds
+# through sudo into their own cache folder (vmpool's rule for it, see vmpool._templates.cache_dir).
+if [ -z "$sudo_cmd" ]; then
+    .venv/bin/vmpool template build base >/dev/null
+else
+    cache="${VMPOOL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmpool}"
+    VMPOOL_CACHE_DIR="$cache" .venv/bin/vmpool template build base >/dev/null 2>&1 \
+        || sudo env VMPOOL_CACHE_DIR="$cache" .venv/bin/vmpool template build base >/dev/null
 fi
