@@ -91,6 +91,8 @@ class SampleExecutor:
         self._sandbox: Sandbox | None = None
 
     def _sandbox_ready(self) -> Sandbox:
+        if self._sandbox is not None and not self._sandbox.is_running():
+            self._discard_sandbox()  # e.g. a microVM discarded after a timeout: not a failure
         if self._sandbox is None:
             self._sandbox = Sandbox.create(driver=self.driver, python=self.config.python)
         return self._sandbox

@@ -24,7 +24,7 @@ __all__ = [
 
 _BUILTIN = {
     "bwrap": "vmpool._bwrap:BwrapDriver",
-    "microvm": "vmpool._driver:MicroVMDriver",
+    "microvm": "vmpool._microvm:MicroVMDriver",
 }
 AUTO_ORDER = ("microvm", "bwrap")  # strongest isolation first; "auto" never picks others
 
@@ -36,11 +36,13 @@ class StartOptions:
     python: interpreter that runs the agent inside the sandbox (None: the driver's default).
     tmp_size_mb: size of the sandbox's writable /tmp.
     agent_args: extra agent command-line flags (diagnostics and tests, e.g. ``--fake-protocol``).
+    template: the image to boot, for drivers that have templates (None: the driver's default).
     """
 
     python: str | None = None
     tmp_size_mb: int = 256
     agent_args: tuple[str, ...] = ()
+    template: str | None = None
 
 
 class SandboxProcess(abc.ABC):
@@ -80,6 +82,11 @@ class Driver(abc.ABC):
     - set `name` to their registry name;
     - `available()`: return None if `start` can work on this host, otherwise a one-line reason
       that says what to install or change. Called often: cache anything expensive;
+    - `auto_reason()`: like `available()`, for whether ``driver="auto"`` may pick it (a driver
+      that works here but only slowly or weakly can decline);
+    - `reuse_after_timeout`: False if a sandbox whose program timed out must be discarded;
+    - `takes_agent_args`: False if `StartOptions.agent_args` cannot be honoured (the agent is
+      already running when `start` is called, e.g. restored from a snapshot);
     - `isolation()`: describe the isolation level for humans and reports, including the
       version of the underlying tool, e.g. ``"namespaces+seccomp (bubblewrap 0.8.0)"``;
     - `start(options)`: launch one sandbox running the vmpool agent (the files in
@@ -90,10 +97,16 @@ class Driver(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    reuse_after_timeout: ClassVar[bool] = True
+    takes_agent_args: ClassVar[bool] = True
 
     @abc.abstractmethod
     def available(self) -> str | None:
         """None if usable here, else why not and what to do about it."""
+
+    def auto_reason(self) -> str | None:
+        """None if ``driver="auto"`` may pick this driver here, else why not."""
+        return self.available()
 
     @abc.abstractmethod
     def isolation(self) -> str:
@@ -102,23 +115,6 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def start(self, options: StartOptions) -> SandboxProcess:
         """Start one sandbox; raise DriverUnavailableError if this host cannot."""
-
-
-class MicroVMDriver(Driver):
-    """Placeholder for the QEMU/KVM microVM driver, so that the name is known and asking for it
-    fails loudly instead of silently falling back to weaker isolation."""
-
-    name = "microvm"
-    REASON = "the microvm driver is not implemented yet; use driver='bwrap' (or 'auto')"
-
-    def available(self) -> str | None:
-        return self.REASON
-
-    def isolation(self) -> str:
-        return "hardware virtualization (not implemented yet)"
-
-    def start(self, options: StartOptions) -> SandboxProcess:
-        raise DriverUnavailableError(self.REASON)
 
 
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
@@ -157,8 +153,8 @@ def get_driver(name: str) -> Driver:
 def resolve_driver(name: str = "auto") -> str:
     """The name of the driver to use for `name`, checked to be usable here.
 
-    "auto" picks the strongest usable isolation: microvm where hardware KVM works (once that
-    driver exists), else bwrap. An explicit name is never downgraded: if it cannot run here,
+    "auto" picks the strongest isolation it may (`Driver.auto_reason`): microvm where hardware
+    KVM works, else bwrap. An explicit name is never downgraded: if it cannot run here,
     DriverUnavailableError says why.
     """
     if name != "auto":
@@ -168,7 +164,7 @@ def resolve_driver(name: str = "auto") -> str:
         return name
     reasons = []
     for candidate in AUTO_ORDER:
-        reason = get_driver(candidate).available()
+        reason = get_driver(candidate).auto_reason()
         if reason is None:
             return candidate
         reasons.append("%s: %s" % (candidate, reason))

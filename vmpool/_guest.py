@@ -17,9 +17,10 @@ import functools
 import posixpath
 from pathlib import Path
 
-__all__ = ["AGENT_SCRIPT", "GUEST_FILES", "agent_command", "guest_sources"]
+__all__ = ["AGENT_SCRIPT", "GUEST_FILES", "INIT_SCRIPT", "agent_command", "guest_sources"]
 
 AGENT_SCRIPT = "_agent.py"  # the entry point; it imports the others
+INIT_SCRIPT = "_guest_init.py"  # PID 1 of a microVM (stdlib only); shipped by that driver alone
 GUEST_FILES = (
     AGENT_SCRIPT, "_agent_child.py", "_agent_files.py", "_agent_procs.py", "_agent_run.py",
     "_protocol.py", "_seccomp.py",
@@ -27,10 +28,11 @@ GUEST_FILES = (
 
 
 @functools.cache
-def guest_sources() -> tuple[tuple[str, bytes], ...]:
-    """(file name, content) of every guest file, read once from this package."""
+def guest_sources(*extra: str) -> tuple[tuple[str, bytes], ...]:
+    """(file name, content) of every guest file (and of the `extra` ones, e.g. INIT_SCRIPT),
+    read once from this package."""
     here = Path(__file__).resolve().parent
-    return tuple((name, (here / name).read_bytes()) for name in GUEST_FILES)
+    return tuple((name, (here / name).read_bytes()) for name in GUEST_FILES + extra)
 
 
 def agent_command(python: str, directory: str, *agent_args: str) -> list[str]:

@@ -1,9 +1,11 @@
 """`SandboxPool`: a bounded set of warm sandboxes shared by threads.
 
 A sandbox is leased with `acquire` and handed back with `release(sb, healthy)`. Healthy ones
-go back to the idle list; an unhealthy, dead or killed one is killed and its slot refilled
-with a brand-new sandbox by the next `acquire`, so a sandbox that misbehaved is never reused.
-Idle sandboxes are pinged before they are handed out.
+go back to the idle list; an unhealthy, dead or killed one (a microVM whose program timed out
+kills itself) is killed and its slot refilled with a brand-new sandbox, started in the
+background right away (``refill=True``, the default) or by the next `acquire`, so a sandbox
+that misbehaved is never reused and the pool stays warm. Idle sandboxes are pinged before they
+are handed out.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ class SandboxPool:
     resolved once, here, so "auto" cannot change meaning halfway through a run.
     """
 
-    def __init__(self, size: int = 2, driver: str = "auto", **create_options: Any) -> None:
+    def __init__(self, size: int = 2, driver: str = "auto", refill: bool = True,
+                 **create_options: Any) -> None:
         if size < 1:
             raise ValueError("pool size must be at least 1, got %d" % size)
         self.size = size
+        self.refill = refill
         self.driver = resolve_driver(driver)
         self._options = create_options
         self._cond = threading.Condition()
@@ -169,3 +173,24 @@ class SandboxPool:
             if not self._closed:
                 self._slots -= 1
             self._cond.notify()
+            refill = self.refill and not self._closed
+        if refill:
+            threading.Thread(target=self._refill_one, name="vmpool-refill", daemon=True).start()
+
+    def _refill_one(self) -> None:
+        """Start one sandbox into the idle list if a slot is free (a failure is left to the
+        next `acquire`, which will try again and raise)."""
+        with self._cond:
+            if self._closed or self._slots >= self.size:
+                return
+            self._slots += 1
+        try:
+            sandbox = self._create()
+        except VmpoolError:
+            return
+        with self._cond:
+            if not self._closed:
+                self._idle.append(sandbox)
+                self._cond.notify()
+                return
+        sandbox.kill()

@@ -46,10 +46,11 @@ class Sandbox:
     """
 
     def __init__(self, driver_name: str, isolation: str, process: SandboxProcess,
-                 start_timeout: float) -> None:
+                 start_timeout: float, reuse_after_timeout: bool = True) -> None:
         """Internal: adopt a started `process` and wait for its hello. Use `create`."""
         self.sandbox_id = "%s-%s" % (driver_name, uuid.uuid4().hex[:12])
         self._driver = driver_name
+        self._reuse_after_timeout = reuse_after_timeout
         self._isolation = isolation
         self._process = process
         self._finalizer = weakref.finalize(self, process.kill)  # GC and interpreter exit
@@ -67,12 +68,13 @@ class Sandbox:
     @classmethod
     def create(cls, driver: str | Driver = "auto", *, python: str | None = None,
                tmp_size_mb: int = 256, start_timeout: float = 30.0,
-               agent_args: Sequence[str] = ()) -> Sandbox:
+               agent_args: Sequence[str] = (), template: str | None = None) -> Sandbox:
         """Start a sandbox and wait until its agent said hello.
 
         driver: "auto" (strongest usable isolation), a registered driver name, or a `Driver`.
         python: interpreter inside the sandbox (driver default: /usr/bin/python3 for bwrap).
         tmp_size_mb: size of the writable /tmp. agent_args: extra agent flags (tests).
+        template: the VM template (microvm driver; default "base", built on first use).
         Raises DriverUnavailableError if the driver cannot run here, SandboxError/ProtocolError
         if the sandbox does not come up properly (nothing is left running then).
         """
@@ -84,8 +86,10 @@ class Sandbox:
         else:
             name = resolve_driver(driver)
             instance = get_driver(name)
-        options = StartOptions(python=python, tmp_size_mb=tmp_size_mb, agent_args=tuple(agent_args))
-        return cls(name, instance.isolation(), instance.start(options), start_timeout)
+        options = StartOptions(python=python, tmp_size_mb=tmp_size_mb, agent_args=tuple(agent_args),
+                               template=template)
+        return cls(name, instance.isolation(), instance.start(options), start_timeout,
+                   instance.reuse_after_timeout)
 
     @property
     def driver(self) -> str:
@@ -106,12 +110,16 @@ class Sandbox:
         level of /tmp is deleted when it ends (files put there with `files.write` stay).
         Output kept: the first min(max_output_bytes, 8 MiB) bytes of stdout+stderr; more is
         dropped (output_truncated) and does not stop the program. max_rss_mb includes the
-        ~15 MB of the warm interpreter the program was forked from.
+        ~15 MB of the warm interpreter the program was forked from. On drivers that do not reuse
+        a sandbox after a timeout (microvm), a ``timeout`` result also kills the sandbox.
         """
         limits = limits or Limits()
         result = self._call("run_program", limits.wall_time_s + REPLY_GRACE_S,
                             code=code, limits=wire_limits(limits))
-        return self._parse(ExecResult, result)
+        parsed = self._parse(ExecResult, result)
+        if parsed.status == "timeout" and not self._reuse_after_timeout:
+            self.kill()
+        return parsed
 
     def _parse(self, model: type[ResultT], fields: dict[str, Any]) -> ResultT:
         try:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from vmpool import get_driver
 from vmpool._cli import cli
 
 
@@ -16,7 +17,9 @@ def test_drivers() -> None:
     assert result.exit_code == 0
     lines = result.output.splitlines()
     assert lines[0].startswith("bwrap") and "usable: namespaces+seccomp (bubblewrap" in lines[0]
-    assert lines[1].startswith("microvm") and "not implemented yet" in lines[1]
+    assert lines[1].startswith("microvm")
+    reason = get_driver("microvm").available()
+    assert (reason or "usable: microVM (QEMU") in lines[1]
 
 
 @pytest.mark.sandbox
@@ -33,11 +36,12 @@ def test_run(tmp_path: Path) -> None:
     assert result.exit_code == 1 and json.loads(result.output)["status"] == "exited"
 
 
-def test_run_with_unusable_driver(tmp_path: Path) -> None:
+def test_run_with_unusable_driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     program = tmp_path / "prog.py"
     program.write_text("print('hi')\n")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no QEMU on it
     result = CliRunner().invoke(cli, ["run", str(program), "--driver", "microvm"])
-    assert result.exit_code == 2 and "not implemented yet" in result.output
+    assert result.exit_code == 2 and "QEMU (qemu-system-x86_64) is not installed" in result.output
 
 
 def _bad_arguments(args: list[str]) -> str:

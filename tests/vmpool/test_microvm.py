@@ -1,0 +1,135 @@
+"""What is particular to the microvm driver: accelerator choice, snapshot clones, confinement
+of QEMU, discarding VMs, reaping leftovers. Real QEMU (TCG on our machines)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vmpool import Limits, Sandbox, SandboxError, SandboxPool, get_driver, resolve_driver
+from vmpool import _microvm, _qemu
+
+pytestmark = pytest.mark.microvm
+
+
+@pytest.fixture(scope="module")
+def microvm() -> None:
+    reason = get_driver("microvm").available()
+    if reason is not None:
+        pytest.skip("needs the microvm driver: %s" % reason)
+
+
+def test_accelerator_is_explained() -> None:
+    accel = _qemu.detect_accelerator()
+    assert accel.name in ("kvm", "tcg") and accel.reason
+    if os.path.isdir("/sys/module/kvm_pvm"):  # our machines: PVM is not hardware virtualization
+        assert (accel.name, accel.machine) == ("tcg", "q35")
+        assert "PVM" in accel.reason
+    if accel.name == "tcg":
+        assert get_driver("microvm").auto_reason() is not None
+
+
+def test_auto_picks_microvm_only_with_hardware_virtualization(microvm: None) -> None:
+    expected = "microvm" if _qemu.detect_accelerator().hardware else "bwrap"
+    assert resolve_driver("auto") == expected
+    assert resolve_driver("microvm") == "microvm"  # asked for by name: emulation is fine
+
+
+def test_vmpool_accel_forces_emulation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMPOOL_ACCEL", "tcg")
+    assert _qemu.detect_accelerator().name == "tcg"
+
+
+def test_clones_of_one_snapshot_do_not_share_randomness_or_a_stale_clock(microvm: None) -> None:
+    code = "import os, random, time; print(os.urandom(16).hex(), random.random(), time.time())"
+    seen = []
+    for _ in range(2):
+        with Sandbox.create("microvm") as sandbox:
+            result = sandbox.run_program(code)
+            assert result.status == "ok", result
+            urandom, rand, clock = result.stdout.split()
+            seen.append((urandom, rand))
+            assert abs(float(clock) - time.time()) < 30
+    assert seen[0][0] != seen[1][0] and seen[0][1] != seen[1][1]
+
+
+def test_guest_has_no_network_device_and_programs_are_unprivileged(microvm: None) -> None:
+    with Sandbox.create("microvm") as sandbox:
+        result = sandbox.commands.run("ls /sys/class/net; id -u; cat /proc/1/environ > /dev/null || echo denied")
+    assert result.stdout.split() == ["lo", "65534", "denied"], result
+
+
+def test_qemu_runs_confined(microvm: None) -> None:
+    with Sandbox.create("microvm") as sandbox:
+        qemu = _qemu_pid_of(sandbox)
+        status = Path("/proc/%d/status" % qemu).read_text()
+        fields = dict(line.split(":", 1) for line in status.splitlines())
+        assert fields["Seccomp"].strip() == "2"  # QEMU's own -sandbox filter
+        if os.geteuid() == 0:
+            assert fields["Uid"].split()[0] == "65534"
+        for namespace in ("net", "pid", "mnt", "user"):
+            assert os.readlink("/proc/%d/ns/%s" % (qemu, namespace)) != os.readlink("/proc/self/ns/%s" % namespace)
+
+
+def _qemu_pid_of(sandbox: Sandbox) -> int:
+    pid = sandbox._process.qemu_pid()  # type: ignore[attr-defined]
+    assert pid is not None
+    return int(pid)
+
+
+def test_a_timed_out_vm_is_discarded(microvm: None) -> None:
+    sandbox = Sandbox.create("microvm")
+    try:
+        result = sandbox.run_program("while True: pass", Limits(wall_time_s=2))
+        assert result.status == "timeout"
+        assert not sandbox.is_running()
+        assert not sandbox._process.run_dir.exists()  # type: ignore[attr-defined]
+    finally:
+        sandbox.kill()
+
+
+def test_a_vm_whose_agent_died_is_a_sandbox_error(microvm: None) -> None:
+    with Sandbox.create("microvm") as sandbox:
+        with pytest.raises(SandboxError):
+            # as root in the guest only init could do this; a program is uid 65534, so it ends
+            # the VM the way a kernel crash would: by killing QEMU from the host
+            os.kill(_qemu_pid_of(sandbox), 9)
+            sandbox.run_program("print(1)")
+        assert not sandbox.is_running()
+
+
+def test_leftover_qemu_of_a_dead_owner_is_reaped() -> None:
+    def fake_qemu(owner: str) -> subprocess.Popen[bytes]:  # a process that looks like our QEMU
+        return subprocess.Popen(["/usr/bin/qemu-system-x86_64", "-c", "import time; time.sleep(600)",
+                                 _microvm.OWNER_PREFIX + owner], executable=sys.executable)
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    leftover, bystander = fake_qemu(dead), fake_qemu(str(os.getpid()))
+    try:
+        time.sleep(0.2)
+        assert _microvm.reap_leftovers() >= 1
+        assert leftover.wait(timeout=10) == -9
+        assert bystander.poll() is None  # its owner (this process) is alive
+    finally:
+        for process in (leftover, bystander):
+            process.kill()
+            process.wait()
+
+
+def test_pool_keeps_ready_vms_and_replaces_a_timed_out_one(microvm: None) -> None:
+    with SandboxPool(size=2, driver="microvm") as pool:
+        assert len(pool._idle) == 2
+        with pool.lease() as sandbox:
+            assert sandbox.run_program("while True: pass", Limits(wall_time_s=1)).status == "timeout"
+            assert not sandbox.is_running()
+        deadline = time.monotonic() + 60
+        while len(pool._idle) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(pool._idle) == 2 and sandbox not in pool._idle
+        with pool.lease() as fresh:
+            assert fresh.run_program("print(1)").stdout == "1\n"

@@ -1,0 +1,220 @@
+"""PID 1 of a vmpool microVM: starts the agent unprivileged, reaps zombies, restarts nothing.
+
+Runs inside the guest (stdlib only) after the initramfs ``/init`` has mounted the root image
+(read-only ext4 under a tmpfs overlay) and switched to it. It:
+
+- mounts a fresh tmpfs on /tmp and closes the image's other world-writable directories, so
+  /tmp (which the agent cleans after every program) is the only place programs can write;
+- starts the template's ``start`` command (as root, in the background) if it has one;
+- starts the agent as uid/gid 65534 on the virtio-serial port named ``agent``: programs run
+  unprivileged, so they can neither patch the image nor the agent for the next program;
+- serves the port named ``control`` (root only, JSON lines, one reply per request):
+  ``{"id": n, "op": "sync", "entropy_b64": ..., "time_ns": ..., "tmp_size_mb": ...}`` mixes the
+  host's entropy into the kernel's pool and forces a reseed, sets the clock and resizes /tmp.
+  The host sends it after every snapshot restore, so clones of one snapshot share neither
+  their random state nor a stale clock;
+- reaps every orphan; when the agent exits the VM is powered off (the host then sees QEMU exit
+  and discards it): nothing is restarted.
+"""
+
+import base64
+import ctypes
+import fcntl
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+SANDBOX_UID = 65534
+AGENT_DIR = "/opt/vmpool"
+TEMPLATE_INFO = "/etc/vmpool/template.json"
+RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07): reseed the kernel CRNG from its input pool now
+MS_REMOUNT = 32
+LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2 = 0xFEE1DEAD, 672274793
+LINUX_REBOOT_CMD_RESTART = 0x01234567  # with QEMU's -no-reboot, a reboot ends the VM at once
+CLOSED_DIRS = ("/var/tmp", "/var/lock", "/run/lock", "/dev/shm", "/dev/mqueue")
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def log(message: str) -> None:
+    os.write(2, ("vmpool-init: %s\n" % message).encode())
+
+
+def power_off() -> None:
+    os.sync()
+    _libc.reboot(LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_RESTART, None)
+    os._exit(1)  # unreachable unless reboot failed; PID 1 exiting panics the kernel, also an end
+
+
+def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    if _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode()) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, "mount %s on %s: %s" % (fstype, target, os.strerror(errno)))
+
+
+def prepare_filesystem(tmp_size_mb: int) -> None:
+    mount("tmpfs", "/tmp", "tmpfs", 0, "mode=1777,size=%dm" % tmp_size_mb)
+    for path in CLOSED_DIRS:
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, 0o755)
+
+
+def find_port(name: str) -> str:
+    """The /dev path of the virtio-serial port QEMU named `name`."""
+    root = "/sys/class/virtio-ports"
+    for _ in range(500):
+        for entry in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+            try:
+                with open(os.path.join(root, entry, "name")) as handle:
+                    if handle.read().strip() == name:
+                        return "/dev/" + entry
+            except OSError:
+                continue
+        time.sleep(0.01)
+    raise RuntimeError("no virtio-serial port named %r" % name)
+
+
+def template_info() -> Dict[str, Any]:
+    try:
+        with open(TEMPLATE_INFO) as handle:
+            info = json.load(handle)
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def program_env(info: Dict[str, Any]) -> Dict[str, str]:
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp",
+           "LANG": "C.UTF-8", "USER": "nobody", "LOGNAME": "nobody"}
+    extra = info.get("env")
+    if isinstance(extra, dict):
+        env.update({str(key): str(value) for key, value in extra.items()})
+    return env
+
+
+def start_agent(port: str, env: Dict[str, str], python: str) -> int:
+    os.chown(port, SANDBOX_UID, SANDBOX_UID)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            os.setgroups([])
+            os.setgid(SANDBOX_UID)
+            os.setuid(SANDBOX_UID)
+            os.chdir("/tmp")
+            os.execve(python, [python, "-I", "-B", AGENT_DIR + "/_agent.py", "--channel", port,
+                               "--exclusive"], env)
+        except BaseException as exc:  # never return into PID 1's code in the child
+            log("cannot start the agent: %s" % exc)
+        os._exit(127)
+    return pid
+
+
+def start_command(command: str, env: Dict[str, str]) -> None:
+    root_env = dict(env, HOME="/root", USER="root", LOGNAME="root")
+    subprocess.Popen(["/bin/sh", "-c", command], env=root_env, cwd="/", start_new_session=True,
+                     stdin=subprocess.DEVNULL)
+
+
+def sync(request: Dict[str, Any]) -> Dict[str, Any]:
+    """Fresh randomness and time after a restore (see module docstring)."""
+    done: Dict[str, Any] = {}
+    entropy = base64.b64decode(request.get("entropy_b64") or "")
+    if entropy:
+        with open("/dev/urandom", "wb") as pool:
+            pool.write(entropy)
+            pool.flush()
+            try:
+                fcntl.ioctl(pool.fileno(), RNDRESEEDCRNG)
+                done["reseeded"] = True
+            except OSError as exc:
+                done["reseeded"] = False
+                done["reseed_error"] = str(exc)
+    if isinstance(request.get("time_ns"), int):
+        time.clock_settime_ns(time.CLOCK_REALTIME, request["time_ns"])
+        done["clock_set"] = True
+    if isinstance(request.get("tmp_size_mb"), int):
+        mount("tmpfs", "/tmp", "tmpfs", MS_REMOUNT, "size=%dm" % request["tmp_size_mb"])
+    return done
+
+
+class Control:
+    """The root-only control port: like the agent's channel, it reads EOF while no host is
+    connected, so it polls for one."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY)
+        self.buffer = b""
+
+    def serve(self) -> None:
+        while True:
+            data = os.read(self.fd, 65536)
+            if not data:
+                self.buffer = b""
+                self.wait_for_host()
+                continue
+            self.buffer += data
+            while b"\n" in self.buffer:
+                line, self.buffer = self.buffer.split(b"\n", 1)
+                self.write(self.handle(line))
+
+    def wait_for_host(self) -> None:
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        while any(events & select.POLLHUP for _, events in poller.poll(0)):
+            time.sleep(0.01)
+
+    def handle(self, line: bytes) -> Dict[str, Any]:
+        request_id: Optional[int] = None
+        try:
+            request = json.loads(line)
+            request_id = request.get("id")
+            if request.get("op") == "sync":
+                return {"id": request_id, "ok": True, "result": sync(request)}
+            if request.get("op") == "ping":
+                return {"id": request_id, "ok": True, "result": {}}
+            raise ValueError("unknown op %r" % request.get("op"))
+        except Exception as exc:
+            return {"id": request_id, "ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}
+
+    def write(self, message: Dict[str, Any]) -> None:
+        data = (json.dumps(message) + "\n").encode()
+        while data:
+            data = data[os.write(self.fd, data):]
+
+
+def main(argv: List[str]) -> None:
+    agent_pid = 0
+
+    def reap(signum: int, frame: Any) -> None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == agent_pid:
+                log("the agent exited; powering off")
+                power_off()
+
+    signal.signal(signal.SIGCHLD, reap)
+    try:
+        info = template_info()
+        prepare_filesystem(int(os.environ.get("VMPOOL_TMP_MB", "256")))
+        env = program_env(info)
+        if isinstance(info.get("start"), str) and info["start"]:
+            start_command(info["start"], env)
+        agent_pid = start_agent(find_port("agent"), env, sys.executable)
+        Control(find_port("control")).serve()
+    except BaseException as exc:
+        log("fatal: %s: %s" % (type(exc).__name__, exc))
+        power_off()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
