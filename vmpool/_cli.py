@@ -1,6 +1,9 @@
 """The ``vmpool`` command: a thin shell over the Python API.
 
     vmpool drivers                      each driver, and whether it is usable here (or why not)
+    vmpool doctor [--json]              what this host can run and why: drivers, accelerator,
+                                        tools (and the command that installs a missing one),
+                                        templates
     vmpool run FILE.py [--driver NAME] [--timeout S]
                                         run a program in a fresh sandbox, print its ExecResult
     vmpool template list                each known VM template: hash, built or not, size
@@ -102,6 +105,19 @@ def drivers_command() -> None:
         except VmpoolError as exc:
             state = "unusable: %s" % exc
         click.echo("%-8s %s" % (name, state))
+
+
+@cli.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="print the facts as JSON")
+def doctor_command(as_json: bool) -> None:
+    """Explain which drivers can run here, with which accelerator, and what is missing."""
+    from ._doctor import diagnose, render
+
+    facts = diagnose()
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+    else:
+        click.echo("\n".join(render(facts)))
 
 
 @cli.command("run", cls=_RunCommand)

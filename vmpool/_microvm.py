@@ -45,7 +45,7 @@ from ._initramfs import build_initramfs
 from ._process import _deadline, _wait_s, spawn
 from ._templates import BuiltTemplate, TemplateError, cache_dir, cached, ensure_built
 
-__all__ = ["MicroVMDriver"]
+__all__ = ["MicroVMDriver", "reap_leftovers", "snapshot_path"]
 
 log = logging.getLogger("vmpool.microvm")
 
@@ -242,6 +242,15 @@ class MicroVMDriver(Driver):
         return vm.restore(vm.snapshot(), options)
 
 
+def snapshot_path(template: BuiltTemplate) -> Path | None:
+    """Where the snapshot of `template` for this host's QEMU and accelerator is (or will be)
+    cached; None without QEMU or bubblewrap."""
+    qemu, bwrap = _qemu.qemu_binary(), _bwrap_path()
+    if qemu is None or bwrap is None:
+        return None
+    return _Machine(qemu, bwrap, template).snapshot_path()
+
+
 @functools.cache
 def accelerator() -> Accelerator:
     accel = _qemu.detect_accelerator()
@@ -285,11 +294,14 @@ class _Machine:
             raise
         return MicroVMProcess(popen, stderr_file, run_dir)
 
+    def snapshot_path(self) -> Path:
+        return cache_dir() / "snapshots" / ("%s.vmstate" % self._key())
+
     def snapshot(self) -> Path:
         """The snapshot of an idle VM of this shape, made now if it is not cached."""
-        folder = cache_dir() / "snapshots"
+        path = self.snapshot_path()
+        folder = path.parent
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / ("%s.vmstate" % self._key())
         if path.exists():
             return path
         with open(folder / (path.name + ".lock"), "w") as lock:

@@ -109,3 +109,22 @@ def test_short_help_and_version() -> None:
     assert CliRunner().invoke(cli, ["-h"]).exit_code == 0
     version = CliRunner().invoke(cli, ["--version"])
     assert version.exit_code == 0 and version.output.startswith("vmpool, version ")
+
+
+def test_doctor_explains_this_host() -> None:
+    result = CliRunner().invoke(cli, ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert "accelerator: " in result.output and "auto picks: " in result.output
+    facts = json.loads(CliRunner().invoke(cli, ["doctor", "--json"]).output)
+    assert set(facts) == {"drivers", "auto", "tools", "accelerator", "templates"}
+    assert facts["accelerator"]["name"] in ("kvm", "tcg") and facts["accelerator"]["reason"]
+    assert "base" in [row["name"] for row in facts["templates"]]
+    assert facts["auto"] in ("bwrap", "microvm")
+
+
+def test_doctor_names_the_fix_for_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing installed
+    result = CliRunner().invoke(cli, ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert "qemu-system-x86_64  MISSING, needed for the microvm driver; fix: apt-get install" in result.output
+    assert "microvm  not usable: QEMU (qemu-system-x86_64) is not installed" in result.output
