@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import base64
 import fcntl
-import functools
 import hashlib
 import json
 import logging
 import os
+import platform
 import select
 import shutil
 import signal
@@ -52,6 +52,7 @@ log = logging.getLogger("vmpool.microvm")
 DEFAULT_TEMPLATE = "base"
 GUEST_PYTHON = "/usr/bin/python3"
 BOOT_TIMEOUT_S = 300.0  # a cold boot under TCG on a loaded 2-core host: ~7 s alone, 50 s x8
+KVM_BOOT_TIMEOUT_S = 60.0  # hardware KVM boots in about a second; PVM-style fakes never do
 RESTORE_TIMEOUT_S = 120.0
 OWNER_PREFIX = "vmpool-owner-"
 SNAPSHOT_FORMAT = 1  # bump when what a snapshot holds changes meaning
@@ -251,14 +252,54 @@ def snapshot_path(template: BuiltTemplate) -> Path | None:
     return _Machine(qemu, bwrap, template).snapshot_path()
 
 
-@functools.cache
-def accelerator() -> Accelerator:
-    accel = _qemu.detect_accelerator()
-    log.info("microvm accelerator: %s with machine %s (%s)", accel.name, accel.machine, accel.reason)
-    return accel
+_accelerator: _qemu.Accelerator | None = None
+_accelerator_lock = threading.Lock()
 
 
-Accelerator = _qemu.Accelerator
+def _kvm_check_file() -> Path:
+    return cache_dir() / "kvm-boot-check.json"
+
+
+def _host_key() -> str:
+    qemu = _qemu.qemu_binary()
+    return "%s/%s" % (platform.release(), _qemu.qemu_version(qemu) if qemu else "-")
+
+
+def accelerator() -> _qemu.Accelerator:
+    """The accelerator VMs use in this process: `_qemu.detect_accelerator`, unless a KVM guest
+    was seen failing to boot on this host (kernel and QEMU version), then TCG."""
+    global _accelerator
+    with _accelerator_lock:
+        if _accelerator is None:
+            accel = _qemu.detect_accelerator()
+            if accel.hardware:
+                try:
+                    record = json.loads(_kvm_check_file().read_text())
+                except (OSError, ValueError):
+                    record = {}
+                if isinstance(record, dict) and record.get("host") == _host_key():
+                    accel = _tcg_after_kvm_failure(str(record.get("reason")))
+            log.info("microvm accelerator: %s with machine %s (%s)", accel.name, accel.machine, accel.reason)
+            _accelerator = accel
+        return _accelerator
+
+
+def _tcg_after_kvm_failure(reason: str) -> _qemu.Accelerator:
+    return _qemu.Accelerator("tcg", "q35", "a KVM guest did not boot on this host (%s)" % reason)
+
+
+def _record_kvm_failure(reason: str) -> None:
+    """Remember (for this process and, through the cache, later ones) that KVM cannot boot a
+    guest here, so every Ray worker does not wait for the same failed boot."""
+    global _accelerator
+    log.warning("a KVM guest did not boot (%s); using TCG emulation instead", reason)
+    with _accelerator_lock:
+        _accelerator = _tcg_after_kvm_failure(reason)
+    path = _kvm_check_file()
+    partial = path.with_suffix(".partial-%d" % os.getpid())
+    partial.write_text(json.dumps({"host": _host_key(), "reason": reason}))
+    os.chmod(partial, 0o644)
+    os.replace(partial, path)
 
 
 class _Machine:
@@ -266,11 +307,14 @@ class _Machine:
 
     def __init__(self, qemu: str, bwrap: str, template: BuiltTemplate) -> None:
         self.qemu, self.bwrap, self.template = qemu, bwrap, template
-        self.accel = accelerator()
-        vm = template.spec.vm
-        self.network = bool(vm.network)
+        self.network = bool(template.spec.vm.network)
         self.initrd = build_initramfs(template)
-        self.argv = _qemu.qemu_argv(qemu, self.accel, vm.memory_mib, vm.vcpus, self.network,
+        self._use(accelerator())
+
+    def _use(self, accel: _qemu.Accelerator) -> None:
+        vm = self.template.spec.vm
+        self.accel = accel
+        self.argv = _qemu.qemu_argv(self.qemu, accel, vm.memory_mib, vm.vcpus, self.network,
                                     OWNER_PREFIX + str(os.getpid()))
 
     def _key(self) -> str:
@@ -306,17 +350,26 @@ class _Machine:
             return path
         with open(folder / (path.name + ".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if not path.exists():
-                self._make_snapshot(path)
-        return path
+            if path.exists():
+                return path
+            if not self.accel.hardware:
+                self._make_snapshot(path, BOOT_TIMEOUT_S)
+                return path
+            try:  # the proof that KVM works here: a guest boots (a real one does in ~1 s)
+                self._make_snapshot(path, KVM_BOOT_TIMEOUT_S)
+                return path
+            except SandboxError as exc:
+                _record_kvm_failure(str(exc)[:300])
+        self._use(accelerator())
+        return self.snapshot()
 
-    def _make_snapshot(self, path: Path) -> None:
+    def _make_snapshot(self, path: Path, timeout: float) -> None:
         started = time.monotonic()
         log.info("booting template %s to snapshot it (%s)", self.template.name, self.accel.name)
         vm = self._launch([])
         partial = path.with_suffix(".partial-%d" % os.getpid())
         try:
-            deadline = time.monotonic() + BOOT_TIMEOUT_S
+            deadline = time.monotonic() + timeout
             agent = _qemu.connect_unix(vm.run_dir / "agent.sock", deadline, vm.alive)
             try:
                 hello = json.loads(_qemu.read_line(agent, bytearray(), deadline, "the agent (cold boot)"))

@@ -78,10 +78,14 @@ def _cpu_flags() -> set[str]:
 
 def detect_accelerator() -> Accelerator:
     """KVM+microvm if this host has usable hardware virtualization, else TCG+q35 (see module
-    docstring). ``VMPOOL_ACCEL=tcg`` forces emulation (e.g. to compare on a KVM host)."""
+    docstring). ``VMPOOL_ACCEL=tcg`` forces emulation (e.g. to compare on a KVM host);
+    ``VMPOOL_ACCEL=kvm`` skips the checks (the boot check on first use still applies)."""
     tcg = functools.partial(Accelerator, "tcg", "q35")
-    if os.environ.get("VMPOOL_ACCEL") == "tcg":
+    forced = os.environ.get("VMPOOL_ACCEL")
+    if forced == "tcg":
         return tcg("VMPOOL_ACCEL=tcg")
+    if forced == "kvm":
+        return Accelerator("kvm", "microvm", "VMPOOL_ACCEL=kvm")
     if not os.path.exists("/dev/kvm"):
         return tcg("no /dev/kvm (no hardware virtualization, or the kvm module is not loaded)")
     if os.path.isdir("/sys/module/kvm_pvm"):

@@ -88,8 +88,8 @@ class Sandbox:
             instance = get_driver(name)
         options = StartOptions(python=python, tmp_size_mb=tmp_size_mb, agent_args=tuple(agent_args),
                                template=template)
-        return cls(name, instance.isolation(), instance.start(options), start_timeout,
-                   instance.reuse_after_timeout)
+        process = instance.start(options)  # first: starting may settle the isolation (microvm)
+        return cls(name, instance.isolation(), process, start_timeout, instance.reuse_after_timeout)
 
     @property
     def driver(self) -> str:

@@ -133,3 +133,24 @@ def test_pool_keeps_ready_vms_and_replaces_a_timed_out_one(microvm: None) -> Non
         assert len(pool._idle) == 2 and sandbox not in pool._idle
         with pool.lease() as fresh:
             assert fresh.run_program("print(1)").stdout == "1\n"
+
+
+def test_a_kvm_guest_that_does_not_boot_falls_back_to_tcg_and_says_why(microvm: None) -> None:
+    if _qemu.detect_accelerator().hardware:
+        pytest.skip("this host has hardware virtualization: a forced KVM boot would succeed")
+    check = _microvm.cache_dir() / "kvm-boot-check.json"
+    check.unlink(missing_ok=True)
+    script = ("from vmpool import Sandbox\n"
+              "with Sandbox.create('microvm') as sb:\n"
+              "    print(sb.isolation)\n"
+              "    print(sb.run_program('print(6 * 7)').stdout, end='')\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, VMPOOL_ACCEL="kvm"))
+        assert done.returncode == 0, done.stderr
+        isolation, answer = done.stdout.splitlines()
+        assert "TCG emulation" in isolation and "a KVM guest did not boot on this host" in isolation
+        assert answer == "42"
+        assert check.exists()  # later processes (Ray workers) do not try again
+    finally:
+        check.unlink(missing_ok=True)
