@@ -193,7 +193,10 @@ def read_line(sock: socket.socket, buffer: bytearray, deadline: float, what: str
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
             raise SandboxError("no answer from %s in time" % what)
-        data = sock.recv(65536)
+        try:
+            data = sock.recv(65536)
+        except OSError as exc:  # e.g. reset: QEMU died with the connection open
+            raise SandboxError("%s closed the connection (%s)" % (what, exc)) from exc
         if not data:
             raise SandboxError("%s closed the connection" % what)
         buffer += data
