@@ -21,6 +21,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing system packages: ${need_apt[*]}" >&2
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+elif ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+    # the template build downloads the guest kernel with apt: it needs the package lists
+    echo "setup: refreshing the apt package lists" >&2
+    $sudo_cmd apt-get update -qq
 fi
 
 if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
