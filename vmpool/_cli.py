@@ -9,6 +9,9 @@
     vmpool template list                each known VM template: hash, built or not, size
     vmpool template build NAME [--force]
                                         build a VM template (progress on stderr), print its folder
+    vmpool bench [--driver all|NAME] [--repeat N] [--programs N] [--concurrency 4,8]
+                                        time starts, programs and concurrent starts, and measure
+                                        host memory per sandbox, for each driver side by side
 
 Exit status of ``vmpool run``: 0 the program ended ``ok``; 1 it ended otherwise; 2 the sandbox
 itself failed (or its driver cannot run here); 3 bad arguments (a missing, unreadable or
@@ -20,6 +23,8 @@ failure.
 ``vmpool template build`` exits the same way: 0 built (or built already), 2 the build failed
 or cannot run here (not root, a tool missing), 3 bad arguments (an unknown template, an invalid
 spec), 130 interrupted. ``vmpool template list`` exits 3 if a spec is invalid, else 0.
+``vmpool bench`` exits 0 measured, 2 a sandbox failed or a driver named cannot run here, 3 bad
+arguments, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -241,6 +246,88 @@ def template_build_command(name: str, force: bool) -> None:
         click.echo("vmpool: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     click.echo(str(built.dir))
+
+
+class BenchBadArguments(BadArguments):
+    """A mistake in what `vmpool bench` was given: one line on stderr, exit status 3."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        message = " ".join(self.format_message().split())
+        click.echo("vmpool bench: error: %s" % message, err=True)
+
+
+class _BenchCommand(click.Command):
+    """Like `_RunCommand`, for `vmpool bench`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise BenchBadArguments(exc.format_message()) from None
+
+
+def _bench_driver(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    known = ["all", *list_drivers()]
+    if value not in known:
+        raise click.BadParameter("unknown driver %r (known: %s)" % (value, ", ".join(known)), ctx, param)
+    return value
+
+
+def _concurrency(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not all(part.isdigit() and int(part) >= 1 for part in parts):
+        raise click.BadParameter("%r is not a comma-separated list of positive integers" % value, ctx, param)
+    return tuple(int(part) for part in parts)
+
+
+@cli.command("bench", cls=_BenchCommand)
+@click.option("--driver", default="all", show_default=True, callback=_bench_driver,
+              help="a driver to measure, or all usable ones (the ratios need bwrap and microvm)")
+@click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
+              help="cold boots, starts and rounds of each concurrency level to time")
+@click.option("--programs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="runs of print(1) on one warm sandbox")
+@click.option("--concurrency", default="4,8", show_default=True, callback=_concurrency,
+              help="numbers of sandboxes started at once, comma-separated; empty for none")
+def bench_command(driver: str, repeat: int, programs: int, concurrency: tuple[int, ...]) -> None:
+    """Time each driver's sandbox starts (microvm: cold boot and snapshot restore), a trivial
+    program, and concurrent starts, and measure the host memory of one sandbox: medians with
+    min-max, then the ratios microvm/bwrap from this same run. Progress goes to stderr.
+
+    \b
+    Exit status:
+      0  measured
+      2  a sandbox failed, or the driver named cannot run here
+      3  bad arguments (one line on stderr)
+      130  interrupted (Ctrl-C); every sandbox started is killed
+    """
+    from ._bench import Figures, choose_drivers, machine, measure, render, render_ratios
+
+    def progress(message: str) -> None:
+        click.echo("vmpool bench: %s" % message, err=True)
+
+    click.echo("machine: %s" % machine())
+    click.echo("settings: %d repetition(s), %d programs, concurrent starts: %s; figures are "
+               "median (min-max)" % (repeat, programs, ", ".join(map(str, concurrency)) or "none"))
+    measured: dict[str, Figures] = {}
+    try:
+        for name, reason in choose_drivers(driver):
+            if reason is not None:
+                if driver != "all":
+                    click.echo("vmpool bench: driver %r cannot run here: %s" % (name, reason), err=True)
+                    sys.exit(EXIT_SANDBOX_FAILED)
+                click.echo("%s: not measured: %s" % (name, reason))
+                continue
+            measured[name] = measure(name, repeat, programs, concurrency, progress)
+            click.echo("\n".join(render(measured[name])))
+    except VmpoolError as exc:
+        click.echo("vmpool: %s: %s" % (type(exc).__name__, exc), err=True)
+        sys.exit(EXIT_SANDBOX_FAILED)
+    except KeyboardInterrupt:
+        click.echo("vmpool: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if "microvm" in measured and "bwrap" in measured:
+        click.echo("\n".join(render_ratios(measured["microvm"], measured["bwrap"])))
 
 
 def main() -> None:
