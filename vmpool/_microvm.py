@@ -117,6 +117,23 @@ def _reap_once() -> None:
                 log.warning("killed %d leftover QEMU process(es) of vmpool runs that crashed", count)
 
 
+class SnapshotRejected(SandboxError):
+    """QEMU exited while restoring a snapshot: the file cannot be used (see `discard`)."""
+
+    def __init__(self, message: str, path: Path, inode: tuple[int, int]) -> None:
+        super().__init__(message)
+        self.path, self.inode = path, inode
+
+    def discard(self) -> None:
+        """Delete the snapshot, unless another process has replaced it meanwhile."""
+        try:
+            info = self.path.stat()
+            if (info.st_dev, info.st_ino) == self.inode:
+                self.path.unlink()
+        except OSError:
+            pass
+
+
 class MicroVMProcess(BwrapProcess):
     """One VM: the confining bwrap -> QEMU; the agent's channel is a unix socket to QEMU."""
 
@@ -240,7 +257,12 @@ class MicroVMDriver(Driver):
         except TemplateError as exc:
             raise DriverUnavailableError(str(exc)) from exc
         vm = _Machine(self.qemu, self.bwrap, template)
-        return vm.restore(vm.snapshot(), options)
+        try:
+            return vm.restore(vm.snapshot(), options)
+        except SnapshotRejected as exc:  # corrupt, or from a QEMU build that cannot read it
+            log.warning("%s; making a new snapshot", exc)
+            exc.discard()
+            return vm.restore(vm.snapshot(), options)
 
 
 def snapshot_path(template: BuiltTemplate) -> Path | None:
@@ -292,6 +314,7 @@ def _record_kvm_failure(reason: str) -> None:
     """Remember (for this process and, through the cache, later ones) that KVM cannot boot a
     guest here, so every Ray worker does not wait for the same failed boot."""
     global _accelerator
+    reason = " ".join(reason.split())[:300]  # one line: it ends up in every result's isolation
     log.warning("a KVM guest did not boot (%s); using TCG emulation instead", reason)
     with _accelerator_lock:
         _accelerator = _tcg_after_kvm_failure(reason)
@@ -359,7 +382,7 @@ class _Machine:
                 self._make_snapshot(path, KVM_BOOT_TIMEOUT_S)
                 return path
             except SandboxError as exc:
-                _record_kvm_failure(str(exc)[:300])
+                _record_kvm_failure(str(exc))
         self._use(accelerator())
         return self.snapshot()
 
@@ -406,6 +429,7 @@ class _Machine:
 
     def restore(self, snapshot: Path, options: StartOptions) -> MicroVMProcess:
         fd = os.open(snapshot, os.O_RDONLY)
+        info = os.fstat(fd)
         try:
             vm = self._launch(["-incoming", "fd:%d" % fd], pass_fds=(fd,))
         finally:
@@ -417,9 +441,15 @@ class _Machine:
             return vm
         except BaseException as exc:
             details = vm.diagnostics()
+            # QEMU exits on its own when it cannot load the snapshot (it may still be exiting)
+            rejected = isinstance(exc, SandboxError) and vm.wait_exit(2.0)
             vm.kill()
+            message = "%s (%s)" % (exc, details) if details else str(exc)
+            if rejected:
+                raise SnapshotRejected("QEMU could not restore %s: %s" % (snapshot, message), snapshot,
+                                       (info.st_dev, info.st_ino)) from exc
             if isinstance(exc, SandboxError) and details:
-                raise SandboxError("%s (%s)" % (exc, details)) from exc
+                raise SandboxError(message) from exc
             raise
 
     @staticmethod
