@@ -157,8 +157,8 @@ def confine_argv(bwrap: str, runtime_binds: list[str], layout: VmLayout, qemu: l
     argv = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL", *runtime_binds, "--dev", "/dev", "--proc", "/proc",
             "--tmpfs", "/tmp"]
-    if network:
-        argv.append("--share-net")
+    if network:  # QEMU's user-mode network forwards the guest's DNS to the host's resolvers
+        argv += ["--share-net", "--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
     if kvm:
         argv += ["--dev-bind", "/dev/kvm", "/dev/kvm"]
     argv += ["--ro-bind", str(layout.kernel), VM_ROOT + "/boot/vmlinuz",

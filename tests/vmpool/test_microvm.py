@@ -3,6 +3,7 @@ of QEMU, discarding VMs, reaping leftovers. Real QEMU (TCG on our machines)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from vmpool import Limits, Sandbox, SandboxError, SandboxPool, get_driver, resolve_driver
 from vmpool import _microvm, _qemu
+from vmpool._driver import StartOptions
 
 pytestmark = pytest.mark.microvm
 
@@ -168,3 +170,19 @@ def test_a_corrupt_snapshot_is_replaced(microvm: None) -> None:
     with Sandbox.create("microvm") as sandbox:  # QEMU rejects it; a new snapshot is made
         assert sandbox.run_program("print(1)").stdout == "1\n"
     assert path.stat().st_size > 1 << 20
+
+
+def test_a_template_that_asks_for_network_gets_one(microvm: None) -> None:
+    # base's image with vm.network on: QEMU user-mode networking and an eth0 in the guest
+    base = _microvm.ensure_built("base")
+    networked = dataclasses.replace(base, spec=base.spec.model_copy(
+        update={"vm": base.spec.vm.model_copy(update={"network": True})}))
+    machine = _microvm._Machine(_qemu.qemu_binary() or "", _microvm._bwrap_path() or "", networked)
+    sandbox = Sandbox("microvm", "test", machine.restore(machine.snapshot(), StartOptions()), 30.0)
+    try:
+        assert sandbox.commands.run("ls /sys/class/net").stdout.split() == ["eth0", "lo"]
+        # the package registry is the one place our machines may reach
+        result = sandbox.run_program("import socket\nsocket.create_connection(('deb.debian.org', 80), timeout=20).close()\nprint('reached')")
+        assert result.stdout == "reached\n", result
+    finally:
+        sandbox.kill()
