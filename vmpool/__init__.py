@@ -7,14 +7,18 @@
 """
 
 from ._driver import Driver, get_driver, list_drivers, resolve_driver
-from ._errors import DriverUnavailableError, ProtocolError, SandboxError, VmpoolError
+from ._errors import DriverUnavailableError, ProtocolError, SandboxError, TemplateError, VmpoolError
 from ._pool import SandboxPool
 from ._protocol import PROTOCOL_VERSION
 from ._sandbox import Sandbox
+from ._templates import BuiltTemplate, TemplateSpec, template_names
+from ._templates import build as build_template
+from ._templates import ensure_built as ensure_template
 from ._types import CommandResult, ExecResult, ExecStatus, Limits
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "BuiltTemplate",
     "CommandResult",
     "Driver",
     "DriverUnavailableError",
@@ -25,8 +29,13 @@ __all__ = [
     "Sandbox",
     "SandboxError",
     "SandboxPool",
+    "TemplateError",
+    "TemplateSpec",
     "VmpoolError",
+    "build_template",
+    "ensure_template",
     "get_driver",
     "list_drivers",
     "resolve_driver",
+    "template_names",
 ]

@@ -3,12 +3,17 @@
     VmpoolError                  anything vmpool itself reports
     ├── DriverUnavailableError   the requested driver cannot run on this host (tool missing, no
     │                            KVM, not implemented yet); the message says what to install/do
-    └── SandboxError             the sandbox machinery failed: agent died, sandbox killed or gone,
-        │                        agent did not answer in time. The sandbox is unusable afterwards
-        │                        (vmpool kills it); a pool replaces it. Retrying the *program* in a
-        │                        fresh sandbox is the right reaction.
-        └── ProtocolError        host and agent do not understand each other: version mismatch,
-                                 malformed message. Usually means mismatched installs.
+    ├── SandboxError             the sandbox machinery failed: agent died, sandbox killed or gone,
+    │   │                        agent did not answer in time. The sandbox is unusable afterwards
+    │   │                        (vmpool kills it); a pool replaces it. Retrying the *program* in a
+    │   │                        fresh sandbox is the right reaction.
+    │   └── ProtocolError        host and agent do not understand each other: version mismatch,
+    │                            malformed message. Usually means mismatched installs.
+    └── TemplateError            a VM template could not be built or found: the message names the
+        │                        failed step, the tool's exit status and the tail of its output,
+        │                        or what to do (e.g. run as root)
+        └── TemplateSpecError    a template name is unknown or its spec is invalid (the user's
+                                 mistake): one sentence naming the file, line and key
 
 What is deliberately *not* an exception:
 
@@ -21,7 +26,9 @@ What is deliberately *not* an exception:
 
 from __future__ import annotations
 
-__all__ = ["DriverUnavailableError", "ProtocolError", "SandboxError", "VmpoolError"]
+__all__ = [
+    "DriverUnavailableError", "ProtocolError", "SandboxError", "TemplateError", "TemplateSpecError", "VmpoolError",
+]
 
 
 class VmpoolError(Exception):
@@ -38,3 +45,12 @@ class SandboxError(VmpoolError):
 
 class ProtocolError(SandboxError):
     """Host and agent disagree on the wire protocol (version mismatch or malformed messages)."""
+
+
+class TemplateError(VmpoolError):
+    """A template could not be built or found: the message names the step that failed, the
+    tool's exit status and the tail of its output, or what to do (e.g. run as root)."""
+
+
+class TemplateSpecError(TemplateError):
+    """A template name is unknown or its spec is invalid: one sentence naming file, line, key."""

@@ -21,6 +21,7 @@ PUBLIC = {
     "Sandbox", "SandboxPool", "Limits", "ExecResult", "ExecStatus", "CommandResult",
     "VmpoolError", "SandboxError", "DriverUnavailableError", "ProtocolError",
     "Driver", "get_driver", "resolve_driver", "list_drivers", "PROTOCOL_VERSION",
+    "TemplateSpec", "TemplateError", "BuiltTemplate", "build_template", "ensure_template", "template_names",
 }
 
 

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from vmpool._cli import cli
 from vmpool._errors import VmpoolError
+from vmpool._template_build import REQUIRED_MODULES
 from vmpool._templates import (
-    REQUIRED_MODULES,
     BuiltTemplate,
     TemplateError,
     TemplateSpecError,
