@@ -65,6 +65,7 @@ class SandboxConfig(_Section):
     max_processes: int = Field(8, ge=1)  # memory_mb is per process: this bounds the total
     max_output_bytes: int = Field(1_000_000, ge=1024)
     python: str | None = None
+    template: str | None = None  # microvm only: the VM template (default "base")
 
 
 class SchedulerConfig(_Section):
@@ -136,6 +137,7 @@ def parse_config(text: str, source: Path, *, check_inputs: bool = True) -> EvalC
     _check_benchmark(config.benchmark, source, lines)
     _check_model(config, source, lines)
     _check_driver(config.sandbox, source, lines)
+    _check_template(config.sandbox, source, lines)
     if check_inputs:
         _check_runnable(config.sandbox, source, lines)
         config = _resolve_paths(config, source.parent, source, lines)
@@ -237,6 +239,18 @@ def _check_driver(sandbox: SandboxConfig, source: Path, lines: _Line) -> None:
     if sandbox.driver not in known:
         where = _where(source, lines, ("sandbox", "driver"))
         raise ConfigError(f"{where}: unknown sandbox driver '{sandbox.driver}' (known: {', '.join(known)})")
+
+
+def _check_template(sandbox: SandboxConfig, source: Path, lines: _Line) -> None:
+    from vmpool import template_names
+
+    if sandbox.template is None:
+        return
+    where = _where(source, lines, ("sandbox", "template"))
+    if sandbox.driver != "microvm":
+        raise ConfigError(f"{where}: 'sandbox.template' needs 'sandbox.driver: microvm' (other drivers run the host's own Python)")
+    if sandbox.template not in template_names():
+        raise ConfigError(f"{where}: unknown VM template '{sandbox.template}' (known: {', '.join(template_names())})")
 
 
 def _check_runnable(sandbox: SandboxConfig, source: Path, lines: _Line) -> None:

@@ -94,7 +94,7 @@ class SampleExecutor:
         if self._sandbox is not None and not self._sandbox.is_running():
             self._discard_sandbox()  # e.g. a microVM discarded after a timeout: not a failure
         if self._sandbox is None:
-            self._sandbox = Sandbox.create(driver=self.driver, python=self.config.python)
+            self._sandbox = Sandbox.create(driver=self.driver, python=self.config.python, template=self.config.template)
         return self._sandbox
 
     def _discard_sandbox(self) -> None:

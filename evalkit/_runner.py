@@ -205,7 +205,7 @@ def _check_sandbox(config: EvalConfig) -> tuple[str, str]:
 
     try:
         driver = resolve_driver(config.sandbox.driver)
-        with Sandbox.create(driver=driver, python=config.sandbox.python) as sandbox:
+        with Sandbox.create(driver=driver, python=config.sandbox.python, template=config.sandbox.template) as sandbox:
             isolation = sandbox.isolation
     except VmpoolError as exc:
         raise InfraError(f"cannot start a '{config.sandbox.driver}' sandbox: {exc}") from exc

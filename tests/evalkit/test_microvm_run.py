@@ -27,7 +27,7 @@ def microvm() -> None:
 
 
 def test_ten_reference_problems_pass_in_microvms(tmp_path: Path) -> None:
-    config = write_config(tmp_path, benchmark={"name": "humaneval", "limit": 10}, sandbox={"driver": "microvm"})
+    config = write_config(tmp_path, benchmark={"name": "humaneval", "limit": 10}, sandbox={"driver": "microvm", "template": "base"})
     outcome = evalkit.run(config, progress=False)
     assert outcome.exit_code == 0
     assert outcome.summary["metrics"] == {"pass@1": 1.0}
