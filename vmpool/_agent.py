@@ -4,7 +4,7 @@ Runs inside the sandbox (a bubblewrap namespace or a microVM) as a plain script 
 guest modules, its only non-stdlib imports; `vmpool._guest.GUEST_FILES` lists them, and they are
 the whole guest side. Start (`vmpool._guest.agent_command`)::
 
-    python3 -I -B _agent.py [--channel stdio|DEVICE] [--exclusive]
+    python3 -I -B _agent.py [--channel stdio|DEVICE] [--exclusive] [--sandbox-filter]
 
 Contract:
 
@@ -33,9 +33,12 @@ Contract:
   create SysV IPC objects or POSIX message queues (they would outlive the program). The filter
   refuses nothing the agent does. The agent is also non-dumpable, so processes of its uid cannot
   read or write its memory or fds through /proc. No filter on other architectures than x86_64,
-  for which ``_seccomp`` has none.
+  for which ``_seccomp`` has none. ``--sandbox-filter`` first installs the filter bwrap puts on a
+  whole bwrap sandbox (``_seccomp.build_filter``: no keyrings, namespaces, ...), for sandboxes
+  that nothing else filters: a VM, where the guest kernel would otherwise let one program leave
+  a key or a namespace for the next.
 - ``--exclusive`` (the agent owns its PID namespace or VM): after every program and command the
-  agent SIGKILLs every process except itself and its ancestors, waits until they are gone
+  agent SIGKILLs every process of its uid except itself and its ancestors, waits until they are gone
   (reply kind ``sandbox`` if they are not), and deletes what a program created at the top level
   of /tmp. Without it only the child's process group is killed. The flag is refused when the
   agent visibly is not alone (more than two ancestor processes), so a stray run on a host
@@ -259,6 +262,8 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--channel", default="stdio", help="'stdio' or a device path (virtio-serial)")
     parser.add_argument("--exclusive", action="store_true",
                         help="the agent owns its PID namespace/VM: kill all leftovers after each run")
+    parser.add_argument("--sandbox-filter", action="store_true",
+                        help="install the sandbox seccomp filter first (where no bwrap did: a VM)")
     parser.add_argument("--fake-protocol", type=int, default=None,
                         help="announce this protocol version in the hello (tests of version checks)")
     return parser.parse_args(argv)
@@ -272,6 +277,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("vmpool-agent: refusing --exclusive: %s" % refusal, file=sys.stderr)
             return 2
     try:
+        if args.sandbox_filter:
+            procs.install_sandbox_filter()
         procs.install_program_filter()
     except OSError as exc:  # never run programs that could take the agent down
         print("vmpool-agent: %s" % exc, file=sys.stderr)

@@ -57,14 +57,21 @@ def exclusive_refusal() -> Optional[str]:
 
 
 def _others() -> List[Tuple[int, str]]:
-    """(pid, state) of every process but this agent, its ancestors and kernel threads."""
+    """(pid, state) of every process of our uid but this agent and its ancestors. Others are
+    not programs' doing: kernel threads, and in a VM the root-owned init and the template's
+    start command (programs cannot create processes of another uid)."""
     protected = set(_ancestors(os.getpid()))
     protected.add(os.getpid())
+    uid = os.getuid()
     found: List[Tuple[int, str]] = []
     for name in os.listdir("/proc"):
         if name.isdigit() and int(name) not in protected:
             info = _stat(int(name))
-            if info is not None and not info[2] & PF_KTHREAD:
+            try:
+                owner = os.stat("/proc/" + name).st_uid
+            except OSError:
+                continue  # gone
+            if info is not None and not info[2] & PF_KTHREAD and owner == uid:
                 found.append((int(name), info[0]))
     return found
 
@@ -92,7 +99,7 @@ def sweep_processes(timeout: float = 5.0) -> None:
         for pid, state in others:
             if state not in ("Z", "X"):
                 send_signal(pid, signal.SIGKILL)
-        _reap_children()  # orphans are ours when the agent is PID 1 (a VM)
+        _reap_children()  # our own children; orphans go to the namespace's or VM's init
         if not others:
             return
         if time.monotonic() > deadline:
@@ -156,7 +163,17 @@ def install_program_filter() -> bool:
     with it (once, instead of in each child: no cost per program). It refuses nothing the agent
     does, which never signals, limits or reschedules itself or its ancestors, nor uses IPC.
     False where `_seccomp` has no filter (not x86_64); OSError if the kernel refuses it."""
-    program = seccomp.build_program_filter(protected_ids())
+    return _install(seccomp.build_program_filter(protected_ids()), "program filter")
+
+
+def install_sandbox_filter() -> bool:
+    """Install the sandbox filter (`_seccomp.build_filter`, what bwrap applies to a whole
+    bwrap sandbox) on this process, where nothing outside applied it (a VM): no keyrings, no
+    namespaces, no kernel modules, ... for the agent and every program. Same returns."""
+    return _install(seccomp.build_filter(), "sandbox filter")
+
+
+def _install(program: Optional[bytes], what: str) -> bool:
     if program is None:
         return False
 
@@ -171,5 +188,5 @@ def install_program_filter() -> bool:
     if (prctl(arg(PR_SET_NO_NEW_PRIVS), arg(1), arg(0), arg(0), arg(0)) != 0
             or prctl(arg(PR_SET_SECCOMP), arg(SECCOMP_MODE_FILTER), ctypes.byref(fprog), arg(0), arg(0)) != 0):
         number = ctypes.get_errno()
-        raise OSError(number, "cannot install the program filter: %s" % os.strerror(number))
+        raise OSError(number, "cannot install the %s: %s" % (what, os.strerror(number)))
     return True

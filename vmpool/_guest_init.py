@@ -107,7 +107,7 @@ def start_agent(port: str, env: Dict[str, str], python: str) -> int:
             os.setuid(SANDBOX_UID)
             os.chdir("/tmp")
             os.execve(python, [python, "-I", "-B", AGENT_DIR + "/_agent.py", "--channel", port,
-                               "--exclusive"], env)
+                               "--exclusive", "--sandbox-filter"], env)
         except BaseException as exc:  # never return into PID 1's code in the child
             log("cannot start the agent: %s" % exc)
         os._exit(127)
