@@ -32,6 +32,7 @@ from ._driver import get_driver, list_drivers
 from ._errors import SandboxError
 from ._sandbox import Sandbox
 from ._templates import ensure_built
+from ._vm_accel import accelerator
 
 __all__ = ["Figures", "choose_drivers", "machine", "measure", "render", "render_ratios"]
 
@@ -69,7 +70,7 @@ def machine() -> str:
                   if line.startswith("model name")), platform.machine())
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     qemu = _qemu.qemu_binary()
-    accel = _qemu.detect_accelerator()
+    accel = accelerator()  # what VMs use here (TCG after a failed KVM boot)
     if accel.hardware:
         how = "KVM (hardware virtualization), machine %s" % accel.machine
     else:
@@ -123,21 +124,16 @@ def _tree(root: int) -> list[int]:
 
 
 def _cold_boot(template_name: str) -> float:
-    """One microvm cold boot until the agent's hello (as `_Machine._make_snapshot` boots)."""
-    from ._microvm import BOOT_TIMEOUT_S, _Machine
+    """One microvm cold boot until the agent's hello (as `Machine.snapshot` boots)."""
+    from ._vm_machine import BOOT_TIMEOUT_S, Machine
 
     qemu, bwrap = _qemu.qemu_binary(), _bwrap_path()
     assert qemu is not None and bwrap is not None  # the driver is available
-    vm_machine = _Machine(qemu, bwrap, ensure_built(template_name))
+    vm_machine = Machine(qemu, bwrap, ensure_built(template_name))
     started = time.perf_counter()
     vm = vm_machine._launch([])
     try:
-        deadline = time.monotonic() + BOOT_TIMEOUT_S
-        agent = _qemu.connect_unix(vm.run_dir / "agent.sock", deadline, vm.alive)
-        try:
-            _qemu.read_line(agent, bytearray(), deadline, "the agent (cold boot)")
-        finally:
-            agent.close()
+        vm_machine._first_hello(vm, time.monotonic() + BOOT_TIMEOUT_S)
         return time.perf_counter() - started
     finally:
         vm.kill()
@@ -216,11 +212,12 @@ def measure(driver: str, repeat: int = 3, programs: int = 20, concurrency: Seque
     instance = get_driver(driver)
     figures = Figures(driver, instance.isolation())
     if driver == "microvm":
-        from ._microvm import MicroVMDriver, _Machine
+        from ._microvm import MicroVMDriver
+        from ._vm_machine import Machine
 
         assert isinstance(instance, MicroVMDriver) and instance.qemu and instance.bwrap
         say("microvm: making sure the snapshot exists (a one-time cold boot if not)")
-        _Machine(instance.qemu, instance.bwrap, ensure_built(instance.template)).snapshot()
+        Machine(instance.qemu, instance.bwrap, ensure_built(instance.template)).snapshot()
         for i in range(repeat):
             say("microvm: cold boot %d/%d" % (i + 1, repeat))
             figures.cold_boot.append(_cold_boot(instance.template))

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from . import _qemu
+from . import _vm_accel
 from ._driver import get_driver, list_drivers, resolve_driver
 from ._errors import VmpoolError
 
@@ -89,7 +89,7 @@ def diagnose() -> dict[str, Any]:
         auto_choice: str | None = resolve_driver("auto")
     except VmpoolError:
         auto_choice = None
-    accel = _qemu.detect_accelerator()
+    accel = _vm_accel.accelerator()  # what VMs really use here (after a failed KVM boot: TCG)
     return {"drivers": drivers, "auto": auto_choice, "tools": tools,
             "accelerator": {"name": accel.name, "machine": accel.machine, "reason": accel.reason},
             "templates": _templates()}

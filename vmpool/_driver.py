@@ -92,7 +92,8 @@ class Driver(abc.ABC):
     - `start(options)`: launch one sandbox running the vmpool agent (the files in
       `vmpool._guest.GUEST_FILES`, started with `vmpool._guest.agent_command`) and return its
       `SandboxProcess` (the agent's hello is read by the caller). The sandbox must not outlive
-      the host process (even when the host is SIGKILLed), must have no network, must not see
+      the host process (even when the host is SIGKILLed), must have no network (unless its
+      template asks for one), must not see
       host files beyond the runtime, and `start` must not leave a process behind if it raises.
     """
 

@@ -10,6 +10,7 @@ are handed out.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ from ._errors import SandboxError, VmpoolError
 from ._sandbox import Sandbox
 
 __all__ = ["SandboxPool"]
+
+_log = logging.getLogger("vmpool.pool")
 
 _MAX_WAIT_S = 3600.0  # longest single Condition.wait: larger timeouts overflow
 
@@ -186,7 +189,8 @@ class SandboxPool:
             self._slots += 1
         try:
             sandbox = self._create()
-        except VmpoolError:
+        except Exception as exc:  # left to the next acquire, which raises it to its caller
+            _log.warning("could not refill the %s sandbox pool: %s: %s", self.driver, type(exc).__name__, exc)
             return
         with self._cond:
             if not self._closed:

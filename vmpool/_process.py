@@ -80,13 +80,13 @@ _SPAWNER = _Spawner()
 
 
 def spawn(argv: Sequence[str], *, pass_fds: Sequence[int] = (), user: int | None = None,
-          env: dict[str, str] | None = None) -> tuple[Popen, IO[bytes]]:
+          groups: Sequence[int] = (), env: dict[str, str] | None = None) -> tuple[Popen, IO[bytes]]:
     """Start `argv` from the spawner thread in a new session (so killpg reaches it), with
     stdin/stdout pipes and stderr into an anonymous file. `user`: run as that uid and gid with
-    no supplementary groups. Returns the process and its stderr file. If the caller is
-    interrupted meanwhile (Ctrl-C), the process is killed instead of leaked."""
+    only `groups` as supplementary groups. Returns the process and its stderr file. If the
+    caller is interrupted meanwhile (Ctrl-C), the process is killed instead of leaked."""
     stderr_file = tempfile.TemporaryFile(prefix="vmpool-")
-    ids: dict[str, Any] = {} if user is None else {"user": user, "group": user, "extra_groups": []}
+    ids: dict[str, Any] = {} if user is None else {"user": user, "group": user, "extra_groups": list(groups)}
 
     def start() -> Popen:
         return subprocess.Popen(

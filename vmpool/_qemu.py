@@ -24,6 +24,7 @@ import re
 import select
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -37,8 +38,11 @@ __all__ = ["Accelerator", "QMP", "VmLayout", "confine_argv", "detect_accelerator
 
 INSTALL_QEMU = "install it with: apt-get install --no-install-recommends qemu-system-x86"
 VM_ROOT = "/vm"  # where the VM's files appear inside QEMU's mount namespace
+# quiet boot, a panic or reboot ends the VM (with -no-reboot), one serial port, no PS/2 probing
+# (slow under TCG), the CPU's RNG trusted at boot. KASLR stays on, but it is drawn once, at the
+# cold boot: every clone of a snapshot shares that kernel layout.
 KERNEL_ARGS = ("console=ttyS0 quiet reboot=t panic=-1 8250.nr_uarts=1 i8042.noaux i8042.nomux "
-               "i8042.nopnp i8042.dumbkbd random.trust_cpu=on nokaslr")
+               "i8042.nopnp i8042.dumbkbd random.trust_cpu=on")
 TCG_TB_MIB = 128  # TCG's translated-code cache per VM (QEMU's default, 1 GiB, costs host RSS)
 
 
@@ -93,9 +97,20 @@ def detect_accelerator() -> Accelerator:
                    "guest kernels in useful time")
     if not _cpu_flags() & {"vmx", "svm"}:
         return tcg("the CPU has no vmx/svm flag, so /dev/kvm is not hardware virtualization")
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+    if os.geteuid() == 0:  # QEMU will run as uid 65534 with /dev/kvm's group (kvm_group)
+        mode = os.stat("/dev/kvm").st_mode
+        if not mode & (stat.S_IRGRP | stat.S_IWGRP) == stat.S_IRGRP | stat.S_IWGRP:
+            return tcg("/dev/kvm (mode %o) is not open to its group, so the unprivileged user QEMU "
+                       "runs as cannot use it; give it mode 0660 and group kvm, as Debian's udev "
+                       "rules do" % stat.S_IMODE(mode))
+    elif not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return tcg("no read/write access to /dev/kvm (add the user to the 'kvm' group)")
     return Accelerator("kvm", "microvm", "hardware virtualization (vmx/svm) and /dev/kvm")
+
+
+def kvm_group() -> int:
+    """The group that may use /dev/kvm: QEMU's supplementary group when it runs as uid 65534."""
+    return os.stat("/dev/kvm").st_gid
 
 
 @dataclass(frozen=True)
@@ -120,7 +135,8 @@ def qemu_argv(qemu: str, accel: Accelerator, memory_mib: int, vcpus: int, networ
     """The QEMU command line of one VM (paths as QEMU sees them inside its confinement).
 
     The same line boots a VM and restores a snapshot of one (plus ``-incoming``): device
-    configuration must match exactly between the two.
+    configuration must match exactly between the two. The VM that is snapshotted also gets
+    `qmp_argv`; restored VMs have no monitor at all.
     """
     run = VmLayout.guest_path
     argv = [qemu, "-name", owner_tag, "-nodefaults", "-no-user-config", "-display", "none",
@@ -143,7 +159,6 @@ def qemu_argv(qemu: str, accel: Accelerator, memory_mib: int, vcpus: int, networ
         "-device", "virtserialport,chardev=agent,name=agent",
         "-chardev", "socket,id=control,path=%s,server=on,wait=off" % run("control.sock"),
         "-device", "virtserialport,chardev=control,name=control",
-        "-qmp", "unix:%s,server=on,wait=off" % run("qmp.sock"),
         "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
     ]
     if network:
@@ -151,12 +166,16 @@ def qemu_argv(qemu: str, accel: Accelerator, memory_mib: int, vcpus: int, networ
     return argv
 
 
+def qmp_argv() -> list[str]:
+    return ["-qmp", "unix:%s,server=on,wait=off" % VmLayout.guest_path("qmp.sock")]
+
+
 def confine_argv(bwrap: str, runtime_binds: list[str], layout: VmLayout, qemu: list[str],
                  kvm: bool, network: bool) -> list[str]:
     """`qemu` wrapped in bubblewrap (see module docstring)."""
     argv = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL", *runtime_binds, "--dev", "/dev", "--proc", "/proc",
-            "--tmpfs", "/tmp"]
+            "--size", str(16 * 2**20), "--tmpfs", "/tmp"]
     if network:  # QEMU's user-mode network forwards the guest's DNS to the host's resolvers
         argv += ["--share-net", "--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
     if kvm:
@@ -171,14 +190,15 @@ def confine_argv(bwrap: str, runtime_binds: list[str], layout: VmLayout, qemu: l
 
 
 def connect_unix(path: Path, deadline: float, alive: Any = None) -> socket.socket:
-    """Connect to a listening unix socket QEMU creates, retrying until `deadline` (monotonic).
-    `alive`: a callable; once it returns False, stop waiting (QEMU died)."""
+    """Connect to a listening unix socket QEMU creates, retrying until `deadline` (monotonic)
+    while it does not exist or refuses. `alive`: a callable; once it returns False, stop
+    waiting (QEMU died)."""
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(str(path))
             return sock
-        except OSError as exc:
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
             if time.monotonic() >= deadline:
                 raise SandboxError("QEMU did not open %s in time (%s)" % (path.name, exc)) from exc
@@ -187,11 +207,16 @@ def connect_unix(path: Path, deadline: float, alive: Any = None) -> socket.socke
             time.sleep(0.005)
 
 
-def read_line(sock: socket.socket, buffer: bytearray, deadline: float, what: str) -> bytes:
-    """The next newline-terminated line from `sock` (without the newline)."""
+def read_line(sock: socket.socket, buffer: bytearray, deadline: float, what: str,
+              limit: int = 1 << 20) -> bytes:
+    """The next newline-terminated line from `sock` (without the newline), at most `limit`."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
     while b"\n" not in buffer:
+        if len(buffer) > limit:
+            raise SandboxError("%s sent a line longer than %d bytes" % (what, limit))
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
+        if remaining <= 0 or not poller.poll(min(remaining, 3600) * 1000):
             raise SandboxError("no answer from %s in time" % what)
         try:
             data = sock.recv(65536)

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import vmpool
 from vmpool import Limits, Sandbox, SandboxError, SandboxPool, get_driver, resolve_driver
-from vmpool import _microvm, _qemu
+from vmpool import _microvm, _qemu, _vm_host, _vm_machine
 from vmpool._driver import StartOptions
 
 pytestmark = pytest.mark.microvm
@@ -108,13 +112,13 @@ def test_a_vm_whose_agent_died_is_a_sandbox_error(microvm: None) -> None:
 def test_leftover_qemu_of_a_dead_owner_is_reaped() -> None:
     def fake_qemu(owner: str) -> subprocess.Popen[bytes]:  # a process that looks like our QEMU
         return subprocess.Popen(["/usr/bin/qemu-system-x86_64", "-c", "import time; time.sleep(600)",
-                                 _microvm.OWNER_PREFIX + owner], executable=sys.executable)
+                                 _vm_host.OWNER_PREFIX + owner], executable=sys.executable)
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
     leftover, bystander = fake_qemu(dead), fake_qemu(str(os.getpid()))
     try:
         time.sleep(0.2)
-        _microvm.reap_leftovers()  # (another vmpool process starting now may beat it to it)
+        _vm_host.reap_leftovers()  # (another vmpool process starting now may beat it to it)
         assert leftover.wait(timeout=10) == -9
         assert bystander.poll() is None  # its owner (this process) is alive
     finally:
@@ -137,33 +141,42 @@ def test_pool_keeps_ready_vms_and_replaces_a_timed_out_one(microvm: None) -> Non
             assert fresh.run_program("print(1)").stdout == "1\n"
 
 
-def test_a_kvm_guest_that_does_not_boot_falls_back_to_tcg_and_says_why(microvm: None) -> None:
+@pytest.fixture
+def private_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A cache folder of the test's own that shares the built templates (no rebuild), so that
+    tests which damage snapshots or record KVM failures do not disturb other runs."""
+    built = vmpool.ensure_template("base")
+    folder = Path(tempfile.mkdtemp(prefix="vmpool-test-cache-"))
+    os.chmod(folder, 0o755)  # QEMU (uid 65534) reads through it
+    (folder / "templates").mkdir(mode=0o755)
+    (folder / "templates" / built.dir.name).symlink_to(built.dir)
+    monkeypatch.setenv("VMPOOL_CACHE_DIR", str(folder))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_kvm_guest_that_does_not_boot_falls_back_to_tcg_and_says_why(microvm: None, private_cache: Path) -> None:
     if _qemu.detect_accelerator().hardware:
         pytest.skip("this host has hardware virtualization: a forced KVM boot would succeed")
-    check = _microvm.cache_dir() / "kvm-boot-check.json"
-    check.unlink(missing_ok=True)
     script = ("from vmpool import Sandbox\n"
               "with Sandbox.create('microvm') as sb:\n"
               "    print(sb.isolation)\n"
               "    print(sb.run_program('print(6 * 7)').stdout, end='')\n")
-    try:
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                              env=dict(os.environ, VMPOOL_ACCEL="kvm"))
-        assert done.returncode == 0, done.stderr
-        isolation, answer = done.stdout.splitlines()
-        assert "TCG emulation" in isolation and "a KVM guest did not boot on this host" in isolation
-        assert answer == "42"
-        assert check.exists()  # later processes (Ray workers) do not try again
-    finally:
-        check.unlink(missing_ok=True)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, VMPOOL_ACCEL="kvm"))
+    assert done.returncode == 0, done.stderr
+    isolation, answer = done.stdout.splitlines()
+    assert "TCG emulation" in isolation and "a KVM guest did not boot on this host" in isolation
+    assert "to try KVM again" in isolation
+    assert answer == "42"
+    assert (private_cache / "kvm-boot-check.json").exists()  # later processes do not try again
 
 
-def test_a_corrupt_snapshot_is_replaced(microvm: None) -> None:
+def test_a_corrupt_snapshot_is_replaced(microvm: None, private_cache: Path) -> None:
     with Sandbox.create("microvm"):
         pass  # the snapshot exists now
-    template = _microvm.ensure_built("base")
-    path = _microvm.snapshot_path(template)
-    assert path is not None and path.exists()
+    path = _microvm.snapshot_path(vmpool.ensure_template("base"))
+    assert path is not None and path.exists() and path.is_relative_to(private_cache)
     damaged = path.with_suffix(".damaged")
     damaged.write_bytes(path.read_bytes()[: 1 << 20])  # a truncated copy, swapped in atomically
     os.replace(damaged, path)
@@ -174,10 +187,10 @@ def test_a_corrupt_snapshot_is_replaced(microvm: None) -> None:
 
 def test_a_template_that_asks_for_network_gets_one(microvm: None) -> None:
     # base's image with vm.network on: QEMU user-mode networking and an eth0 in the guest
-    base = _microvm.ensure_built("base")
+    base = vmpool.ensure_template("base")
     networked = dataclasses.replace(base, spec=base.spec.model_copy(
         update={"vm": base.spec.vm.model_copy(update={"network": True})}))
-    machine = _microvm._Machine(_qemu.qemu_binary() or "", _microvm._bwrap_path() or "", networked)
+    machine = _vm_machine.Machine(_qemu.qemu_binary() or "", shutil.which("bwrap") or "", networked)
     sandbox = Sandbox("microvm", "test", machine.restore(machine.snapshot(), StartOptions()), 30.0)
     try:
         assert sandbox.commands.run("ls /sys/class/net").stdout.split() == ["eth0", "lo"]
@@ -186,3 +199,33 @@ def test_a_template_that_asks_for_network_gets_one(microvm: None) -> None:
         assert result.stdout == "reached\n", result
     finally:
         sandbox.kill()
+
+
+def test_run_folders_live_only_in_a_private_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    root = tmp_path / ("vmpool-microvm-%d" % os.geteuid())
+    root.mkdir(mode=0o777)
+    os.chmod(root, 0o777)  # someone could swap a run folder for a symlink before root chowns it
+    with pytest.raises(vmpool.DriverUnavailableError, match="not a private folder"):
+        _vm_host.new_run_dir(65534)
+    root.rmdir()
+    root.symlink_to(tmp_path)
+    with pytest.raises(vmpool.DriverUnavailableError, match="not a private folder"):
+        _vm_host.run_root()
+    root.unlink()
+    assert _vm_host.new_run_dir(None).parent == root
+
+
+def test_a_temp_folder_too_long_for_unix_sockets_is_refused_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    deep = tmp_path / ("d" * 90)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    with pytest.raises(vmpool.DriverUnavailableError, match="set TMPDIR to a shorter folder"):
+        _vm_host.new_run_dir(None)
+
+
+def test_tmp_must_fit_the_vm(microvm: None) -> None:
+    with pytest.raises(vmpool.DriverUnavailableError, match="tmp_size_mb=4096 does not fit"):
+        Sandbox.create("microvm", tmp_size_mb=4096)
+    with Sandbox.create("microvm", tmp_size_mb=64) as sandbox:
+        assert sandbox.commands.run("df -m /tmp | tail -1").stdout.split()[1] == "64"
