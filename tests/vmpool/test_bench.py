@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from vmpool import get_driver
 from vmpool._cli import cli
-from vmpool._qemu import detect_accelerator
+from vmpool._vm_accel import accelerator
 
 
 def _bench(*args: str) -> list[str]:
@@ -44,7 +44,7 @@ def test_bench_microvm_and_ratios() -> None:
     if reason is not None:
         pytest.skip("needs the microvm driver: %s" % reason)
     lines = _bench("--driver", "all", "--programs", "3", "--concurrency", "2")
-    if not detect_accelerator().hardware:
+    if not accelerator().hardware:  # the accelerator VMs really use here
         assert "TCG emulation" in lines[0]
     microvm = lines.index(next(line for line in lines if line.startswith("microvm: microVM (QEMU")))
     _has(lines[microvm:], "cold boot to ready (no snapshot):", "start to ready (Sandbox.create):",
