@@ -42,3 +42,14 @@ def sandboxes() -> None:
     reason = bwrap_missing_reason()
     if reason:
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def microvm() -> None:
+    """Skip, with the reason, where the microvm driver cannot run (QEMU or its template missing;
+    scripts/setup.sh installs both, so CI never skips)."""
+    from vmpool import get_driver
+
+    reason = get_driver("microvm").available()
+    if reason is not None:
+        pytest.skip("needs the microvm driver: %s" % reason)

@@ -10,20 +10,12 @@ import pandas as pd
 import pytest
 
 import evalkit
-from vmpool import get_driver
 
 from ._mixed import LOOP, mixed_completions
 from .test_run import write_config, write_samples
 
 pytestmark = [pytest.mark.ray, pytest.mark.sandbox, pytest.mark.microvm,
               pytest.mark.usefixtures("sandboxes", "ray_session", "microvm")]
-
-
-@pytest.fixture(scope="module")
-def microvm() -> None:
-    reason = get_driver("microvm").available()
-    if reason is not None:
-        pytest.skip("needs the microvm driver: %s" % reason)
 
 
 def test_ten_reference_problems_pass_in_microvms(tmp_path: Path) -> None:

@@ -8,14 +8,10 @@ would. scripts/setup.sh installs QEMU and builds the ``base`` template, so CI ru
 import pytest
 
 from vmpool.conformance import *  # noqa: F401,F403  (fixtures and Test* classes)
-from vmpool import get_driver
 
 pytestmark = pytest.mark.microvm
 
 
 @pytest.fixture(scope="module")
-def vmpool_driver() -> str:
-    reason = get_driver("microvm").available()
-    if reason is not None:
-        pytest.skip("needs the microvm driver: %s" % reason)
+def vmpool_driver(microvm: None) -> str:
     return "microvm"

@@ -23,13 +23,6 @@ from vmpool._driver import StartOptions
 pytestmark = pytest.mark.microvm
 
 
-@pytest.fixture(scope="module")
-def microvm() -> None:
-    reason = get_driver("microvm").available()
-    if reason is not None:
-        pytest.skip("needs the microvm driver: %s" % reason)
-
-
 def test_accelerator_is_explained() -> None:
     accel = _qemu.detect_accelerator()
     assert accel.name in ("kvm", "tcg") and accel.reason
