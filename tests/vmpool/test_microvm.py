@@ -222,3 +222,34 @@ def test_tmp_must_fit_the_vm(microvm: None) -> None:
         Sandbox.create("microvm", tmp_size_mb=4096)
     with Sandbox.create("microvm", tmp_size_mb=64) as sandbox:
         assert sandbox.commands.run("df -m /tmp | tail -1").stdout.split()[1] == "64"
+
+
+@pytest.mark.slow
+def test_a_template_with_files_env_and_a_start_command(microvm: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # built for real (debootstrap, ~40 s) into a cache of its own, then deleted
+    folder = Path(tempfile.mkdtemp(prefix="vmpool-test-cache-"))
+    os.chmod(folder, 0o755)  # QEMU (uid 65534) reads through it
+    monkeypatch.setenv("VMPOOL_CACHE_DIR", str(folder))
+    spec = folder / "features.yaml"
+    spec.write_text(
+        "name: features\n"
+        "description: a test template\n"
+        "apt: [python3]\n"
+        "files:\n"
+        "  - {path: /etc/vmpool-test.txt, content: \"from the spec\\n\"}\n"
+        "env: {GREETING: hello}\n"
+        "start: exec sleep 100000\n")
+    try:
+        with Sandbox.create("microvm", template=str(spec)) as sandbox:
+            probe = ("import os\n"
+                     "print(open('/etc/vmpool-test.txt').read().strip(), os.environ['GREETING'])\n"
+                     "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+                     "    argv = open('/proc/%s/cmdline' % pid, 'rb').read().split(b'\\0')\n"
+                     "    if argv[0] == b'sleep':\n"
+                     "        print(os.stat('/proc/' + pid).st_uid, b' '.join(argv).decode().strip())\n")
+            for _ in range(2):  # the root-owned start command survives the sweep after each program
+                result = sandbox.run_program(probe)
+                assert result.status == "ok", result
+                assert result.stdout.splitlines() == ["from the spec hello", "0 sleep 100000"]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
