@@ -51,6 +51,9 @@ if [ -z "$sudo_cmd" ]; then
     .venv/bin/vmpool template build base >/dev/null
 else
     cache="${VMPOOL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmpool}"
-    VMPOOL_CACHE_DIR="$cache" .venv/bin/vmpool template build base >/dev/null 2>&1 \
-        || sudo env VMPOOL_CACHE_DIR="$cache" .venv/bin/vmpool template build base >/dev/null
+    if ! VMPOOL_CACHE_DIR="$cache" .venv/bin/vmpool template build base >/dev/null 2>&1; then
+        sudo env VMPOOL_CACHE_DIR="$cache" .venv/bin/vmpool template build base >/dev/null
+        # the user's own sandboxes write snapshots and boot archives next to it
+        sudo chown -R "$(id -u):$(id -g)" "$cache"
+    fi
 fi

@@ -46,8 +46,9 @@ def sandboxes() -> None:
 
 @pytest.fixture(scope="session")
 def microvm() -> None:
-    """Skip, with the reason, where the microvm driver cannot run (QEMU or its template missing;
-    scripts/setup.sh installs both, so CI never skips)."""
+    """Skip, with the reason, where the microvm driver cannot run (QEMU missing, or its template
+    neither built nor buildable here; scripts/setup.sh installs QEMU and builds the template, so
+    CI never skips)."""
     from vmpool import get_driver
 
     reason = get_driver("microvm").available()

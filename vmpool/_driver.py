@@ -84,7 +84,9 @@ class Driver(abc.ABC):
       that says what to install or change. Called often: cache anything expensive;
     - `auto_reason()`: like `available()`, for whether ``driver="auto"`` may pick it (a driver
       that works here but only slowly or weakly can decline);
-    - `reuse_after_timeout`: False if a sandbox whose program timed out must be discarded;
+    - `reuse_after_timeout`: False if a sandbox whose program or command timed out must be
+      discarded (microvm: a guest whose kernel ran hostile code until it was killed is not
+      trusted for the next sample, whatever the agent's sweep found);
     - `takes_agent_args`: False if `StartOptions.agent_args` cannot be honoured (the agent is
       already running when `start` is called, e.g. restored from a snapshot);
     - `isolation()`: describe the isolation level for humans and reports, including the

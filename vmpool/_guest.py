@@ -1,8 +1,9 @@
 """The guest side of vmpool as drivers see it: which files make up the agent, and how to start it.
 
 Every driver ships exactly `GUEST_FILES` into one directory of its sandbox (bwrap binds them
-read-only at /opt/vmpool; a VM image would bake them in) and starts the agent with
-`agent_command`. Inside the sandbox these files are top-level modules of that directory, where
+read-only at /opt/vmpool; the microvm driver puts them, with its PID 1 `INIT_SCRIPT`, in the
+initramfs, which copies them to /opt/vmpool) and starts the agent with `agent_command` (in a VM
+PID 1 runs the command line the host wrote for it). Inside the sandbox these files are top-level modules of that directory, where
 no other part of vmpool exists: each is stdlib only and imports its siblings as top-level
 modules when it has no package (``_agent.py`` puts their directory first on sys.path while it
 imports them, so no guest file may be named like a stdlib module). This is the one place that
@@ -17,9 +18,10 @@ import functools
 import posixpath
 from pathlib import Path
 
-__all__ = ["AGENT_SCRIPT", "GUEST_FILES", "INIT_SCRIPT", "agent_command", "guest_sources"]
+__all__ = ["AGENT_SCRIPT", "GUEST_FILES", "GUEST_PYTHON", "INIT_SCRIPT", "agent_command", "guest_sources"]
 
 AGENT_SCRIPT = "_agent.py"  # the entry point; it imports the others
+GUEST_PYTHON = "/usr/bin/python3"  # the interpreter of a VM template's image
 INIT_SCRIPT = "_guest_init.py"  # PID 1 of a microVM (stdlib only); shipped by that driver alone
 GUEST_FILES = (
     AGENT_SCRIPT, "_agent_child.py", "_agent_files.py", "_agent_procs.py", "_agent_run.py",

@@ -25,12 +25,13 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 SANDBOX_UID = 65534
+DEFAULT_TMP_MB = 256
 AGENT_DIR = "/opt/vmpool"
+AGENT_ARGV = AGENT_DIR + "/agent-argv.json"
 TEMPLATE_INFO = "/etc/vmpool/template.json"
 RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07): reseed the kernel CRNG from its input pool now
 MS_REMOUNT = 32
@@ -96,7 +97,11 @@ def program_env(info: Dict[str, Any]) -> Dict[str, str]:
     return env
 
 
-def start_agent(port: str, env: Dict[str, str], python: str) -> int:
+def start_agent(port: str, env: Dict[str, str]) -> int:
+    """Fork the agent as uid 65534 with the command line the host wrote (AGENT_ARGV, from
+    ``vmpool._guest.agent_command``), its channel being `port`."""
+    with open(AGENT_ARGV) as handle:
+        argv = [port if arg == "{channel}" else arg for arg in json.load(handle)]
     os.chown(port, SANDBOX_UID, SANDBOX_UID)
     pid = os.fork()
     if pid == 0:
@@ -106,8 +111,7 @@ def start_agent(port: str, env: Dict[str, str], python: str) -> int:
             os.setgid(SANDBOX_UID)
             os.setuid(SANDBOX_UID)
             os.chdir("/tmp")
-            os.execve(python, [python, "-I", "-B", AGENT_DIR + "/_agent.py", "--channel", port,
-                               "--exclusive", "--sandbox-filter"], env)
+            os.execve(argv[0], argv, env)
         except BaseException as exc:  # never return into PID 1's code in the child
             log("cannot start the agent: %s" % exc)
         os._exit(127)
@@ -175,8 +179,6 @@ class Control:
             request_id = request.get("id")
             if request.get("op") == "sync":
                 return {"id": request_id, "ok": True, "result": sync(request)}
-            if request.get("op") == "ping":
-                return {"id": request_id, "ok": True, "result": {}}
             raise ValueError("unknown op %r" % request.get("op"))
         except Exception as exc:
             return {"id": request_id, "ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}
@@ -187,7 +189,7 @@ class Control:
             data = data[os.write(self.fd, data):]
 
 
-def main(argv: List[str]) -> None:
+def main() -> None:
     agent_pid = 0
 
     def reap(signum: int, frame: Any) -> None:
@@ -205,11 +207,11 @@ def main(argv: List[str]) -> None:
     signal.signal(signal.SIGCHLD, reap)
     try:
         info = template_info()
-        prepare_filesystem(int(os.environ.get("VMPOOL_TMP_MB", "256")))
+        prepare_filesystem(DEFAULT_TMP_MB)  # the host's sync sets the size it wants
         env = program_env(info)
         if isinstance(info.get("start"), str) and info["start"]:
             start_command(info["start"], env)
-        agent_pid = start_agent(find_port("agent"), env, sys.executable)
+        agent_pid = start_agent(find_port("agent"), env)
         Control(find_port("control")).serve()
     except BaseException as exc:
         log("fatal: %s: %s" % (type(exc).__name__, exc))
@@ -217,4 +219,4 @@ def main(argv: List[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    main()

@@ -7,7 +7,7 @@ mounts the template's ext4 image read-only with a tmpfs overlay on top (writes v
 the VM), copies the guest files to /opt/vmpool, brings up loopback (and eth0 on QEMU's user
 network when the template asks for one) and hands PID 1 to ``_guest_init.py``.
 
-Archives are cached by content hash next to the templates (`cache_path`).
+Archives are cached by content hash in the cache folder (``<cache>/initramfs/``).
 """
 
 from __future__ import annotations
@@ -15,20 +15,17 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
+import tempfile
 from pathlib import Path
 
-from ._guest import INIT_SCRIPT, guest_sources
+from ._guest import GUEST_PYTHON, INIT_SCRIPT, agent_command, guest_sources
 from ._templates import BuiltTemplate, cache_dir
 
-__all__ = ["INIT_SH", "MODULES", "build_initramfs"]
+__all__ = ["INIT_SH", "build_initramfs"]
 
-# Load order matters: virtio_ring before virtio, transports before devices.
-MODULES = (
-    "virtio_ring", "virtio", "virtio_mmio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
-    "virtio_pci", "virtio_blk", "virtio_console", "overlay", "failover",
-    "net_failover", "virtio_net",
-)
+OVERLAY_MB = 256  # the tmpfs under the root overlay: what root-owned writes in the guest may use
 GUEST_DIR = "vmpool"  # in the archive; copied to /opt/vmpool of the root
 
 INIT_SH = r"""#!/bin/busybox sh
@@ -90,20 +87,21 @@ def _archive(files: dict[str, tuple[int, bytes]], dirs: list[str]) -> bytes:
 
 
 def _contents(template: BuiltTemplate, overlay_mb: int) -> dict[str, tuple[int, bytes]]:
-    init = INIT_SH % {"modules": " ".join(MODULES), "overlay_mb": overlay_mb,
+    modules = [path for path in template.modules if path.exists()]  # in load order
+    init = INIT_SH % {"modules": " ".join(path.stem for path in modules), "overlay_mb": overlay_mb,
                       "guest_dir": GUEST_DIR, "init": INIT_SCRIPT}
     files = {"init": (0o755, init.encode()),
              "bin/busybox": (0o755, Path(template.busybox).read_bytes())}
-    for module in MODULES:
-        path = Path(template.modules_dir) / ("%s.ko" % module)
-        if path.exists():
-            files["lib/modules/%s.ko" % module] = (0o644, path.read_bytes())
+    for path in modules:
+        files["lib/modules/%s" % path.name] = (0o644, path.read_bytes())
     for name, source in guest_sources(INIT_SCRIPT):
         files["%s/%s" % (GUEST_DIR, name)] = (0o644, source)
+    argv = agent_command(GUEST_PYTHON, "/opt/vmpool", "--channel", "{channel}", "--exclusive", "--sandbox-filter")
+    files["%s/agent-argv.json" % GUEST_DIR] = (0o644, json.dumps(argv).encode())  # read by PID 1
     return files
 
 
-def build_initramfs(template: BuiltTemplate, overlay_mb: int = 256) -> Path:
+def build_initramfs(template: BuiltTemplate, overlay_mb: int = OVERLAY_MB) -> Path:
     """The initramfs for `template` (built once, then cached by content hash)."""
     files = _contents(template, overlay_mb)
     digest = hashlib.sha256()
@@ -112,12 +110,16 @@ def build_initramfs(template: BuiltTemplate, overlay_mb: int = 256) -> Path:
         digest.update(data)
     path = cache_dir() / "initramfs" / ("%s.cpio.gz" % digest.hexdigest()[:16])
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o755)
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)  # QEMU (uid 65534) reads it
         dirs = ["bin", "dev", "lib", "lib/modules", "newroot", "proc", "ro", "rw", "sys", GUEST_DIR]
-        partial = path.with_suffix(".partial-%d" % os.getpid())
-        partial.write_bytes(_archive(files, dirs))
-        os.chmod(partial, 0o644)
-        os.replace(partial, path)
+        fd, partial = tempfile.mkstemp(prefix=".%s." % path.name, dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(_archive(files, dirs))
+            os.chmod(partial, 0o644)
+            os.replace(partial, path)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
     return path
 

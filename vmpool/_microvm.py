@@ -33,10 +33,12 @@ import shutil
 from pathlib import Path
 
 from . import _qemu
-from ._bwrap import _bwrap_path
+from ._bwrap import _bwrap_path, _probe
 from ._driver import Driver, SandboxProcess, StartOptions
 from ._errors import DriverUnavailableError, TemplateError
-from ._templates import BuiltTemplate, cached, ensure_built
+from ._guest import GUEST_PYTHON
+from ._template_build import check_can_build
+from ._templates import BuiltTemplate, cache_dir, cached, ensure_built, load_spec
 from ._vm_accel import accelerator
 from ._vm_host import reap_once
 from ._vm_machine import Machine, SnapshotRejected
@@ -46,7 +48,6 @@ __all__ = ["MicroVMDriver", "snapshot_path"]
 log = logging.getLogger("vmpool.microvm")
 
 DEFAULT_TEMPLATE = "base"
-GUEST_PYTHON = "/usr/bin/python3"
 
 
 class MicroVMDriver(Driver):
@@ -69,15 +70,14 @@ class MicroVMDriver(Driver):
             return "QEMU (qemu-system-x86_64) is not installed; " + _qemu.INSTALL_QEMU
         if self.bwrap is None:
             return "bubblewrap (which confines QEMU) is not installed; apt-get install bubblewrap"
+        reason = _probe(self.bwrap)  # QEMU runs in a bwrap user namespace
+        if reason is not None:
+            return reason
         if cached(self.template) is None:
-            missing = [tool for tool in ("debootstrap", "mkfs.ext4", "apt-get", "dpkg-deb")
-                       if shutil.which(tool) is None]
-            if missing:
-                return ("template %r is not built and building it needs %s; install with: "
-                        "apt-get install debootstrap e2fsprogs" % (self.template, ", ".join(missing)))
-            if os.geteuid() != 0:
-                return ("template %r is not built and building it needs root (debootstrap); run "
-                        "`sudo vmpool template build %s`" % (self.template, self.template))
+            try:
+                check_can_build(load_spec(self.template), cache_dir())
+            except TemplateError as exc:
+                return "template %r is not built, and cannot be built here: %s" % (self.template, exc)
         return None
 
     def auto_reason(self) -> str | None:
@@ -115,9 +115,13 @@ class MicroVMDriver(Driver):
             raise DriverUnavailableError(
                 "tmp_size_mb=%d does not fit template %r: its VM has %d MiB of RAM, and /tmp (a "
                 "tmpfs) may take at most half of it" % (options.tmp_size_mb, template.name, memory))
-        vm = Machine(self.qemu, self.bwrap, template)
         try:
-            return vm.restore(vm.snapshot(), options)
+            vm = Machine(self.qemu, self.bwrap, template)
+            snapshot = vm.snapshot()
+        except OSError as exc:  # e.g. a cache folder another user (root, through sudo) owns
+            raise DriverUnavailableError("cannot write the microvm cache in %s: %s" % (cache_dir(), exc)) from exc
+        try:
+            return vm.restore(snapshot, options)
         except SnapshotRejected as exc:  # corrupt, or from a QEMU build that cannot read it
             log.warning("%s; making a new snapshot", exc)
             exc.discard()

@@ -88,8 +88,9 @@ class SandboxPool:
             raise VmpoolError("the sandbox pool was closed")
 
     def release(self, sandbox: Sandbox, healthy: bool = True) -> None:
-        """Give a leased sandbox back. healthy=False (or a dead sandbox): it is killed, and the
-        next `acquire` starts a fresh one in its place."""
+        """Give a leased sandbox back. healthy=False (or a dead sandbox): it is killed, and a
+        fresh one is started in its place (in the background with refill=True, else by the next
+        `acquire`)."""
         with self._cond:
             if self._closed:
                 sandbox.kill()  # close() already killed it; nothing else to do

@@ -5,7 +5,7 @@ Accelerator: KVM with QEMU's ``microvm`` machine where the CPU has hardware virt
 (vmx/svm) and /dev/kvm is real KVM; otherwise TCG (emulation) with ``q35``, because ``microvm``
 under TCG hangs at timer calibration and PVM (software nested virtualization, which also
 provides /dev/kvm) cannot run stock kernels. Whether a KVM guest really boots is checked by the
-driver on first use (`vmpool._microvm`), which falls back to TCG and says why.
+driver on first use (`vmpool._vm_machine`, `vmpool._vm_accel`), which falls back to TCG and says why.
 
 Confinement: QEMU runs inside bubblewrap (new user/PID/IPC/UTS/mount namespaces, no network
 namespace access unless the template has a network, read-only /usr, only the VM's files and its
@@ -33,8 +33,8 @@ from typing import Any
 
 from ._errors import SandboxError
 
-__all__ = ["Accelerator", "QMP", "VmLayout", "confine_argv", "detect_accelerator", "qemu_argv",
-           "qemu_binary", "qemu_version"]
+__all__ = ["Accelerator", "QMP", "VmLayout", "confine_argv", "connect_unix", "detect_accelerator",
+           "kvm_group", "qemu_argv", "qemu_binary", "qemu_version", "qmp_argv", "read_line"]
 
 INSTALL_QEMU = "install it with: apt-get install --no-install-recommends qemu-system-x86"
 VM_ROOT = "/vm"  # where the VM's files appear inside QEMU's mount namespace
@@ -121,9 +121,6 @@ class VmLayout:
     initrd: Path
     rootfs: Path
     run_dir: Path  # per VM, writable by QEMU: sockets and the console log
-
-    def host(self, name: str) -> Path:
-        return self.run_dir / name
 
     @staticmethod
     def guest_path(name: str) -> str:

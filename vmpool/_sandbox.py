@@ -111,15 +111,23 @@ class Sandbox:
         Output kept: the first min(max_output_bytes, 8 MiB) bytes of stdout+stderr; more is
         dropped (output_truncated) and does not stop the program. max_rss_mb includes the
         ~15 MB of the warm interpreter the program was forked from. On drivers that do not reuse
-        a sandbox after a timeout (microvm), a ``timeout`` result also kills the sandbox.
+        a sandbox after a timeout (microvm), a ``timeout`` result also kills the sandbox (and so
+        does a timed-out command).
         """
         limits = limits or Limits()
         result = self._call("run_program", limits.wall_time_s + REPLY_GRACE_S,
                             code=code, limits=wire_limits(limits))
         parsed = self._parse(ExecResult, result)
-        if parsed.status == "timeout" and not self._reuse_after_timeout:
-            self.kill()
+        if parsed.status == "timeout":
+            self._after_timeout()
         return parsed
+
+    def _after_timeout(self) -> None:
+        """A program or command was killed for its time: drivers that do not trust the sandbox
+        after that (`Driver.reuse_after_timeout`: a microVM, whose guest kernel the program had
+        to itself until the end) are discarded; the agent has swept the others."""
+        if not self._reuse_after_timeout:
+            self.kill()
 
     def _parse(self, model: type[ResultT], fields: dict[str, Any]) -> ResultT:
         try:
@@ -213,4 +221,7 @@ class Commands:
         limits = Limits.model_validate({**base.model_dump(), "wall_time_s": timeout})
         result = self._sandbox._call("run_command", timeout + REPLY_GRACE_S, command=cmd,
                                      cwd=cwd, limits=wire_limits(limits))
-        return self._sandbox._parse(CommandResult, result)
+        parsed = self._sandbox._parse(CommandResult, result)
+        if parsed.timed_out:
+            self._sandbox._after_timeout()
+        return parsed

@@ -150,7 +150,10 @@ def load_spec(name_or_path: str | os.PathLike[str]) -> TemplateSpec:
     if not isinstance(data, dict):
         raise TemplateSpecError("%s: a template spec must be a YAML mapping of keys to values" % path)
     lines: dict[tuple[str | int, ...], int] = {}
-    _index_lines(node, (), lines)
+    try:
+        _index_lines(node, (), lines)
+    except TemplateSpecError as exc:
+        raise TemplateSpecError("%s, %s" % (path, exc)) from None
     data.setdefault("name", path.stem)
     try:
         spec = TemplateSpec.model_validate(data)
@@ -164,9 +167,14 @@ def load_spec(name_or_path: str | os.PathLike[str]) -> TemplateSpec:
 
 
 def _index_lines(node: yaml.Node | None, prefix: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:
+    """Line of every key and item; a key given twice in one mapping is an error (YAML would keep
+    the last one silently)."""
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = (*prefix, str(key_node.value))
+            if key in out:
+                raise TemplateSpecError("line %d: key %r appears twice (first on line %d)"
+                                        % (key_node.start_mark.line + 1, ".".join(map(str, key)), out[key]))
             out[key] = key_node.start_mark.line + 1
             _index_lines(value_node, key, out)
     elif isinstance(node, yaml.SequenceNode):

@@ -146,7 +146,9 @@ class Machine:
         self.argv = _qemu.qemu_argv(self.qemu, accel, vm.memory_mib, vm.vcpus, self.network, owner_tag())
 
     def snapshot_path(self) -> Path:
+        image = os.stat(self.template.rootfs)  # this very build: a rebuild (--force) differs
         shape = {"format": SNAPSHOT_FORMAT, "template": self.template.hash,
+                 "image": [image.st_ino, image.st_size, image.st_mtime_ns],
                  "initrd": self.initrd.name, "qemu": _qemu.qemu_version(self.qemu),
                  "argv": self.argv[3:]}  # without the binary and the owner tag
         key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
@@ -246,8 +248,10 @@ class Machine:
             return vm
         except BaseException as exc:
             details = vm.diagnostics()
-            # QEMU exits on its own when it cannot load the snapshot (it may still be exiting)
-            rejected = isinstance(exc, SandboxError) and vm.wait_exit(2.0)
+            # QEMU exits on its own, saying so, when it cannot load the snapshot
+            exited = isinstance(exc, SandboxError) and vm.wait_exit(2.0)
+            details = vm.diagnostics() or details
+            rejected = exited and "load of migration failed" in details
             vm.kill()
             message = "%s (%s)" % (exc, details) if details else str(exc)
             if rejected:

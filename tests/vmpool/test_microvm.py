@@ -178,7 +178,7 @@ def test_a_corrupt_snapshot_is_replaced(microvm: None, private_cache: Path) -> N
     assert path.stat().st_size > 1 << 20
 
 
-def test_a_template_that_asks_for_network_gets_one(microvm: None) -> None:
+def test_a_template_that_asks_for_network_gets_one(microvm: None, private_cache: Path) -> None:
     # base's image with vm.network on: QEMU user-mode networking and an eth0 in the guest
     base = vmpool.ensure_template("base")
     networked = dataclasses.replace(base, spec=base.spec.model_copy(

@@ -57,6 +57,11 @@ def test_unknown_key_names_the_key_and_the_file(tmp_path: Path) -> None:
     assert _spec_error(path) == "%s, line 2: unknown key 'colour'" % path
 
 
+def test_a_key_given_twice_is_an_error_not_the_last_one_silently(tmp_path: Path) -> None:
+    path = _write_spec(tmp_path, "name: t\napt: [python3]\nvm: {vcpus: 1}\napt: [curl]\n")
+    assert _spec_error(path) == "%s, line 4: key 'apt' appears twice (first on line 2)" % path
+
+
 @pytest.mark.parametrize("text, key", [
     ("vm:\n  memory_mib: lots\n", "vm.memory_mib"),
     ("vm:\n  network: 'yes'\n", "vm.network"),
