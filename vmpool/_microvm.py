@@ -125,7 +125,9 @@ class MicroVMDriver(Driver):
         except SnapshotRejected as exc:  # corrupt, or from a QEMU build that cannot read it
             log.warning("%s; making a new snapshot", exc)
             exc.discard()
-            return vm.restore(vm.snapshot(), options)
+        except FileNotFoundError:  # pruned meanwhile by a process with another agent or image
+            pass
+        return vm.restore(vm.snapshot(), options)
 
 
 def snapshot_path(template: BuiltTemplate) -> Path | None:

@@ -152,7 +152,7 @@ class Machine:
                  "initrd": self.initrd.name, "qemu": _qemu.qemu_version(self.qemu),
                  "argv": self.argv[3:]}  # without the binary and the owner tag
         key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
-        return cache_dir() / "snapshots" / ("%s.vmstate" % key)
+        return cache_dir() / "snapshots" / ("%s-%s.vmstate" % (self.template.name, key))
 
     def _launch(self, extra: list[str], pass_fds: tuple[int, ...] = ()) -> MicroVMProcess:
         uid = _run_as()
@@ -212,6 +212,7 @@ class Machine:
             qmp.close()
             os.chmod(partial, 0o644)
             os.replace(partial, path)
+            self._prune(path)
         finally:
             os.close(fd)
             vm.kill()
@@ -219,6 +220,18 @@ class Machine:
                 os.unlink(partial)
         log.info("snapshot of %s ready in %.1fs: %s (%d MB)", self.template.name,
                  time.monotonic() - started, path, path.stat().st_size // 2**20)
+
+    def _prune(self, current: Path) -> None:
+        """Delete this template's other snapshots: made by an older agent, image or QEMU, they
+        would only fill the disk (~100 MB each). A process still using one finds it gone and
+        makes its own (`MicroVMDriver.start`)."""
+        for old in current.parent.glob("%s-*.vmstate" % self.template.name):
+            if old != current:
+                for stale in (old, old.with_name(old.name + ".lock")):
+                    try:
+                        stale.unlink()
+                    except OSError:
+                        pass
 
     @staticmethod
     def _first_hello(vm: MicroVMProcess, deadline: float) -> None:

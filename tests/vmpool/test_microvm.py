@@ -178,6 +178,19 @@ def test_a_corrupt_snapshot_is_replaced(microvm: None, private_cache: Path) -> N
     assert path.stat().st_size > 1 << 20
 
 
+def test_a_new_snapshot_replaces_the_templates_older_ones(microvm: None, private_cache: Path) -> None:
+    folder = private_cache / "snapshots"
+    folder.mkdir()
+    older, other = folder / "base-0123456789abcdef.vmstate", folder / "other-0123456789abcdef.vmstate"
+    older.write_bytes(b"from an older agent")
+    other.write_bytes(b"another template's")
+    with Sandbox.create("microvm") as sandbox:
+        assert sandbox.run_program("print(1)").stdout == "1\n"
+    names = sorted(path.name for path in folder.glob("*.vmstate"))
+    assert len(names) == 2 and names[0].startswith("base-") and names[1] == other.name
+    assert not older.exists()
+
+
 def test_a_template_that_asks_for_network_gets_one(microvm: None, private_cache: Path) -> None:
     # base's image with vm.network on: QEMU user-mode networking and an eth0 in the guest
     base = vmpool.ensure_template("base")
