@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
+import threading
 from pathlib import Path
 
 from . import _qemu
@@ -116,7 +116,7 @@ class MicroVMDriver(Driver):
                 "tmp_size_mb=%d does not fit template %r: its VM has %d MiB of RAM, and /tmp (a "
                 "tmpfs) may take at most half of it" % (options.tmp_size_mb, template.name, memory))
         try:
-            vm = Machine(self.qemu, self.bwrap, template)
+            vm = _machine(self.qemu, self.bwrap, template)
             snapshot = vm.snapshot()
         except OSError as exc:  # e.g. a cache folder another user (root, through sudo) owns
             raise DriverUnavailableError("cannot write the microvm cache in %s: %s" % (cache_dir(), exc)) from exc
@@ -128,6 +128,20 @@ class MicroVMDriver(Driver):
         except FileNotFoundError:  # pruned meanwhile by a process with another agent or image
             pass
         return vm.restore(vm.snapshot(), options)
+
+
+_machines: dict[tuple[str, str, str, int], Machine] = {}
+_machines_lock = threading.Lock()
+
+
+def _machine(qemu: str, bwrap: str, template: BuiltTemplate) -> Machine:
+    """One `Machine` per template build and process: its initramfs is found (hashed) once, not
+    on every sandbox start."""
+    key = (qemu, bwrap, str(template.dir), os.stat(template.rootfs).st_mtime_ns)
+    with _machines_lock:
+        if key not in _machines:
+            _machines[key] = Machine(qemu, bwrap, template)
+        return _machines[key]
 
 
 def snapshot_path(template: BuiltTemplate) -> Path | None:
