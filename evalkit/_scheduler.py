@@ -24,6 +24,7 @@ from ._executor import SampleExecutor, infra_error
 from ._types import ExecRequest, SampleResult
 
 _log = logging.getLogger("evalkit")
+CLOSE_GRACE_S = 5.0  # how long workers get to close their sandboxes before they are killed
 
 
 class _Worker:
@@ -35,6 +36,10 @@ class _Worker:
 
     def run(self, batch: list[ExecRequest], prior_attempts: int) -> list[SampleResult]:
         return self.executor.run_batch(batch, prior_attempts)
+
+    def close(self) -> None:
+        """Kill the sandbox tidily (a VM's run folder goes with it) before the actor is killed."""
+        self.executor.close()
 
 
 def _quiet_ray_env() -> None:
@@ -152,7 +157,13 @@ class RayScheduler:
             yield infra_error(request, self.driver, f"worker failed {attempts} time(s); last: {reason}", attempts)
 
     def close(self) -> None:
-        """Stop the workers (their sandboxes die with them) and Ray, if this scheduler started it."""
+        """Stop the workers (their sandboxes die with them) and Ray, if this scheduler started it.
+        Workers first get a few seconds to close their sandboxes themselves."""
+        try:
+            closing = [worker.close.remote() for worker in self._workers]
+            self._ray.wait(closing, num_returns=len(closing), timeout=CLOSE_GRACE_S)
+        except Exception:  # a dead worker or Ray going down: killing below is enough
+            pass
         for worker in self._workers:
             try:
                 self._ray.kill(worker)
