@@ -14,7 +14,7 @@ from ._sandbox import Sandbox
 from ._templates import BuiltTemplate, TemplateSpec, template_names
 from ._templates import build as build_template
 from ._templates import ensure_built as ensure_template
-from ._types import CommandResult, ExecResult, ExecStatus, Limits
+from ._types import CommandResult, EntryInfo, ExecResult, ExecStatus, Limits
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -22,6 +22,7 @@ __all__ = [
     "CommandResult",
     "Driver",
     "DriverUnavailableError",
+    "EntryInfo",
     "ExecResult",
     "ExecStatus",
     "Limits",

@@ -50,7 +50,7 @@ runs (the program wrapper, ``/bin/sh`` for commands) and how its end is classifi
 ``_agent_child.py`` forks one child, applies the limits, supervises it and captures its output
 and status pipe; ``_agent_procs.py`` reads /proc, sweeps processes and shields the agent (the
 program filter, non-dumpable); ``_agent_files.py`` owns /tmp, scratch directories and the file
-ops; ``_protocol.py`` is the wire format and ``_seccomp.py`` builds the filters.
+read/write; ``_agent_fs.py`` has the other filesystem ops (info, listing, tar archives); ``_protocol.py`` is the wire format and ``_seccomp.py`` builds the filters.
 
 Known limit: a program can forge its own result. The code that reports ``ok`` runs in the
 program's process, after the program, so whatever it does the program can do first: find the
@@ -79,12 +79,14 @@ from typing import Any, Callable, Dict, List, Optional
 
 if __package__:  # imported as vmpool._agent (tests, type checking)
     from . import _agent_files as files
+    from . import _agent_fs as fs
     from . import _agent_procs as procs
     from . import _agent_run as run
     from . import _protocol as proto
 else:  # run as a script inside the sandbox: the sibling files, never an installed vmpool
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # also for their own imports
     import _agent_files as files  # type: ignore[no-redef]
+    import _agent_fs as fs  # type: ignore[no-redef]
     import _agent_procs as procs  # type: ignore[no-redef]
     import _agent_run as run  # type: ignore[no-redef]
     import _protocol as proto  # type: ignore[no-redef]
@@ -149,6 +151,7 @@ class Agent:
             "write_file": self.write_file,
             "read_file": self.read_file,
             "shutdown": self.shutdown,
+            **fs.HANDLERS,
         }
 
     def serve(self, hello: proto.Hello) -> None:

@@ -39,6 +39,25 @@ Ops (request fields -> result fields):
   -> {exit_code, stdout, stderr, timed_out, output_truncated, duration_s}
 - ``write_file``: {path: str, data_b64: str} -> {size: int}   (parents are created)
 - ``read_file``: {path: str} -> {data_b64: str}
+- ``write_files``: {files: [{path: str, data_b64: str}, ...]} -> {sizes: [int, ...]}
+  (all validated before any is written)
+- ``stat``: {path: str} -> Entry, where Entry is {name: str, path: str (resolved),
+  type: "file"|"dir"|"symlink", size: int, mode: int (permission bits),
+  permissions: str (e.g. "-rw-r--r--"), modified_time: float (Unix time),
+  symlink_target: str|null}; a final symlink is not followed; anything that is neither a
+  directory nor a symlink (devices, fifos) is a "file"
+- ``list_dir``: {path: str, depth: int >= 1} -> {entries: [Entry, ...]} sorted by path, down
+  to `depth` levels below `path`; symlinked directories are not entered; at most 100000
+  entries (os_error EFBIG beyond)
+- ``remove``: {path: str} -> {}   (a file, a symlink, or a directory tree)
+- ``rename``: {old_path: str, new_path: str} -> Entry of new_path
+- ``make_dir``: {path: str} -> {created: bool}   (parents are created; false if it existed)
+- ``pack_dir``: {path: str} -> {tar_b64: str}: an uncompressed tar of the directory's contents,
+  members relative to it, symlinks as links; os_error EFBIG if more than MAX_LINE_BYTES/4*3-4096
+  bytes (so that the reply fits a line)
+- ``unpack_dir``: {path: str, tar_b64: str} -> {}: extracts into path (created); members that
+  are not files, directories or links, with absolute or ``..`` paths, or links leading outside
+  path are refused with os_error EINVAL (earlier members may stay)
 - ``shutdown``: {} -> {}, then the agent exits.
 
 Error kinds: ``bad_request`` (malformed or unknown op), ``os_error`` (file operation failed),
@@ -58,7 +77,8 @@ PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 64 * 1024 * 1024
 MAX_OUTPUT_BYTES = 8 * 1024 * 1024  # stdout+stderr a reply carries at most, whatever the limits say
 HELLO_ID = 0
-OPS = ("ping", "run_program", "run_command", "write_file", "read_file", "shutdown")
+OPS = ("ping", "run_program", "run_command", "write_file", "read_file", "write_files", "stat",
+       "list_dir", "remove", "rename", "make_dir", "pack_dir", "unpack_dir", "shutdown")
 ERROR_KINDS = ("bad_request", "os_error", "sandbox", "internal")
 
 

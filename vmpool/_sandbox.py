@@ -11,21 +11,20 @@ import uuid
 import weakref
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from ._client import AgentClient
 from ._driver import Driver, SandboxProcess, StartOptions, get_driver, resolve_driver
 from ._errors import DriverUnavailableError, ProtocolError, SandboxError
-from ._protocol import MessageError, b64decode, b64encode
+from ._files import Files
 from ._types import CommandResult, ExecResult, Limits
 
 __all__ = ["Commands", "Files", "Sandbox"]
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
 REPLY_GRACE_S = 30.0  # beyond a program's wall limit: process sweep, cleanup, a busy host
-OP_TIMEOUT_S = 60.0
 COMMAND_LIMITS = Limits(memory_mb=4096, max_processes=256, max_file_size_mb=1024,
                         max_output_bytes=10_000_000)
 
@@ -176,34 +175,6 @@ class Sandbox:
         except BaseException:
             self.kill()  # e.g. Ctrl-C mid-request: the reply would desynchronise the channel
             raise
-
-
-class Files:
-    """File access inside the sandbox (E2B-style). Relative paths are relative to /tmp, the only
-    writable place. Failures raise the built-in OSError subclass, like open()."""
-
-    def __init__(self, sandbox: Sandbox) -> None:
-        self._sandbox = sandbox
-
-    def write(self, path: str, data: str | bytes) -> None:
-        """Create or replace the file at `path` (parents are created); str is written as UTF-8."""
-        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-        self._sandbox._call("write_file", OP_TIMEOUT_S, path=path, data_b64=b64encode(payload))
-
-    @overload
-    def read(self, path: str, format: Literal["text"] = "text") -> str: ...
-
-    @overload
-    def read(self, path: str, format: Literal["bytes"]) -> bytes: ...
-
-    def read(self, path: str, format: Literal["text", "bytes"] = "text") -> str | bytes:
-        """The content of `path`: str decoded as UTF-8 (format="text") or bytes."""
-        reply = self._sandbox._call("read_file", OP_TIMEOUT_S, path=path)
-        try:
-            data = b64decode(str(reply.get("data_b64", "")))
-        except MessageError as exc:
-            raise SandboxError("malformed file data from the agent: %s" % exc) from None
-        return data if format == "bytes" else data.decode("utf-8")
 
 
 class Commands:

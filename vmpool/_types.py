@@ -6,6 +6,7 @@ agent itself is stdlib-only and never imports this module.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -91,3 +92,22 @@ class CommandResult(BaseModel):
     output_truncated: bool = Field(False, description=(
         "output exceeded the cap: only its first bytes are kept; the command was not stopped for it"))
     duration_s: float = 0.0
+
+
+FileType = Literal["file", "dir", "symlink"]
+
+
+class EntryInfo(BaseModel):
+    """One filesystem entry inside a sandbox, as E2B's SDK describes it (`Sandbox.files`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    path: str = Field(description="absolute path inside the sandbox")
+    type: FileType = Field(description=(
+        "the entry itself, a final symlink not followed; devices and fifos count as files"))
+    size: int
+    mode: int = Field(description="permission bits, e.g. 0o644")
+    permissions: str = Field(description='as ls shows them, e.g. "-rw-r--r--"')
+    modified_time: datetime
+    symlink_target: str | None = None

@@ -16,9 +16,12 @@ generous time bounds so that a busy 2-core CI machine does not make them flaky.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
+import tarfile
 import textwrap
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,12 +29,14 @@ from typing import Any
 
 import pytest
 
+from ._agent_fs import unpack_tar
 from ._driver import get_driver
 from ._errors import ProtocolError, SandboxError
+from ._protocol import b64encode
 from ._sandbox import Sandbox
 from ._types import ExecResult, Limits
 
-__all__ = ["TestAgentIsOutOfReach", "TestFilesAndCommands", "TestIsolation", "TestLifecycle",
+__all__ = ["TestAgentIsOutOfReach", "TestFileSystem", "TestFilesAndCommands", "TestIsolation", "TestLifecycle",
            "TestLimits", "TestProgramOutcomes", "fresh_sandbox", "sandbox", "sandbox_factory",
            "shared_sandbox"]
 
@@ -581,6 +586,120 @@ class TestFilesAndCommands:
         assert result.timed_out and result.exit_code == -9
         if reused_after_timeout(sandbox):
             assert live_processes(sandbox) == []
+
+
+@pytest.mark.sandbox
+class TestFileSystem:
+    """`Sandbox.files`, E2B's filesystem API plus upload_dir/download_dir. Each test works in a
+    directory of its own under /tmp of the shared sandbox."""
+
+    @pytest.fixture
+    def base(self, sandbox: Sandbox) -> str:
+        return "/tmp/fs-%s" % uuid.uuid4().hex[:8]
+
+    def test_text_bytes_and_write_files(self, sandbox: Sandbox, base: str) -> None:
+        class Entry:
+            path = base + "/obj.txt"
+            data = "from an object"
+
+        sandbox.files.write_files([{"path": base + "/a/t.txt", "data": "héllo"},
+                                   {"path": base + "/b.bin", "data": bytes(range(256))}, Entry()])
+        assert sandbox.files.read(base + "/a/t.txt") == "héllo"
+        assert sandbox.files.read(base + "/b.bin", format="bytes") == bytes(range(256))
+        assert sandbox.files.read(base + "/obj.txt") == "from an object"
+
+    def test_list_depth_and_entry_fields(self, sandbox: Sandbox, base: str) -> None:
+        sandbox.files.write(base + "/f.txt", "12345")
+        sandbox.files.write(base + "/d/e/deep.txt", "x")
+        sandbox.commands.run("chmod 640 %s/f.txt && ln -s f.txt %s/link" % (base, base))
+        top = sandbox.files.list(base)
+        assert [entry.name for entry in top] == ["d", "f.txt", "link"]
+        info = {entry.name: entry for entry in top}
+        f = info["f.txt"]
+        assert (f.path, f.type, f.size, f.mode, f.permissions) == (base + "/f.txt", "file", 5, 0o640, "-rw-r-----")
+        assert f.symlink_target is None and f.modified_time.tzinfo is not None
+        assert abs(f.modified_time.timestamp() - time.time()) < 600
+        assert (info["d"].type, info["link"].type, info["link"].symlink_target) == ("dir", "symlink", "f.txt")
+        paths = [entry.path for entry in sandbox.files.list(base, depth=3)]
+        assert paths == [base + p for p in ("/d", "/d/e", "/d/e/deep.txt", "/f.txt", "/link")]
+        assert [entry.path for entry in sandbox.files.list(base, depth=2)] == [
+            base + p for p in ("/d", "/d/e", "/f.txt", "/link")]
+
+    def test_exists_get_info_and_missing_paths(self, sandbox: Sandbox, base: str) -> None:
+        sandbox.files.write(base + "/f", "x")
+        sandbox.commands.run("ln -s /nowhere %s/dangling" % base)
+        assert sandbox.files.exists(base + "/f") and sandbox.files.exists(base)
+        assert sandbox.files.exists(base + "/dangling") and not sandbox.files.exists(base + "/nope")
+        assert sandbox.files.get_info(base).type == "dir"
+        assert sandbox.files.get_info(base + "/dangling").symlink_target == "/nowhere"
+        relative = base.removeprefix("/tmp/") + "/f"
+        assert sandbox.files.get_info(relative).path == base + "/f"  # relative to /tmp
+        for call in (sandbox.files.get_info, sandbox.files.remove, sandbox.files.list):
+            with pytest.raises(FileNotFoundError):
+                call(base + "/nope")
+        with pytest.raises(FileNotFoundError):
+            sandbox.files.download_dir(base + "/nope", "/tmp/unused")
+        with pytest.raises(FileNotFoundError):
+            sandbox.files.rename(base + "/nope", base + "/other")
+        assert sandbox.is_running()
+
+    def test_remove_rename_make_dir(self, sandbox: Sandbox, base: str) -> None:
+        sandbox.files.write_files([{"path": base + "/tree/a/b/c.txt", "data": "c"},
+                                   {"path": base + "/tree/d.txt", "data": "d"}])
+        sandbox.files.remove(base + "/tree")
+        assert not sandbox.files.exists(base + "/tree")
+        sandbox.files.write(base + "/old.txt", "moved")
+        info = sandbox.files.rename(base + "/old.txt", base + "/new.txt")
+        assert (info.name, info.path, info.type, info.size) == ("new.txt", base + "/new.txt", "file", 5)
+        assert sandbox.files.read(base + "/new.txt") == "moved" and not sandbox.files.exists(base + "/old.txt")
+        assert sandbox.files.make_dir(base + "/m/n") is True
+        assert sandbox.files.make_dir(base + "/m/n") is False
+        assert sandbox.files.get_info(base + "/m/n").type == "dir"
+        with pytest.raises(OSError):
+            sandbox.files.make_dir("/usr/not-writable")
+
+    def test_upload_and_download_a_tree(self, sandbox: Sandbox, base: str, tmp_path: Path) -> None:
+        local = tmp_path / "up"
+        (local / "sub" / "deeper").mkdir(parents=True)
+        (local / "empty").mkdir()
+        (local / "sub" / "deeper" / "t.txt").write_text("text")
+        (local / "bin").write_bytes(bytes(range(256)) * 4)
+        (local / "link").symlink_to("sub/deeper/t.txt")
+        sandbox.files.upload_dir(local, base + "/tree")
+        assert sandbox.files.read(base + "/tree/sub/deeper/t.txt") == "text"
+        assert sandbox.files.get_info(base + "/tree/empty").type == "dir"
+        assert sandbox.files.get_info(base + "/tree/link").symlink_target == "sub/deeper/t.txt"
+        back = tmp_path / "down"
+        sandbox.files.download_dir(base + "/tree", back)
+        assert (back / "bin").read_bytes() == bytes(range(256)) * 4
+        assert (back / "sub" / "deeper" / "t.txt").read_text() == "text"
+        assert (back / "empty").is_dir() and not any((back / "empty").iterdir())
+        assert os.readlink(back / "link") == "sub/deeper/t.txt"
+
+    def test_download_refuses_links_out_of_the_directory(self, sandbox: Sandbox, base: str,
+                                                         tmp_path: Path) -> None:
+        sandbox.files.write(base + "/tree/ok.txt", "ok")
+        sandbox.commands.run("ln -s /etc/passwd %s/tree/evil" % base)
+        with pytest.raises(OSError, match="outside"):
+            sandbox.files.download_dir(base + "/tree", tmp_path / "down")
+        assert not os.path.lexists(tmp_path / "down" / "evil")
+
+    @pytest.mark.parametrize("member", ["../escaped", "/tmp/absolute", "a/../../escaped"])
+    def test_hostile_archives_are_refused_on_both_sides(self, sandbox: Sandbox, base: str,
+                                                        tmp_path: Path, member: str) -> None:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(member)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+        archive = buffer.getvalue()
+        with pytest.raises(OSError, match="refusing archive member"):
+            sandbox._call("unpack_dir", 30.0, path=base + "/in", tar_b64=b64encode(archive))
+        assert not sandbox.files.exists(base + "/escaped") and not sandbox.files.exists("/tmp/absolute")
+        with pytest.raises(OSError, match="refusing archive member"):
+            unpack_tar(archive, str(tmp_path / "in"))
+        assert not (tmp_path / "escaped").exists()
+        assert sandbox.is_running()
 
 
 @pytest.mark.sandbox

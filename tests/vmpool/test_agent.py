@@ -60,6 +60,9 @@ def test_hello(agent: Agent) -> None:
     b'{"id": 6, "op": "run_program"}', b'{"id": 7, "op": "run_program", "code": "1", "limits": {}}',
     b'{"id": 8, "op": "write_file", "path": "x", "data_b64": "!!"}',
     b'{"id": 9, "op": "read_file", "path": ""}', b"\xff\xfe",
+    b'{"id": 10, "op": "write_files", "files": [1]}', b'{"id": 11, "op": "write_files", "files": {}}',
+    b'{"id": 12, "op": "list_dir", "path": "/", "depth": 0}', b'{"id": 13, "op": "stat"}',
+    b'{"id": 14, "op": "rename", "old_path": "a"}', b'{"id": 15, "op": "unpack_dir", "path": "x", "tar_b64": 5}',
 ])
 def test_malformed_requests_get_error_replies(agent: Agent, line: bytes) -> None:
     reply = agent.send_raw(line)

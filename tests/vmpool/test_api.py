@@ -18,7 +18,7 @@ from vmpool import (
 from vmpool._bwrap import BwrapDriver
 
 PUBLIC = {
-    "Sandbox", "SandboxPool", "Limits", "ExecResult", "ExecStatus", "CommandResult",
+    "Sandbox", "SandboxPool", "Limits", "ExecResult", "ExecStatus", "CommandResult", "EntryInfo",
     "VmpoolError", "SandboxError", "DriverUnavailableError", "ProtocolError",
     "Driver", "get_driver", "resolve_driver", "list_drivers", "PROTOCOL_VERSION",
     "TemplateSpec", "TemplateError", "BuiltTemplate", "build_template", "ensure_template", "template_names",
