@@ -51,16 +51,21 @@ EXIT_OK, EXIT_PROGRAM_FAILED, EXIT_SANDBOX_FAILED, EXIT_BAD_ARGUMENTS, EXIT_INTE
 
 
 class BadArguments(click.ClickException):
-    """A mistake in what `vmpool run` was given: one line on stderr, exit status 3."""
+    """A mistake in what a `vmpool COMMAND` was given: one line on stderr
+    (``vmpool COMMAND: error: ...``), exit status 3."""
 
     exit_code = EXIT_BAD_ARGUMENTS
 
+    def __init__(self, message: str, command: str = "run") -> None:
+        super().__init__(message)
+        self.command = command
+
     def show(self, file: IO[Any] | None = None) -> None:
         message = " ".join(self.format_message().split())  # one line, whatever click composed
-        click.echo("vmpool run: error: %s" % message, err=True)
+        click.echo("vmpool %s: error: %s" % (self.command, message), err=True)
 
 
-class _RunCommand(click.Command):
+class _StrictCommand(click.Command):
     """Turns click's own usage errors (missing FILE, a value of the wrong type, an unknown
     option) into BadArguments, so that every bad argument ends the same way."""
 
@@ -68,7 +73,8 @@ class _RunCommand(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as exc:
-            raise BadArguments(exc.format_message()) from None
+            command = ctx.command_path.split()[1] if len(ctx.command_path.split()) > 1 else "run"
+            raise BadArguments(exc.format_message(), command) from None
 
 
 def _finite_timeout(ctx: click.Context, param: click.Parameter, value: float) -> float:
@@ -125,7 +131,7 @@ def doctor_command(as_json: bool) -> None:
         click.echo("\n".join(render(facts)))
 
 
-@cli.command("run", cls=_RunCommand)
+@cli.command("run", cls=_StrictCommand)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--driver", default="auto", show_default=True, callback=_known_driver,
               help="sandbox driver: auto picks the strongest usable one (see `vmpool drivers`)")
@@ -173,30 +179,12 @@ def run_command(file: Path, driver: str, timeout: float, memory_mb: int) -> None
 EXIT_BUILD_FAILED = EXIT_SANDBOX_FAILED  # the machinery failed, not the user's arguments
 
 
-class TemplateBadArguments(BadArguments):
-    """A mistake in what `vmpool template` was given: one line on stderr, exit status 3."""
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        message = " ".join(self.format_message().split())
-        click.echo("vmpool template: error: %s" % message, err=True)
-
-
-class _TemplateCommand(click.Command):
-    """Like `_RunCommand`, for the template commands."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            raise TemplateBadArguments(exc.format_message()) from None
-
-
 @cli.group("template")
 def template_group() -> None:
     """Build and list the VM templates the microvm driver boots (vmpool/templates/*.yaml)."""
 
 
-@template_group.command("list", cls=_TemplateCommand)
+@template_group.command("list", cls=_StrictCommand)
 def template_list_command() -> None:
     """List each known template: its hash, whether it is built, and its size on disk.
 
@@ -218,7 +206,7 @@ def template_list_command() -> None:
     sys.exit(EXIT_BAD_ARGUMENTS if invalid else EXIT_OK)
 
 
-@template_group.command("build", cls=_TemplateCommand)
+@template_group.command("build", cls=_StrictCommand)
 @click.argument("name")
 @click.option("--force", is_flag=True, help="rebuild even if the template is built already")
 def template_build_command(name: str, force: bool) -> None:
@@ -238,7 +226,7 @@ def template_build_command(name: str, force: bool) -> None:
     try:
         built = build(name, force=force, progress=progress)
     except TemplateSpecError as exc:
-        raise TemplateBadArguments(str(exc)) from None
+        raise BadArguments(str(exc), "template") from None
     except VmpoolError as exc:
         click.echo("vmpool: %s: %s" % (type(exc).__name__, exc), err=True)
         sys.exit(EXIT_BUILD_FAILED)
@@ -246,24 +234,6 @@ def template_build_command(name: str, force: bool) -> None:
         click.echo("vmpool: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     click.echo(str(built.dir))
-
-
-class BenchBadArguments(BadArguments):
-    """A mistake in what `vmpool bench` was given: one line on stderr, exit status 3."""
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        message = " ".join(self.format_message().split())
-        click.echo("vmpool bench: error: %s" % message, err=True)
-
-
-class _BenchCommand(click.Command):
-    """Like `_RunCommand`, for `vmpool bench`."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            raise BenchBadArguments(exc.format_message()) from None
 
 
 def _bench_driver(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -280,7 +250,7 @@ def _concurrency(ctx: click.Context, param: click.Parameter, value: str) -> tupl
     return tuple(int(part) for part in parts)
 
 
-@cli.command("bench", cls=_BenchCommand)
+@cli.command("bench", cls=_StrictCommand)
 @click.option("--driver", default="all", show_default=True, callback=_bench_driver,
               help="a driver to measure, or all usable ones (the ratios need bwrap and microvm)")
 @click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
