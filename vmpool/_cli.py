@@ -29,10 +29,12 @@ arguments, 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -75,6 +77,19 @@ class _StrictCommand(click.Command):
         except click.UsageError as exc:
             command = ctx.command_path.split()[1] if len(ctx.command_path.split()) > 1 else "run"
             raise BadArguments(exc.format_message(), command) from None
+
+
+@contextlib.contextmanager
+def _failures_exit(code: int) -> Iterator[None]:
+    """A VmpoolError ends the command with `code` and one line on stderr; Ctrl-C with 130."""
+    try:
+        yield
+    except VmpoolError as exc:
+        click.echo("vmpool: %s: %s" % (type(exc).__name__, exc), err=True)
+        sys.exit(code)
+    except KeyboardInterrupt:
+        click.echo("vmpool: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _finite_timeout(ctx: click.Context, param: click.Parameter, value: float) -> float:
@@ -162,16 +177,10 @@ def run_command(file: Path, driver: str, timeout: float, memory_mb: int) -> None
         limits = Limits(wall_time_s=timeout, memory_mb=memory_mb)
     except ValidationError as exc:  # the options' own checks should have caught this already
         raise BadArguments("invalid limits: %s" % exc.errors()[0]["msg"]) from None
-    try:
+    with _failures_exit(EXIT_SANDBOX_FAILED):  # on Ctrl-C the sandbox's context manager killed it
         with Sandbox.create(driver) as sandbox:
             result = sandbox.run_program(code, limits)
             payload = {"driver": sandbox.driver, "isolation": sandbox.isolation, **result.model_dump()}
-    except VmpoolError as exc:
-        click.echo("vmpool: %s: %s" % (type(exc).__name__, exc), err=True)
-        sys.exit(EXIT_SANDBOX_FAILED)
-    except KeyboardInterrupt:  # the sandbox is already gone: its context manager killed it
-        click.echo("vmpool: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
     click.echo(json.dumps(payload, indent=2))
     sys.exit(EXIT_OK if result.status == "ok" else EXIT_PROGRAM_FAILED)
 
@@ -223,16 +232,11 @@ def template_build_command(name: str, force: bool) -> None:
     def progress(message: str) -> None:
         click.echo("vmpool template build %s: %s" % (name, message), err=True)
 
-    try:
-        built = build(name, force=force, progress=progress)
-    except TemplateSpecError as exc:
-        raise BadArguments(str(exc), "template") from None
-    except VmpoolError as exc:
-        click.echo("vmpool: %s: %s" % (type(exc).__name__, exc), err=True)
-        sys.exit(EXIT_BUILD_FAILED)
-    except KeyboardInterrupt:
-        click.echo("vmpool: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+    with _failures_exit(EXIT_BUILD_FAILED):
+        try:
+            built = build(name, force=force, progress=progress)
+        except TemplateSpecError as exc:  # the user's mistake, not a failed build
+            raise BadArguments(str(exc), "template") from None
     click.echo(str(built.dir))
 
 
@@ -280,7 +284,7 @@ def bench_command(driver: str, repeat: int, programs: int, concurrency: tuple[in
     click.echo("settings: %d repetition(s), %d programs, concurrent starts: %s; figures are "
                "median (min-max)" % (repeat, programs, ", ".join(map(str, concurrency)) or "none"))
     measured: dict[str, Figures] = {}
-    try:
+    with _failures_exit(EXIT_SANDBOX_FAILED):
         for name, reason in choose_drivers(driver):
             if reason is not None:
                 if driver != "all":
@@ -290,12 +294,6 @@ def bench_command(driver: str, repeat: int, programs: int, concurrency: tuple[in
                 continue
             measured[name] = measure(name, repeat, programs, concurrency, progress)
             click.echo("\n".join(render(measured[name])))
-    except VmpoolError as exc:
-        click.echo("vmpool: %s: %s" % (type(exc).__name__, exc), err=True)
-        sys.exit(EXIT_SANDBOX_FAILED)
-    except KeyboardInterrupt:
-        click.echo("vmpool: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
     if "microvm" in measured and "bwrap" in measured:
         click.echo("\n".join(render_ratios(measured["microvm"], measured["bwrap"])))
 
