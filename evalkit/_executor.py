@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vmpool import ExecResult, Limits, Sandbox, VmpoolError
+from vmpool import ExecResult, Limits, LocalSandbox, VmpoolError
 
 from ._config import SandboxConfig
 from ._types import ExecRequest, SampleResult, Status
@@ -88,13 +88,13 @@ class SampleExecutor:
         self.driver = driver
         self.max_retries = max_retries
         self.limits = limits_for(config)
-        self._sandbox: Sandbox | None = None
+        self._sandbox: LocalSandbox | None = None
 
-    def _sandbox_ready(self) -> Sandbox:
+    def _sandbox_ready(self) -> LocalSandbox:
         if self._sandbox is not None and not self._sandbox.is_running():
             self._discard_sandbox()  # e.g. a microVM discarded after a timeout: not a failure
         if self._sandbox is None:
-            self._sandbox = Sandbox.create(driver=self.driver, python=self.config.python, template=self.config.template)
+            self._sandbox = LocalSandbox.create(driver=self.driver, python=self.config.python, template=self.config.template)
         return self._sandbox
 
     def _discard_sandbox(self) -> None:

@@ -201,11 +201,11 @@ def _planned_results(store: RunStore, samples: Sequence[Sample]) -> list[SampleR
 def _check_sandbox(config: EvalConfig) -> tuple[str, str]:
     """Resolve the driver and start one sandbox here, so a host that cannot run sandboxes fails
     fast with the reason, before Ray starts. Returns (driver, isolation)."""
-    from vmpool import Sandbox, VmpoolError, resolve_driver
+    from vmpool import LocalSandbox, VmpoolError, resolve_driver
 
     try:
         driver = resolve_driver(config.sandbox.driver)
-        with Sandbox.create(driver=driver, python=config.sandbox.python, template=config.sandbox.template) as sandbox:
+        with LocalSandbox.create(driver=driver, python=config.sandbox.python, template=config.sandbox.template) as sandbox:
             isolation = sandbox.isolation
     except VmpoolError as exc:
         raise InfraError(f"cannot start a '{config.sandbox.driver}' sandbox: {exc}") from exc

@@ -1,7 +1,7 @@
 """vmpool: self-hosted sandboxes (bubblewrap and microVM drivers) behind one guest-agent protocol.
 
-    from vmpool import Sandbox, Limits
-    with Sandbox.create() as sb:
+    from vmpool import LocalSandbox, Limits
+    with LocalSandbox.create() as sb:
         result = sb.run_program("print(1 + 1)", Limits(wall_time_s=5))
         assert result.status == "ok" and result.stdout == "2\\n"
 """
@@ -10,7 +10,7 @@ from ._driver import Driver, get_driver, list_drivers, resolve_driver
 from ._errors import DriverUnavailableError, ProtocolError, SandboxError, TemplateError, VmpoolError
 from ._pool import SandboxPool
 from ._protocol import PROTOCOL_VERSION
-from ._sandbox import Sandbox
+from ._sandbox import LocalSandbox
 from ._templates import BuiltTemplate, TemplateSpec, template_names
 from ._templates import build as build_template
 from ._templates import ensure_built as ensure_template
@@ -27,7 +27,7 @@ __all__ = [
     "ExecStatus",
     "Limits",
     "ProtocolError",
-    "Sandbox",
+    "LocalSandbox",
     "SandboxError",
     "SandboxPool",
     "TemplateError",

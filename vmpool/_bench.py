@@ -5,12 +5,12 @@ Per driver (figures are medians with min-max; nothing is compared with a thresho
 
 - cold boot to ready (microvm only): a VM booted from its kernel without a snapshot, until the
   agent's hello, as the driver does once to make the snapshot every sandbox is restored from;
-- start to ready: `Sandbox.create` returning (microvm: a restore of that snapshot);
+- start to ready: `LocalSandbox.create` returning (microvm: a restore of that snapshot);
 - the first program after the start, then ``print(1)`` on the same warm sandbox;
 - host memory of one sandbox after its start and one program: RSS and PSS from
   /proc/PID/status and /proc/PID/smaps_rollup, of QEMU alone and of the sandbox's whole host
   process tree (bwrap's processes included);
-- k concurrent starts: k threads calling `Sandbox.create` at the same moment.
+- k concurrent starts: k threads calling `LocalSandbox.create` at the same moment.
 
 `measure` gathers the figures, `render` and `render_ratios` turn them into lines (pure).
 """
@@ -30,7 +30,7 @@ from . import _qemu
 from ._bwrap import _bwrap_path, _children
 from ._driver import get_driver, list_drivers
 from ._errors import SandboxError
-from ._sandbox import Sandbox
+from ._sandbox import LocalSandbox
 from ._templates import ensure_built
 from ._vm_accel import accelerator
 
@@ -139,7 +139,7 @@ def _cold_boot(template_name: str) -> float:
         vm.kill()
 
 
-def _run(sandbox: Sandbox) -> float:
+def _run(sandbox: LocalSandbox) -> float:
     started = time.perf_counter()
     result = sandbox.run_program(PROGRAM)
     elapsed = time.perf_counter() - started
@@ -152,7 +152,7 @@ def _run(sandbox: Sandbox) -> float:
 def _start_and_run(figures: Figures, programs: int) -> None:
     """One start, its first program, its memory, and (the first time) `programs` more."""
     started = time.perf_counter()
-    with Sandbox.create(figures.driver) as sandbox:
+    with LocalSandbox.create(figures.driver) as sandbox:
         figures.start.append(time.perf_counter() - started)
         figures.first_program.append(_run(sandbox))
         process = sandbox._process
@@ -168,7 +168,7 @@ def _start_and_run(figures: Figures, programs: int) -> None:
 
 def _concurrent(driver: str, k: int) -> tuple[list[float], float]:
     """Times to ready of `k` sandboxes started at once, and the wall time until all were."""
-    sandboxes: list[Sandbox] = []
+    sandboxes: list[LocalSandbox] = []
     times: list[float] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -178,7 +178,7 @@ def _concurrent(driver: str, k: int) -> tuple[list[float], float]:
         barrier.wait()
         started = time.perf_counter()
         try:
-            sandbox = Sandbox.create(driver)
+            sandbox = LocalSandbox.create(driver)
         except BaseException as exc:  # re-raised in the calling thread
             with lock:
                 errors.append(exc)
@@ -254,7 +254,7 @@ def render(figures: Figures) -> list[str]:
     lines = ["%s: %s" % (figures.driver, figures.isolation)]
     if figures.cold_boot:
         lines.append("  cold boot to ready (no snapshot):   %s" % _fmt(figures.cold_boot))
-    lines.append("  start to ready (Sandbox.create):    %s  (%s)" % (_fmt(figures.start), kind))
+    lines.append("  start to ready (create):             %s  (%s)" % (_fmt(figures.start), kind))
     lines.append("  first program after the start:      %s" % _fmt(figures.first_program))
     lines.append("  %s on a warm sandbox:         %s  (%d runs)" % (PROGRAM, _fmt(figures.program), len(figures.program)))
     if figures.qemu_memory:

@@ -184,7 +184,7 @@ class BwrapDriver(Driver):
     """Sandboxes made of Linux namespaces with bubblewrap. See the module docstring.
 
     bwrap: path of the bwrap binary (default: found on PATH, else /usr/bin/bwrap).
-    python: default interpreter inside the sandbox (``Sandbox.create(python=...)`` overrides it).
+    python: default interpreter inside the sandbox (``LocalSandbox.create(python=...)`` overrides it).
     """
 
     name = "bwrap"

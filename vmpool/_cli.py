@@ -43,7 +43,7 @@ from pydantic import ValidationError
 
 from ._driver import get_driver, list_drivers
 from ._errors import VmpoolError
-from ._sandbox import Sandbox
+from ._sandbox import LocalSandbox
 from ._templates import TemplateSpecError, build, cached, load_spec, spec_hash, template_names
 from ._types import MAX_TIME_S, Limits
 
@@ -178,7 +178,7 @@ def run_command(file: Path, driver: str, timeout: float, memory_mb: int) -> None
     except ValidationError as exc:  # the options' own checks should have caught this already
         raise BadArguments("invalid limits: %s" % exc.errors()[0]["msg"]) from None
     with _failures_exit(EXIT_SANDBOX_FAILED):  # on Ctrl-C the sandbox's context manager killed it
-        with Sandbox.create(driver) as sandbox:
+        with LocalSandbox.create(driver) as sandbox:
             result = sandbox.run_program(code, limits)
             payload = {"driver": sandbox.driver, "isolation": sandbox.isolation, **result.model_dump()}
     click.echo(json.dumps(payload, indent=2))

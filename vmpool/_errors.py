@@ -20,7 +20,7 @@ What is deliberately *not* an exception:
 - Every outcome of a user program (exception, timeout, OOM, early exit, output flood) is an
   `ExecResult` with a status. A harness can therefore treat any `SandboxError` as infrastructure
   failure, never as a verdict on the program.
-- File operations (`Sandbox.files`) fail like `open()` does: with the built-in `OSError`
+- File operations (`LocalSandbox.files`) fail like `open()` does: with the built-in `OSError`
   subclass for the errno the agent saw (`FileNotFoundError`, `PermissionError`, ...).
 """
 

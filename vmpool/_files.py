@@ -1,4 +1,4 @@
-"""`Files`: the E2B-style filesystem API of a sandbox (`Sandbox.files`), plus whole directory
+"""`Files`: the E2B-style filesystem API of a sandbox (`LocalSandbox.files`), plus whole directory
 trees moved in one call (`upload_dir`, `download_dir`).
 
 Relative paths are relative to /tmp, the only writable place of a sandbox. Failures raise the
@@ -19,7 +19,7 @@ from ._protocol import MessageError, b64decode, b64encode
 from ._types import EntryInfo
 
 if TYPE_CHECKING:
-    from ._sandbox import Sandbox
+    from ._sandbox import LocalSandbox
 
 __all__ = ["Files"]
 
@@ -43,7 +43,7 @@ def _payload(data: str | bytes) -> str:
 class Files:
     """File access inside the sandbox, with the method names of E2B's Python SDK."""
 
-    def __init__(self, sandbox: Sandbox) -> None:
+    def __init__(self, sandbox: LocalSandbox) -> None:
         self._sandbox = sandbox
 
     def _call(self, op: str, **fields: Any) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ._driver import resolve_driver
 from ._errors import SandboxError, VmpoolError
-from ._sandbox import Sandbox
+from ._sandbox import LocalSandbox
 
 __all__ = ["SandboxPool"]
 
@@ -32,7 +32,7 @@ _MAX_WAIT_S = 3600.0  # longest single Condition.wait: larger timeouts overflow
 class SandboxPool:
     """At most `size` sandboxes of one driver; a context manager (entering pre-starts them).
 
-    `create_options` are passed to `Sandbox.create` (python=, tmp_size_mb=, ...). The driver is
+    `create_options` are passed to `LocalSandbox.create` (python=, tmp_size_mb=, ...). The driver is
     resolved once, here, so "auto" cannot change meaning halfway through a run.
     """
 
@@ -45,14 +45,14 @@ class SandboxPool:
         self.driver = resolve_driver(driver)
         self._options = create_options
         self._cond = threading.Condition()
-        self._idle: list[Sandbox] = []
-        self._leased: set[Sandbox] = set()
+        self._idle: list[LocalSandbox] = []
+        self._leased: set[LocalSandbox] = set()
         self._slots = 0  # sandboxes alive or being created
         self._closed = False
 
     def start(self) -> SandboxPool:
         """Start sandboxes until the pool is full, so the first leases are fast."""
-        started: list[Sandbox] = []
+        started: list[LocalSandbox] = []
         try:
             while True:
                 with self._cond:
@@ -69,7 +69,7 @@ class SandboxPool:
             for sandbox in started if closed else []:
                 sandbox.kill()  # closed meanwhile (another thread)
 
-    def acquire(self, timeout: float | None = None) -> Sandbox:
+    def acquire(self, timeout: float | None = None) -> LocalSandbox:
         """Lease a sandbox, starting one if the pool is not full; wait up to `timeout` seconds
         (None: forever) for one to be released. VmpoolError if the pool is closed or times out."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -87,7 +87,7 @@ class SandboxPool:
             sandbox.kill()
             raise VmpoolError("the sandbox pool was closed")
 
-    def release(self, sandbox: Sandbox, healthy: bool = True) -> None:
+    def release(self, sandbox: LocalSandbox, healthy: bool = True) -> None:
         """Give a leased sandbox back. healthy=False (or a dead sandbox): it is killed, and a
         fresh one is started in its place (in the background with refill=True, else by the next
         `acquire`)."""
@@ -105,7 +105,7 @@ class SandboxPool:
         self._discard(sandbox)
 
     @contextmanager
-    def lease(self, timeout: float | None = None) -> Iterator[Sandbox]:
+    def lease(self, timeout: float | None = None) -> Iterator[LocalSandbox]:
         """``with pool.lease() as sb:`` acquire, then release; unhealthy if an exception escaped."""
         sandbox = self.acquire(timeout)
         healthy = False
@@ -138,7 +138,7 @@ class SandboxPool:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def _take(self, deadline: float | None) -> Sandbox | None:
+    def _take(self, deadline: float | None) -> LocalSandbox | None:
         """An idle sandbox, or None after reserving a slot for a new one."""
         with self._cond:
             while True:
@@ -155,23 +155,23 @@ class SandboxPool:
                 # in pieces: Condition.wait overflows on enormous timeouts; the loop re-checks
                 self._cond.wait(None if remaining is None else min(remaining, _MAX_WAIT_S))
 
-    def _create(self) -> Sandbox:
+    def _create(self) -> LocalSandbox:
         try:
-            return Sandbox.create(self.driver, **self._options)
+            return LocalSandbox.create(self.driver, **self._options)
         except BaseException:
             with self._cond:
                 self._slots -= 1
                 self._cond.notify()
             raise
 
-    def _healthy(self, sandbox: Sandbox) -> bool:
+    def _healthy(self, sandbox: LocalSandbox) -> bool:
         try:
             sandbox.ping(timeout=10.0)
         except SandboxError:
             return False
         return True
 
-    def _discard(self, sandbox: Sandbox) -> None:
+    def _discard(self, sandbox: LocalSandbox) -> None:
         sandbox.kill()
         with self._cond:
             if not self._closed:

@@ -1,6 +1,10 @@
-"""`Sandbox`: one running sandbox with its agent, whatever the driver.
+"""`LocalSandbox`: one running sandbox with its agent, whatever the driver, owned by this process.
 
-Lifecycle: `Sandbox.create` starts it and waits for the agent's hello; `kill` (also on leaving a
+It is the low-level layer: no service, no ids shared across processes, no lifetime beyond the
+process (the sandbox dies with it). evalkit runs its programs through it. `vmpool.Sandbox`, the
+E2B-style SDK, manages `LocalSandbox` objects inside the vmpool service.
+
+Lifecycle: `LocalSandbox.create` starts it and waits for the agent's hello; `kill` (also on leaving a
 ``with`` block, on garbage collection and at interpreter exit) tears it down. Any machinery
 failure kills the sandbox and raises `SandboxError`, so a broken sandbox is never reused.
 """
@@ -21,7 +25,7 @@ from ._errors import DriverUnavailableError, ProtocolError, SandboxError
 from ._files import Files
 from ._types import CommandResult, ExecResult, Limits
 
-__all__ = ["Commands", "Files", "Sandbox"]
+__all__ = ["Commands", "Files", "LocalSandbox"]
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
 REPLY_GRACE_S = 30.0  # beyond a program's wall limit: process sweep, cleanup, a busy host
@@ -37,8 +41,8 @@ def wire_limits(limits: Limits) -> dict[str, Any]:
     return fields
 
 
-class Sandbox:
-    """A running sandbox. Create with `Sandbox.create`; use as a context manager.
+class LocalSandbox:
+    """A running sandbox. Create with `LocalSandbox.create`; use as a context manager.
 
     Thread-safe in the sense that concurrent calls are serialised (the agent does one thing at a
     time); use a `SandboxPool` for parallelism.
@@ -67,7 +71,7 @@ class Sandbox:
     @classmethod
     def create(cls, driver: str | Driver = "auto", *, python: str | None = None,
                tmp_size_mb: int = 256, start_timeout: float = 30.0,
-               agent_args: Sequence[str] = (), template: str | None = None) -> Sandbox:
+               agent_args: Sequence[str] = (), template: str | None = None) -> LocalSandbox:
         """Start a sandbox and wait until its agent said hello.
 
         driver: "auto" (strongest usable isolation), a registered driver name, or a `Driver`.
@@ -150,7 +154,7 @@ class Sandbox:
 
     close = kill
 
-    def __enter__(self) -> Sandbox:
+    def __enter__(self) -> LocalSandbox:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -159,7 +163,7 @@ class Sandbox:
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "dead"
-        return "<Sandbox %s %s (%s)>" % (self.sandbox_id, state, self._isolation)
+        return "<LocalSandbox %s %s (%s)>" % (self.sandbox_id, state, self._isolation)
 
     def _call(self, op: str, timeout: float, **fields: Any) -> dict[str, Any]:
         if not self._process.alive():
@@ -180,7 +184,7 @@ class Sandbox:
 class Commands:
     """Shell commands inside the sandbox (E2B-style, minimal)."""
 
-    def __init__(self, sandbox: Sandbox) -> None:
+    def __init__(self, sandbox: LocalSandbox) -> None:
         self._sandbox = sandbox
 
     def run(self, cmd: str, timeout: float = 60.0, cwd: str = "/tmp",

@@ -43,7 +43,7 @@ class Limits(BaseModel):
         "memory the program may allocate beyond the interpreter it runs in (a fork of the "
         "agent's warm interpreter): RLIMIT_AS is that interpreter's size + memory_mb, for the "
         "program and for each process it starts; beyond it allocations fail (oom). Shell "
-        "commands (Sandbox.commands.run) start afresh: for them it is each process's whole "
+        "commands (LocalSandbox.commands.run) start afresh: for them it is each process's whole "
         "address space"))
     max_processes: int = Field(32, gt=0, description="processes and threads the program may run at once")
     max_file_size_mb: int = Field(16, gt=0, description="largest file the program may write")
@@ -80,7 +80,7 @@ class ExecResult(BaseModel):
 
 
 class CommandResult(BaseModel):
-    """What a shell command run with `Sandbox.commands.run` produced. Like `ExecResult`, every
+    """What a shell command run with `LocalSandbox.commands.run` produced. Like `ExecResult`, every
     outcome of the command (failure, timeout) is a result, never an exception."""
 
     model_config = ConfigDict(frozen=True)
@@ -98,7 +98,7 @@ FileType = Literal["file", "dir", "symlink"]
 
 
 class EntryInfo(BaseModel):
-    """One filesystem entry inside a sandbox, as E2B's SDK describes it (`Sandbox.files`)."""
+    """One filesystem entry inside a sandbox, as E2B's SDK describes it (`LocalSandbox.files`)."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -33,41 +33,41 @@ from ._agent_fs import unpack_tar
 from ._driver import get_driver
 from ._errors import ProtocolError, SandboxError
 from ._protocol import b64encode
-from ._sandbox import Sandbox
+from ._sandbox import LocalSandbox
 from ._types import ExecResult, Limits
 
 __all__ = ["TestAgentIsOutOfReach", "TestFileSystem", "TestFilesAndCommands", "TestIsolation", "TestLifecycle",
            "TestLimits", "TestProgramOutcomes", "fresh_sandbox", "sandbox", "sandbox_factory",
            "shared_sandbox"]
 
-SandboxFactory = Callable[..., Sandbox]
+SandboxFactory = Callable[..., LocalSandbox]
 
 
 @pytest.fixture(scope="module")
-def shared_sandbox(vmpool_driver: str) -> Iterator[list[Sandbox]]:
+def shared_sandbox(vmpool_driver: str) -> Iterator[list[LocalSandbox]]:
     """A holder for one sandbox reused by the tests of a module (replaced if it died)."""
-    holder: list[Sandbox] = []
+    holder: list[LocalSandbox] = []
     yield holder
     for sandbox in holder:
         sandbox.kill()
 
 
 @pytest.fixture
-def sandbox(shared_sandbox: list[Sandbox], vmpool_driver: str) -> Sandbox:
+def sandbox(shared_sandbox: list[LocalSandbox], vmpool_driver: str) -> LocalSandbox:
     """A running sandbox, shared between tests: programs must not affect each other anyway."""
     if not shared_sandbox or not shared_sandbox[0].is_running():
-        shared_sandbox[:] = [Sandbox.create(vmpool_driver)]
+        shared_sandbox[:] = [LocalSandbox.create(vmpool_driver)]
     return shared_sandbox[0]
 
 
 @pytest.fixture
 def sandbox_factory(vmpool_driver: str) -> Iterator[SandboxFactory]:
-    """Creates sandboxes of the driver under test (keyword arguments go to Sandbox.create);
+    """Creates sandboxes of the driver under test (keyword arguments go to LocalSandbox.create);
     all are killed at the end of the test."""
-    made: list[Sandbox] = []
+    made: list[LocalSandbox] = []
 
-    def make(**options: Any) -> Sandbox:
-        made.append(Sandbox.create(vmpool_driver, **options))
+    def make(**options: Any) -> LocalSandbox:
+        made.append(LocalSandbox.create(vmpool_driver, **options))
         return made[-1]
 
     yield make
@@ -76,16 +76,16 @@ def sandbox_factory(vmpool_driver: str) -> Iterator[SandboxFactory]:
 
 
 @pytest.fixture
-def fresh_sandbox(sandbox_factory: SandboxFactory) -> Sandbox:
+def fresh_sandbox(sandbox_factory: SandboxFactory) -> LocalSandbox:
     """A sandbox of its own, for tests that break it."""
     return sandbox_factory()
 
 
-def run(sandbox: Sandbox, code: str, **limits: Any) -> ExecResult:
+def run(sandbox: LocalSandbox, code: str, **limits: Any) -> ExecResult:
     return sandbox.run_program(textwrap.dedent(code), Limits(**limits))
 
 
-def reused_after_timeout(sandbox: Sandbox) -> bool:
+def reused_after_timeout(sandbox: LocalSandbox) -> bool:
     """Whether `sandbox`, whose program just timed out, is still in service: it must be on
     drivers that reuse sandboxes after a timeout, and must be gone on the others (microvm)."""
     expected = get_driver(sandbox.driver).reuse_after_timeout
@@ -93,7 +93,7 @@ def reused_after_timeout(sandbox: Sandbox) -> bool:
     return expected
 
 
-def live_processes(sandbox: Sandbox) -> list[str]:
+def live_processes(sandbox: LocalSandbox) -> list[str]:
     """Processes in the sandbox other than the agent's ancestors, kernel threads (a VM has them)
     and this probe itself."""
     result = run(sandbox, """
@@ -116,19 +116,19 @@ def live_processes(sandbox: Sandbox) -> list[str]:
 
 @pytest.mark.sandbox
 class TestProgramOutcomes:
-    def test_ok(self, sandbox: Sandbox) -> None:
+    def test_ok(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, "print('hello', __name__)")
         assert (result.status, result.exit_code, result.stdout) == ("ok", 0, "hello __main__\n")
         assert result.error is None and result.duration_s > 0
 
-    def test_exception_is_error_with_type(self, sandbox: Sandbox) -> None:
+    def test_exception_is_error_with_type(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, "print('before')\ndef f():\n    raise ValueError('bad\\nvalue')\nf()\n")
         assert result.status == "error"
         assert result.error == "ValueError: bad value"
         assert result.stdout == "before\n"
         assert "Traceback" in result.stderr and "<program>" in result.stderr
 
-    def test_syntax_error(self, sandbox: Sandbox) -> None:
+    def test_syntax_error(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, "def f(:\n    pass\n")
         assert result.status == "error" and result.error is not None
         assert result.error.startswith("SyntaxError")
@@ -137,21 +137,21 @@ class TestProgramOutcomes:
         "import sys; sys.exit(0)", "raise SystemExit(0)", "import os; os._exit(0)",
         "import sys\ndef main():\n    sys.exit()\nmain()", "exit()", "quit()",
     ])
-    def test_early_exit_is_never_ok(self, sandbox: Sandbox, ending: str) -> None:
+    def test_early_exit_is_never_ok(self, sandbox: LocalSandbox, ending: str) -> None:
         result = run(sandbox, "print('started', flush=True)\n%s\nprint('unreachable')\n" % ending)
         assert result.status == "exited", result
         assert result.exit_code == 0 and result.stdout == "started\n"
 
-    def test_exit_code_and_message(self, sandbox: Sandbox) -> None:
+    def test_exit_code_and_message(self, sandbox: LocalSandbox) -> None:
         assert run(sandbox, "import sys; sys.exit(3)").exit_code == 3
         result = run(sandbox, "raise SystemExit('bye')")
         assert (result.status, result.exit_code, result.stderr) == ("exited", 1, "bye\n")
 
-    def test_killed_by_signal_is_exited(self, sandbox: Sandbox) -> None:
+    def test_killed_by_signal_is_exited(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, "import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
         assert (result.status, result.signal) == ("exited", 15)
 
-    def test_unicode_and_threads_and_subprocess(self, sandbox: Sandbox) -> None:
+    def test_unicode_and_threads_and_subprocess(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, """
             import subprocess, threading
             out = []
@@ -163,7 +163,7 @@ class TestProgramOutcomes:
         assert result.status == "ok", result
         assert result.stdout == "[0, 1, 2, 3] sub\nhéllo ✓\n"
 
-    def test_program_is_main_module(self, sandbox: Sandbox) -> None:
+    def test_program_is_main_module(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, """
             import pickle, sys, __main__
             def answer():
@@ -172,7 +172,7 @@ class TestProgramOutcomes:
             """)
         assert result.stdout == "42 True ['<program>']\n", result
 
-    def test_sabotaged_interpreter_still_reports(self, sandbox: Sandbox) -> None:
+    def test_sabotaged_interpreter_still_reports(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, "import os, sys\nos._exit = sys.exit = lambda *a: None\nprint('done')")
         assert (result.status, result.stdout) == ("ok", "done\n")
         result = run(sandbox, "import os\nos.makedirs('a/b')\nos.chmod('a', 0)\nos.chmod('.', 0)\n"
@@ -182,7 +182,7 @@ class TestProgramOutcomes:
         later = run(sandbox, "import os; print(os.path.exists(%r))" % result.stdout.strip())
         assert later.stdout == "False\n"
 
-    def test_output_beyond_the_cap_does_not_change_the_outcome(self, sandbox: Sandbox) -> None:
+    def test_output_beyond_the_cap_does_not_change_the_outcome(self, sandbox: LocalSandbox) -> None:
         # a correct program that prints a lot must still pass: the surplus is dropped, not fatal
         result = run(sandbox, "import sys\nprint('x' * 3_000_000)\nprint('err', file=sys.stderr)\n")
         assert (result.status, result.exit_code, result.error) == ("ok", 0, None), result.error
@@ -195,11 +195,11 @@ class TestProgramOutcomes:
         # the cap was spent on stdout, yet the traceback that says why it failed is kept
         assert failing.stderr.startswith("Traceback") and failing.stderr.endswith("ValueError: late\n")
 
-    def test_output_within_the_cap_is_not_truncated(self, sandbox: Sandbox) -> None:
+    def test_output_within_the_cap_is_not_truncated(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, "print('x' * 999)", max_output_bytes=1000)
         assert (result.status, result.stdout, result.output_truncated) == ("ok", "x" * 999 + "\n", False)
 
-    def test_output_is_kept_up_to_the_agent_ceiling(self, sandbox: Sandbox) -> None:
+    def test_output_is_kept_up_to_the_agent_ceiling(self, sandbox: LocalSandbox) -> None:
         # max_output_bytes above the 8 MiB ceiling: 8 MiB kept, the program still runs to its end
         result = run(sandbox, "import sys\nchunk = 'x' * 2**20\nfor _ in range(12):\n    sys.stdout.write(chunk)\n",
                      max_output_bytes=20_000_000)
@@ -207,7 +207,7 @@ class TestProgramOutcomes:
         assert len(result.stdout) == 8 * 2**20
 
     @pytest.mark.parametrize("stream", ["stdout", "stderr"])
-    def test_endless_output_times_out(self, sandbox: Sandbox, stream: str) -> None:
+    def test_endless_output_times_out(self, sandbox: LocalSandbox, stream: str) -> None:
         # reading and dropping an endless flood must not keep the agent from the wall-time limit
         code = "import sys\nwhile True:\n    sys.%s.write('x' * 1000 + '\\n')\n" % stream
         result = run(sandbox, code, wall_time_s=2)
@@ -222,7 +222,7 @@ class TestProgramOutcomes:
         if reused_after_timeout(sandbox):
             assert run(sandbox, "print('fine')").stdout == "fine\n"
 
-    def test_output_flood_from_many_processes_times_out(self, sandbox: Sandbox) -> None:
+    def test_output_flood_from_many_processes_times_out(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, """
             import os, sys
             for _ in range(3):
@@ -239,27 +239,27 @@ class TestProgramOutcomes:
 
 @pytest.mark.sandbox
 class TestLimits:
-    def test_infinite_loop_times_out_and_sandbox_survives(self, sandbox: Sandbox) -> None:
+    def test_infinite_loop_times_out_and_sandbox_survives(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, "while True:\n    pass\n", wall_time_s=1.5)
         assert result.status == "timeout"
         assert 1.4 <= result.duration_s < 15
         if reused_after_timeout(sandbox):
             assert run(sandbox, "print(1)").status == "ok"
 
-    def test_sleeping_program_times_out_on_wall_time(self, sandbox: Sandbox) -> None:
+    def test_sleeping_program_times_out_on_wall_time(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, "import time; time.sleep(60)", wall_time_s=1)
         assert result.status == "timeout" and result.duration_s < 15
 
-    def test_longest_time_limits_are_usable(self, sandbox: Sandbox) -> None:
+    def test_longest_time_limits_are_usable(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, "print(1)", wall_time_s=86400, cpu_time_s=86400)
         assert (result.status, result.stdout) == ("ok", "1\n"), result
 
-    def test_cpu_limit(self, sandbox: Sandbox) -> None:
+    def test_cpu_limit(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, "while True:\n    pass\n", wall_time_s=60, cpu_time_s=1)
         assert result.status == "timeout", result
         assert result.duration_s < 20 and result.error is not None and "cpu" in result.error
 
-    def test_memory_mb_is_counted_beyond_the_interpreter(self, sandbox: Sandbox) -> None:
+    def test_memory_mb_is_counted_beyond_the_interpreter(self, sandbox: LocalSandbox) -> None:
         # memory_mb is what the program may allocate, whatever the size of the (forked, already
         # large) interpreter it runs in; a small allowance must not fail trivial programs
         trivial = "import threading\nt = threading.Thread(target=print)\nt.start(); t.join()\nprint(len([0] * 10**6))"
@@ -269,12 +269,12 @@ class TestLimits:
         assert run(sandbox, "x = bytearray(100 * 2**20)", memory_mb=32).status == "oom"
         assert run(sandbox, "print(1)", memory_mb=2**50).status == "ok"  # beyond setrlimit: no limit
 
-    def test_memory_bomb_is_oom(self, sandbox: Sandbox) -> None:
+    def test_memory_bomb_is_oom(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, "x = []\nwhile True:\n    x.append(bytearray(10**7))\n", memory_mb=256)
         assert result.status == "oom", result
         assert run(sandbox, "print(sum(range(10)))").stdout == "45\n"
 
-    def test_processes_are_capped(self, sandbox: Sandbox) -> None:
+    def test_processes_are_capped(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, """
             import os, time
             children = 0
@@ -291,7 +291,7 @@ class TestLimits:
         words = result.stdout.split()
         assert words[0] == "capped" and int(words[1]) < 8 and words[2] == "11"  # EAGAIN
 
-    def test_fork_bomb_is_contained(self, sandbox: Sandbox) -> None:
+    def test_fork_bomb_is_contained(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, """
             import os
             while True:
@@ -305,7 +305,7 @@ class TestLimits:
             assert live_processes(sandbox) == []
             assert run(sandbox, "print('fine')").stdout == "fine\n"
 
-    def test_file_size_limit(self, sandbox: Sandbox) -> None:
+    def test_file_size_limit(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, "open('big', 'wb').write(b'x' * (3 * 1024 * 1024))", max_file_size_mb=1)
         assert result.status == "error" and result.error is not None
         assert "File too large" in result.error
@@ -313,7 +313,7 @@ class TestLimits:
 
 @pytest.mark.sandbox
 class TestIsolation:
-    def test_background_daemon_does_not_survive(self, sandbox: Sandbox) -> None:
+    def test_background_daemon_does_not_survive(self, sandbox: LocalSandbox) -> None:
         started = run(sandbox, """
             import os, subprocess
             p = subprocess.Popen(["sleep", "600"], start_new_session=True)
@@ -330,7 +330,7 @@ class TestIsolation:
         assert later.stdout == "False\n"
         assert live_processes(sandbox) == []
 
-    def test_scratch_is_private_and_cleaned(self, sandbox: Sandbox) -> None:
+    def test_scratch_is_private_and_cleaned(self, sandbox: LocalSandbox) -> None:
         first = run(sandbox, """
             import os
             open("mine.txt", "w").write("secret")
@@ -344,7 +344,7 @@ class TestIsolation:
             """ % first.stdout.strip())
         assert second.stdout == "[] False False\n"
 
-    def test_no_network(self, sandbox: Sandbox) -> None:
+    def test_no_network(self, sandbox: LocalSandbox) -> None:
         server = socket.socket()
         server.bind(("127.0.0.1", 0))
         server.listen(1)
@@ -366,7 +366,7 @@ class TestIsolation:
         assert result.stdout.splitlines()[1:] == ["refused", "refused"]
         assert set(eval(result.stdout.splitlines()[0])) <= {"lo"}
 
-    def test_host_files_are_invisible(self, sandbox: Sandbox, tmp_path: Path) -> None:
+    def test_host_files_are_invisible(self, sandbox: LocalSandbox, tmp_path: Path) -> None:
         name = ".vmpool-secret-%s" % uuid.uuid4().hex
         secrets = [tmp_path / name]
         for place in (Path.home(), Path.cwd()):  # e.g. /root and the checkout under test
@@ -383,7 +383,7 @@ class TestIsolation:
             for path in secrets:
                 path.unlink(missing_ok=True)
 
-    def test_cannot_write_outside_tmp(self, sandbox: Sandbox) -> None:
+    def test_cannot_write_outside_tmp(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, """
             import os
             for d in ["/", "/usr", "/usr/lib", "/etc", "/dev", "/dev/shm", "/opt/vmpool", "/proc", "/bin"]:
@@ -397,7 +397,7 @@ class TestIsolation:
         assert result.status == "ok", result
         assert result.stdout == ""
 
-    def test_ipc_objects_cannot_be_created(self, sandbox: Sandbox) -> None:
+    def test_ipc_objects_cannot_be_created(self, sandbox: LocalSandbox) -> None:
         # SysV IPC objects and POSIX message queues outlive their creator: a program could leave
         # memory behind (a 400 MB segment, filled and detached) or a message for the next one
         result = run(sandbox, """
@@ -425,11 +425,11 @@ class TestIsolation:
             """)
         assert later.stdout == "shm 0\nsem 0\nmsg 0\n", later
 
-    def test_random_state_differs_between_programs(self, sandbox: Sandbox) -> None:
+    def test_random_state_differs_between_programs(self, sandbox: LocalSandbox) -> None:
         code = "import random; print(random.getrandbits(64), random.random())"
         assert run(sandbox, code).stdout != run(sandbox, code).stdout
 
-    def test_runs_unprivileged(self, sandbox: Sandbox) -> None:
+    def test_runs_unprivileged(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, "import os; print(os.getuid() != 0 and os.geteuid() != 0)")
         assert result.stdout == "True\n"
 
@@ -462,7 +462,7 @@ class TestAgentIsOutOfReach:
         "os.sched_setaffinity(os.getppid(), {min(os.sched_getaffinity(0))})",
         "os.pidfd_open(os.getppid())",
     ])
-    def test_attack_is_refused(self, sandbox: Sandbox, attack: str) -> None:
+    def test_attack_is_refused(self, sandbox: LocalSandbox, attack: str) -> None:
         before = run(sandbox, AGENT_STATE)
         assert before.status == "ok", before
         result = run(sandbox, "import os, resource, signal\n" + attack)
@@ -470,7 +470,7 @@ class TestAgentIsOutOfReach:
         assert result.error is not None and result.error.startswith("PermissionError"), result.error
         assert run(sandbox, AGENT_STATE).stdout == before.stdout
 
-    def test_other_signal_syscalls_are_refused(self, sandbox: Sandbox) -> None:
+    def test_other_signal_syscalls_are_refused(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, """
             import ctypes, os, signal
             if os.uname().machine != "x86_64":
@@ -500,7 +500,7 @@ class TestAgentIsOutOfReach:
         assert "done" not in seen.values(), seen
         assert run(sandbox, "print(1)").stdout == "1\n"
 
-    def test_memory_of_the_agent_and_its_ancestors_is_out_of_reach(self, sandbox: Sandbox) -> None:
+    def test_memory_of_the_agent_and_its_ancestors_is_out_of_reach(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, """
             import ctypes, os
             libc = ctypes.CDLL(None, use_errno=True)
@@ -532,7 +532,7 @@ class TestAgentIsOutOfReach:
         assert lines[0].startswith("ancestors [") and lines[0] != "ancestors []"
         assert lines[1:] == []
 
-    def test_programs_still_signal_themselves_and_their_children(self, sandbox: Sandbox) -> None:
+    def test_programs_still_signal_themselves_and_their_children(self, sandbox: LocalSandbox) -> None:
         result = run(sandbox, """
             import os, resource, signal, threading, time
             os.kill(os.getpid(), 0)
@@ -562,7 +562,7 @@ class TestAgentIsOutOfReach:
 
 @pytest.mark.sandbox
 class TestFilesAndCommands:
-    def test_files_round_trip(self, sandbox: Sandbox) -> None:
+    def test_files_round_trip(self, sandbox: LocalSandbox) -> None:
         sandbox.files.write("/tmp/dir/a.txt", "héllo")
         sandbox.files.write("b.bin", b"\x00\xff" * 1000)
         assert sandbox.files.read("/tmp/dir/a.txt") == "héllo"
@@ -570,18 +570,18 @@ class TestFilesAndCommands:
         result = run(sandbox, "print(open('/tmp/dir/a.txt').read())")
         assert result.stdout == "héllo\n"  # files written by the host survive programs
 
-    def test_file_errors_are_oserrors(self, sandbox: Sandbox) -> None:
+    def test_file_errors_are_oserrors(self, sandbox: LocalSandbox) -> None:
         with pytest.raises(FileNotFoundError):
             sandbox.files.read("/tmp/does-not-exist")
         with pytest.raises(OSError):
             sandbox.files.write("/usr/x", "no")
         assert sandbox.is_running()
 
-    def test_commands_run(self, sandbox: Sandbox) -> None:
+    def test_commands_run(self, sandbox: LocalSandbox) -> None:
         result = sandbox.commands.run("echo out; echo err >&2; exit 3")
         assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
 
-    def test_command_timeout(self, sandbox: Sandbox) -> None:
+    def test_command_timeout(self, sandbox: LocalSandbox) -> None:
         result = sandbox.commands.run("sleep 100 & sleep 100", timeout=1)
         assert result.timed_out and result.exit_code == -9
         if reused_after_timeout(sandbox):
@@ -590,14 +590,14 @@ class TestFilesAndCommands:
 
 @pytest.mark.sandbox
 class TestFileSystem:
-    """`Sandbox.files`, E2B's filesystem API plus upload_dir/download_dir. Each test works in a
+    """`LocalSandbox.files`, E2B's filesystem API plus upload_dir/download_dir. Each test works in a
     directory of its own under /tmp of the shared sandbox."""
 
     @pytest.fixture
-    def base(self, sandbox: Sandbox) -> str:
+    def base(self, sandbox: LocalSandbox) -> str:
         return "/tmp/fs-%s" % uuid.uuid4().hex[:8]
 
-    def test_text_bytes_and_write_files(self, sandbox: Sandbox, base: str) -> None:
+    def test_text_bytes_and_write_files(self, sandbox: LocalSandbox, base: str) -> None:
         class Entry:
             path = base + "/obj.txt"
             data = "from an object"
@@ -608,7 +608,7 @@ class TestFileSystem:
         assert sandbox.files.read(base + "/b.bin", format="bytes") == bytes(range(256))
         assert sandbox.files.read(base + "/obj.txt") == "from an object"
 
-    def test_list_depth_and_entry_fields(self, sandbox: Sandbox, base: str) -> None:
+    def test_list_depth_and_entry_fields(self, sandbox: LocalSandbox, base: str) -> None:
         sandbox.files.write(base + "/f.txt", "12345")
         sandbox.files.write(base + "/d/e/deep.txt", "x")
         sandbox.commands.run("chmod 640 %s/f.txt && ln -s f.txt %s/link" % (base, base))
@@ -625,7 +625,7 @@ class TestFileSystem:
         assert [entry.path for entry in sandbox.files.list(base, depth=2)] == [
             base + p for p in ("/d", "/d/e", "/f.txt", "/link")]
 
-    def test_exists_get_info_and_missing_paths(self, sandbox: Sandbox, base: str) -> None:
+    def test_exists_get_info_and_missing_paths(self, sandbox: LocalSandbox, base: str) -> None:
         sandbox.files.write(base + "/f", "x")
         sandbox.commands.run("ln -s /nowhere %s/dangling" % base)
         assert sandbox.files.exists(base + "/f") and sandbox.files.exists(base)
@@ -643,7 +643,7 @@ class TestFileSystem:
             sandbox.files.rename(base + "/nope", base + "/other")
         assert sandbox.is_running()
 
-    def test_remove_rename_make_dir(self, sandbox: Sandbox, base: str) -> None:
+    def test_remove_rename_make_dir(self, sandbox: LocalSandbox, base: str) -> None:
         sandbox.files.write_files([{"path": base + "/tree/a/b/c.txt", "data": "c"},
                                    {"path": base + "/tree/d.txt", "data": "d"}])
         sandbox.files.remove(base + "/tree")
@@ -658,7 +658,7 @@ class TestFileSystem:
         with pytest.raises(OSError):
             sandbox.files.make_dir("/usr/not-writable")
 
-    def test_upload_and_download_a_tree(self, sandbox: Sandbox, base: str, tmp_path: Path) -> None:
+    def test_upload_and_download_a_tree(self, sandbox: LocalSandbox, base: str, tmp_path: Path) -> None:
         local = tmp_path / "up"
         (local / "sub" / "deeper").mkdir(parents=True)
         (local / "empty").mkdir()
@@ -676,7 +676,7 @@ class TestFileSystem:
         assert (back / "empty").is_dir() and not any((back / "empty").iterdir())
         assert os.readlink(back / "link") == "sub/deeper/t.txt"
 
-    def test_download_refuses_links_out_of_the_directory(self, sandbox: Sandbox, base: str,
+    def test_download_refuses_links_out_of_the_directory(self, sandbox: LocalSandbox, base: str,
                                                          tmp_path: Path) -> None:
         sandbox.files.write(base + "/tree/ok.txt", "ok")
         sandbox.commands.run("ln -s /etc/passwd %s/tree/evil" % base)
@@ -685,7 +685,7 @@ class TestFileSystem:
         assert not os.path.lexists(tmp_path / "down" / "evil")
 
     @pytest.mark.parametrize("member", ["../escaped", "/tmp/absolute", "a/../../escaped"])
-    def test_hostile_archives_are_refused_on_both_sides(self, sandbox: Sandbox, base: str,
+    def test_hostile_archives_are_refused_on_both_sides(self, sandbox: LocalSandbox, base: str,
                                                         tmp_path: Path, member: str) -> None:
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -704,7 +704,7 @@ class TestFileSystem:
 
 @pytest.mark.sandbox
 class TestLifecycle:
-    def test_kill_is_idempotent_and_final(self, fresh_sandbox: Sandbox) -> None:
+    def test_kill_is_idempotent_and_final(self, fresh_sandbox: LocalSandbox) -> None:
         assert fresh_sandbox.is_running()
         fresh_sandbox.kill()
         fresh_sandbox.kill()
@@ -717,7 +717,7 @@ class TestLifecycle:
             assert sandbox.run_program("print(1)").status == "ok"
         assert not sandbox.is_running()
 
-    def test_agent_killed_from_host_is_sandbox_error(self, fresh_sandbox: Sandbox) -> None:
+    def test_agent_killed_from_host_is_sandbox_error(self, fresh_sandbox: LocalSandbox) -> None:
         agent = fresh_sandbox._process.agent_host_pid()
         if agent is None:
             pytest.skip("this driver's agent has no host process")
@@ -733,6 +733,6 @@ class TestLifecycle:
         with pytest.raises(ProtocolError, match="v999.*v1"):
             sandbox_factory(agent_args=["--fake-protocol", "999"])
 
-    def test_identity(self, sandbox: Sandbox, vmpool_driver: str) -> None:
+    def test_identity(self, sandbox: LocalSandbox, vmpool_driver: str) -> None:
         assert sandbox.driver == vmpool_driver and sandbox.isolation
         assert sandbox.sandbox_id.startswith(vmpool_driver)

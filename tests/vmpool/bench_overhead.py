@@ -7,12 +7,12 @@ import statistics
 import sys
 import time
 
-from vmpool import Limits, Sandbox
+from vmpool import Limits, LocalSandbox
 
 
 def main(n: int) -> None:
     started = time.perf_counter()
-    with Sandbox.create("bwrap") as sandbox:
+    with LocalSandbox.create("bwrap") as sandbox:
         print("sandbox start + hello: %.1f ms" % ((time.perf_counter() - started) * 1000))
         limits = Limits()
         for _ in range(20):  # warm-up

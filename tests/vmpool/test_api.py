@@ -8,7 +8,7 @@ import vmpool
 from vmpool import (
     DriverUnavailableError,
     ProtocolError,
-    Sandbox,
+    LocalSandbox,
     SandboxError,
     VmpoolError,
     get_driver,
@@ -18,7 +18,7 @@ from vmpool import (
 from vmpool._bwrap import BwrapDriver
 
 PUBLIC = {
-    "Sandbox", "SandboxPool", "Limits", "ExecResult", "ExecStatus", "CommandResult", "EntryInfo",
+    "LocalSandbox", "SandboxPool", "Limits", "ExecResult", "ExecStatus", "CommandResult", "EntryInfo",
     "VmpoolError", "SandboxError", "DriverUnavailableError", "ProtocolError",
     "Driver", "get_driver", "resolve_driver", "list_drivers", "PROTOCOL_VERSION",
     "TemplateSpec", "TemplateError", "BuiltTemplate", "build_template", "ensure_template", "template_names",
@@ -55,7 +55,7 @@ def test_an_unusable_driver_is_refused_not_downgraded(monkeypatch: pytest.Monkey
     with pytest.raises(DriverUnavailableError, match="QEMU .* is not installed; install it with: apt-get"):
         resolve_driver("microvm")
     with pytest.raises(DriverUnavailableError, match="QEMU"):
-        Sandbox.create("microvm")
+        LocalSandbox.create("microvm")
     assert "qemu-system-x86" in (get_driver("microvm").available() or "")
 
 
@@ -64,7 +64,7 @@ def test_driver_instance_and_agent_info() -> None:
     class Custom(BwrapDriver):
         name = "custom"
 
-    with Sandbox.create(Custom()) as sandbox:
+    with LocalSandbox.create(Custom()) as sandbox:
         assert sandbox.driver == "custom"
         assert sandbox.python_version.startswith("3.") and sandbox.agent_version
         assert "running" in repr(sandbox)

@@ -29,7 +29,7 @@ def test_bench_bwrap() -> None:
     assert lines[0].startswith("machine: ") and " CPUs (" in lines[0] and "accelerator: " in lines[0]
     assert lines[1].startswith("settings: 1 repetition(s), 20 programs, concurrent starts: 4, 8")
     assert lines[2].startswith("bwrap: namespaces")
-    _has(lines, "start to ready (Sandbox.create):", "first program after the start:",
+    _has(lines, "start to ready (create):", "first program after the start:",
          "print(1) on a warm sandbox:", "host memory, whole process tree:", "4 concurrent starts:",
          "8 concurrent starts:")
     assert not any("cold boot" in line or "microvm" in line for line in lines)
@@ -47,7 +47,7 @@ def test_bench_microvm_and_ratios() -> None:
     if not accelerator().hardware:  # the accelerator VMs really use here
         assert "TCG emulation" in lines[0]
     microvm = lines.index(next(line for line in lines if line.startswith("microvm: microVM (QEMU")))
-    _has(lines[microvm:], "cold boot to ready (no snapshot):", "start to ready (Sandbox.create):",
+    _has(lines[microvm:], "cold boot to ready (no snapshot):", "start to ready (create):",
          "print(1) on a warm sandbox:", "host memory, QEMU process:", "host memory, whole process tree:",
          "2 concurrent starts:", "microvm / bwrap (medians, this run):", "start to ready:",
          "host memory (PSS, whole tree):", "2 concurrent starts, all ready:")

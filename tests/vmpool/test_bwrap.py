@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vmpool import DriverUnavailableError, Limits, Sandbox
+from vmpool import DriverUnavailableError, Limits, LocalSandbox
 from vmpool._bwrap import BwrapDriver
 
 pytestmark = pytest.mark.sandbox
@@ -46,19 +46,19 @@ def test_missing_bwrap_is_driver_unavailable() -> None:
     driver = BwrapDriver(bwrap="/nonexistent/bwrap")
     assert "apt-get install bubblewrap" in (driver.available() or "")
     with pytest.raises(DriverUnavailableError, match="apt-get install bubblewrap"):
-        Sandbox.create(driver)
+        LocalSandbox.create(driver)
 
 
 def test_missing_python_is_driver_unavailable() -> None:
     with pytest.raises(DriverUnavailableError, match="apt-get install python3"):
-        Sandbox.create("bwrap", python="/usr/bin/python-does-not-exist")
+        LocalSandbox.create("bwrap", python="/usr/bin/python-does-not-exist")
     with pytest.raises(DriverUnavailableError, match="outside /usr"):
-        Sandbox.create("bwrap", python=sys.executable if not os.path.realpath(sys.executable).startswith("/usr/")
+        LocalSandbox.create("bwrap", python=sys.executable if not os.path.realpath(sys.executable).startswith("/usr/")
                        else "/etc/hostname")
 
 
 def test_kill_leaves_nothing_running() -> None:
-    sandbox = Sandbox.create("bwrap")
+    sandbox = LocalSandbox.create("bwrap")
     outer, agent = sandbox._process.pid, sandbox._process.agent_host_pid()  # type: ignore[attr-defined]
     assert agent is not None
     if os.geteuid() == 0:  # root starts bwrap unprivileged so that RLIMIT_NPROC holds
@@ -69,8 +69,8 @@ def test_kill_leaves_nothing_running() -> None:
 
 def test_survives_the_thread_that_created_it() -> None:
     # PR_SET_PDEATHSIG fires when the forking *thread* exits: sandboxes must not die with it
-    created: list[Sandbox] = []
-    worker = threading.Thread(target=lambda: created.append(Sandbox.create("bwrap")))
+    created: list[LocalSandbox] = []
+    worker = threading.Thread(target=lambda: created.append(LocalSandbox.create("bwrap")))
     worker.start()
     worker.join()
     with created[0] as sandbox:
@@ -81,8 +81,8 @@ def test_survives_the_thread_that_created_it() -> None:
 def test_dies_with_a_killed_host() -> None:
     host = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import os, time
-        from vmpool import Sandbox
-        sandbox = Sandbox.create("bwrap")
+        from vmpool import LocalSandbox
+        sandbox = LocalSandbox.create("bwrap")
         print(sandbox._process.agent_host_pid(), flush=True)
         time.sleep(60)
         """)], stdout=subprocess.PIPE, text=True)
@@ -95,8 +95,8 @@ def test_dies_with_a_killed_host() -> None:
 
 def test_ctrl_c_mid_program_leaves_nothing_running() -> None:
     host = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
-        from vmpool import Limits, Sandbox
-        sandbox = Sandbox.create("bwrap")
+        from vmpool import Limits, LocalSandbox
+        sandbox = LocalSandbox.create("bwrap")
         print(sandbox._process.agent_host_pid(), flush=True)
         sandbox.run_program("import time; time.sleep(60)", Limits(wall_time_s=60))
         """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -110,7 +110,7 @@ def test_ctrl_c_mid_program_leaves_nothing_running() -> None:
 
 
 def test_agent_is_shielded_from_programs() -> None:
-    with Sandbox.create("bwrap") as sandbox:
+    with LocalSandbox.create("bwrap") as sandbox:
         result = sandbox.run_program(textwrap.dedent("""
             import os
             agent = os.getppid()
@@ -128,7 +128,7 @@ def test_agent_is_shielded_from_programs() -> None:
 
 
 def test_tmp_size_is_limited() -> None:
-    with Sandbox.create("bwrap", tmp_size_mb=8) as sandbox:
+    with LocalSandbox.create("bwrap", tmp_size_mb=8) as sandbox:
         result = sandbox.run_program("open('/tmp/big', 'wb').write(b'x' * (12 * 1024 * 1024))",
                                      Limits(max_file_size_mb=64))
         assert result.status == "error" and result.error is not None

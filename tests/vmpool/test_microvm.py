@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import vmpool
-from vmpool import Limits, Sandbox, SandboxError, SandboxPool, get_driver, resolve_driver
+from vmpool import Limits, LocalSandbox, SandboxError, SandboxPool, get_driver, resolve_driver
 from vmpool import _microvm, _qemu, _vm_host, _vm_machine
 from vmpool._driver import StartOptions
 
@@ -48,7 +48,7 @@ def test_clones_of_one_snapshot_do_not_share_randomness_or_a_stale_clock(microvm
     code = "import os, random, time; print(os.urandom(16).hex(), random.random(), time.time())"
     seen = []
     for _ in range(2):
-        with Sandbox.create("microvm") as sandbox:
+        with LocalSandbox.create("microvm") as sandbox:
             result = sandbox.run_program(code)
             assert result.status == "ok", result
             urandom, rand, clock = result.stdout.split()
@@ -58,13 +58,13 @@ def test_clones_of_one_snapshot_do_not_share_randomness_or_a_stale_clock(microvm
 
 
 def test_guest_has_no_network_device_and_programs_are_unprivileged(microvm: None) -> None:
-    with Sandbox.create("microvm") as sandbox:
+    with LocalSandbox.create("microvm") as sandbox:
         result = sandbox.commands.run("ls /sys/class/net; id -u; cat /proc/1/environ > /dev/null || echo denied")
     assert result.stdout.split() == ["lo", "65534", "denied"], result
 
 
 def test_qemu_runs_confined(microvm: None) -> None:
-    with Sandbox.create("microvm") as sandbox:
+    with LocalSandbox.create("microvm") as sandbox:
         qemu = _qemu_pid_of(sandbox)
         status = Path("/proc/%d/status" % qemu).read_text()
         fields = dict(line.split(":", 1) for line in status.splitlines())
@@ -75,14 +75,14 @@ def test_qemu_runs_confined(microvm: None) -> None:
             assert os.readlink("/proc/%d/ns/%s" % (qemu, namespace)) != os.readlink("/proc/self/ns/%s" % namespace)
 
 
-def _qemu_pid_of(sandbox: Sandbox) -> int:
+def _qemu_pid_of(sandbox: LocalSandbox) -> int:
     pid = sandbox._process.qemu_pid()  # type: ignore[attr-defined]
     assert pid is not None
     return int(pid)
 
 
 def test_a_timed_out_vm_is_discarded(microvm: None) -> None:
-    sandbox = Sandbox.create("microvm")
+    sandbox = LocalSandbox.create("microvm")
     try:
         result = sandbox.run_program("while True: pass", Limits(wall_time_s=2))
         assert result.status == "timeout"
@@ -93,7 +93,7 @@ def test_a_timed_out_vm_is_discarded(microvm: None) -> None:
 
 
 def test_a_vm_whose_agent_died_is_a_sandbox_error(microvm: None) -> None:
-    with Sandbox.create("microvm") as sandbox:
+    with LocalSandbox.create("microvm") as sandbox:
         with pytest.raises(SandboxError):
             # as root in the guest only init could do this; a program is uid 65534, so it ends
             # the VM the way a kernel crash would: by killing QEMU from the host
@@ -151,8 +151,8 @@ def private_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def test_a_kvm_guest_that_does_not_boot_falls_back_to_tcg_and_says_why(microvm: None, private_cache: Path) -> None:
     if _qemu.detect_accelerator().hardware:
         pytest.skip("this host has hardware virtualization: a forced KVM boot would succeed")
-    script = ("from vmpool import Sandbox\n"
-              "with Sandbox.create('microvm') as sb:\n"
+    script = ("from vmpool import LocalSandbox\n"
+              "with LocalSandbox.create('microvm') as sb:\n"
               "    print(sb.isolation)\n"
               "    print(sb.run_program('print(6 * 7)').stdout, end='')\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
@@ -166,14 +166,14 @@ def test_a_kvm_guest_that_does_not_boot_falls_back_to_tcg_and_says_why(microvm: 
 
 
 def test_a_corrupt_snapshot_is_replaced(microvm: None, private_cache: Path) -> None:
-    with Sandbox.create("microvm"):
+    with LocalSandbox.create("microvm"):
         pass  # the snapshot exists now
     path = _microvm.snapshot_path(vmpool.ensure_template("base"))
     assert path is not None and path.exists() and path.is_relative_to(private_cache)
     damaged = path.with_suffix(".damaged")
     damaged.write_bytes(path.read_bytes()[: 1 << 20])  # a truncated copy, swapped in atomically
     os.replace(damaged, path)
-    with Sandbox.create("microvm") as sandbox:  # QEMU rejects it; a new snapshot is made
+    with LocalSandbox.create("microvm") as sandbox:  # QEMU rejects it; a new snapshot is made
         assert sandbox.run_program("print(1)").stdout == "1\n"
     assert path.stat().st_size > 1 << 20
 
@@ -184,7 +184,7 @@ def test_a_new_snapshot_replaces_the_templates_older_ones(microvm: None, private
     older, other = folder / "base-0123456789abcdef.vmstate", folder / "other-0123456789abcdef.vmstate"
     older.write_bytes(b"from an older agent")
     other.write_bytes(b"another template's")
-    with Sandbox.create("microvm") as sandbox:
+    with LocalSandbox.create("microvm") as sandbox:
         assert sandbox.run_program("print(1)").stdout == "1\n"
     names = sorted(path.name for path in folder.glob("*.vmstate"))
     assert len(names) == 2 and names[0].startswith("base-") and names[1] == other.name
@@ -197,7 +197,7 @@ def test_a_template_that_asks_for_network_gets_one(microvm: None, private_cache:
     networked = dataclasses.replace(base, spec=base.spec.model_copy(
         update={"vm": base.spec.vm.model_copy(update={"network": True})}))
     machine = _vm_machine.Machine(_qemu.qemu_binary() or "", shutil.which("bwrap") or "", networked)
-    sandbox = Sandbox("microvm", "test", machine.restore(machine.snapshot(), StartOptions()), 30.0)
+    sandbox = LocalSandbox("microvm", "test", machine.restore(machine.snapshot(), StartOptions()), 30.0)
     try:
         assert sandbox.commands.run("ls /sys/class/net").stdout.split() == ["eth0", "lo"]
         # the package registry is the one place our machines may reach
@@ -232,8 +232,8 @@ def test_a_temp_folder_too_long_for_unix_sockets_is_refused_at_once(tmp_path: Pa
 
 def test_tmp_must_fit_the_vm(microvm: None) -> None:
     with pytest.raises(vmpool.DriverUnavailableError, match="tmp_size_mb=4096 does not fit"):
-        Sandbox.create("microvm", tmp_size_mb=4096)
-    with Sandbox.create("microvm", tmp_size_mb=64) as sandbox:
+        LocalSandbox.create("microvm", tmp_size_mb=4096)
+    with LocalSandbox.create("microvm", tmp_size_mb=64) as sandbox:
         assert sandbox.commands.run("df -m /tmp | tail -1").stdout.split()[1] == "64"
 
 
@@ -253,7 +253,7 @@ def test_a_template_with_files_env_and_a_start_command(microvm: None, monkeypatc
         "env: {GREETING: hello}\n"
         "start: exec sleep 100000\n")
     try:
-        with Sandbox.create("microvm", template=str(spec)) as sandbox:
+        with LocalSandbox.create("microvm", template=str(spec)) as sandbox:
             probe = ("import os\n"
                      "print(open('/etc/vmpool-test.txt').read().strip(), os.environ['GREETING'])\n"
                      "for pid in filter(str.isdigit, os.listdir('/proc')):\n"

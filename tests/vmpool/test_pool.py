@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from vmpool import Limits, Sandbox, SandboxPool, VmpoolError
+from vmpool import Limits, LocalSandbox, SandboxPool, VmpoolError
 
 pytestmark = pytest.mark.sandbox
 
@@ -70,7 +70,7 @@ def test_enormous_acquire_timeout_waits_for_a_release() -> None:
 
 
 def test_release_of_a_foreign_sandbox_is_refused() -> None:
-    with SandboxPool(size=1, driver="bwrap") as pool, Sandbox.create("bwrap") as stranger:
+    with SandboxPool(size=1, driver="bwrap") as pool, LocalSandbox.create("bwrap") as stranger:
         with pytest.raises(ValueError):
             pool.release(stranger)
 

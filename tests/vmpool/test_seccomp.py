@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from vmpool import Limits, Sandbox, get_driver
+from vmpool import Limits, LocalSandbox, get_driver
 from vmpool import _seccomp as seccomp
 
 ALLOW = seccomp.SECCOMP_RET_ALLOW
@@ -104,7 +104,7 @@ def test_filter_applies_inside_the_sandbox(driver: str) -> None:
     reason = get_driver(driver).available()
     if reason is not None:
         pytest.skip("needs the %s driver: %s" % (driver, reason))
-    with Sandbox.create(driver) as sandbox:
+    with LocalSandbox.create(driver) as sandbox:
         if driver == "bwrap":
             assert "seccomp" in sandbox.isolation
         result = sandbox.run_program(textwrap.dedent(PROBE), Limits(wall_time_s=10))
