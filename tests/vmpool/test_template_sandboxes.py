@@ -1,9 +1,10 @@
 """Sandboxes started from a template, on both drivers: the bwrap driver runs on the template's
 tree (its python, /etc and env), the writable home with the python user site ready, network
-only when the spec asks for it, run-time pip.
+only when the spec asks for it, run-time pip, and the shipped code-interpreter template.
 
 The `base` template is what scripts/setup.sh builds; the tests that need another template build
-a small one into a cache of their own (slow: debootstrap, about a minute).
+a small one into a cache of their own (slow: debootstrap, about a minute) or use
+code-interpreter (slow: setup.sh builds it; several minutes otherwise).
 """
 
 from __future__ import annotations
@@ -261,3 +262,40 @@ def test_run_time_pip_on_bwrap(net_template: str) -> None:
         pytest.skip(reason)
     with LocalSandbox.create("bwrap", template=net_template) as sandbox:
         _pip_install_seen_by_a_running_python(sandbox)
+
+
+# --- the shipped code-interpreter template ---------------------------------------------------
+
+IMPORTS = ("ipykernel", "jupyter_client", "numpy", "pandas", "matplotlib", "seaborn", "scipy", "sklearn",
+           "sympy", "PIL", "requests", "bs4", "openpyxl", "plotly", "pytest")
+
+
+@pytest.fixture(scope="module")
+def code_interpreter() -> BuiltTemplate:
+    return _built_or_skip("code-interpreter")
+
+
+def _check_code_interpreter(sandbox: LocalSandbox) -> None:
+    out = _shell(sandbox, "python3 -c 'import %s; print(\"imported\")'" % ", ".join(IMPORTS), timeout=600)
+    assert out == "imported\n"
+    plot = ("import matplotlib.pyplot as plt, pandas as pd; pd.DataFrame({'x': [1, 2]}).plot(); "
+            "plt.savefig('/home/user/plot.png'); print(open('/home/user/plot.png', 'rb').read(4))")
+    assert _shell(sandbox, 'python3 -c "%s"' % plot, timeout=600) == "b'\\x89PNG'\n"
+
+
+@pytest.mark.slow
+def test_code_interpreter_on_bwrap(code_interpreter: BuiltTemplate) -> None:
+    assert code_interpreter.spec.vm.network
+    assert {line.split("==")[0].lower() for line in code_interpreter.manifest["pip"]} >= {
+        "ipykernel", "jupyter_client", "numpy", "pandas", "matplotlib", "scikit-learn"}
+    with LocalSandbox.create("bwrap", template="code-interpreter") as sandbox:
+        _check_code_interpreter(sandbox)
+        if _pypi_reachable() is None:
+            _pip_install_seen_by_a_running_python(sandbox)
+
+
+@pytest.mark.slow
+@pytest.mark.microvm
+def test_code_interpreter_on_microvm(microvm: None, code_interpreter: BuiltTemplate) -> None:
+    with LocalSandbox.create("microvm", template="code-interpreter", start_timeout=120) as sandbox:
+        _check_code_interpreter(sandbox)
