@@ -95,6 +95,13 @@ def test_bwrap_runs_the_templates_python_and_etc(base: BuiltTemplate) -> None:
     assert seen["bin"] == "usr/bin"
 
 
+def test_bwrap_python_must_be_the_templates(base: BuiltTemplate) -> None:
+    with LocalSandbox.create("bwrap", template="base", python="/usr/bin/python3.11") as sandbox:
+        assert _run(sandbox, "import sys; print(sys.executable)") == "/usr/bin/python3.11\n"
+    with pytest.raises(DriverUnavailableError, match="template 'base' has no python interpreter /usr/bin/python2"):
+        LocalSandbox.create("bwrap", template="base", python="/usr/bin/python2")
+
+
 def test_without_a_template_bwrap_keeps_the_hosts_tree(sandboxes: None) -> None:
     with LocalSandbox.create("bwrap") as sandbox:
         seen = json.loads(_run(sandbox, """
