@@ -24,6 +24,7 @@ from ._charts import (
     PieChart, PieData, PointChart, PointData, ScaleType, ScatterChart, SuperChart, chart_from_json,
 )
 from ._errors import ProtocolError, VmpoolError
+from ._guest_charts import CHART_MIME, DATA_MIME  # stdlib-only at import: safe on the host
 
 __all__ = [
     "BarChart", "BarData", "BoxAndWhiskerChart", "BoxAndWhiskerData", "CHART_MIME", "Chart", "Chart2D", "ChartType",
@@ -32,8 +33,6 @@ __all__ = [
     "ScaleType", "ScatterChart", "SuperChart", "chart_from_json",
 ]
 
-CHART_MIME = "application/vnd.vmpool.chart+json"  # the same as in _guest_charts (guest side)
-DATA_MIME = "application/vnd.vmpool.data+json"
 
 OutputHandler = Callable[[Any], Any]
 """A callback for one stream of an execution; what it returns (an awaitable, from an async
