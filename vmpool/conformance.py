@@ -32,7 +32,7 @@ import pytest
 from ._agent_fs import unpack_tar
 from ._driver import get_driver
 from ._errors import ProtocolError, SandboxError
-from ._protocol import b64encode
+from ._protocol import PROTOCOL_VERSION, b64encode
 from ._sandbox import LocalSandbox
 from ._types import ExecResult, Limits
 
@@ -730,7 +730,7 @@ class TestLifecycle:
         if not get_driver(vmpool_driver).takes_agent_args:
             pytest.skip("the %s driver's agent starts before the host asks (snapshot), so it "
                         "cannot be started with --fake-protocol" % vmpool_driver)
-        with pytest.raises(ProtocolError, match="v999.*v1"):
+        with pytest.raises(ProtocolError, match="v999.*v%d" % PROTOCOL_VERSION):
             sandbox_factory(agent_args=["--fake-protocol", "999"])
 
     def test_identity(self, sandbox: LocalSandbox, vmpool_driver: str) -> None:
