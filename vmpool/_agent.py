@@ -30,9 +30,10 @@ Contract:
   start-up (every module they use is imported by then), so no import lock is held by a thread
   that does not exist in the child (CPython itself re-initialises the GIL, the global import
   lock and the locks of ``threading``, ``logging`` and ``random`` in a forked child). The
-  threads themselves only ever start processes with fork+exec (``subprocess``), whose child
-  runs no Python. Fds: the run child closes every fd but its own pipes, and ``subprocess``
-  closes all fds in its children, so neither inherits the other's pipes.
+  threads themselves only ever start processes with ``posix_spawn`` (vfork+exec), whose child
+  runs no Python. Fds: the run child closes every fd but its own pipes, and every fd of the
+  agent is close-on-exec (those it inherited are made so at start), so a background process
+  gets its three pipes only and neither kind of child holds the other's pipes open.
 - ``run_program`` forks a fresh child of this warm interpreter (common stdlib modules are
   pre-imported). The child gets a new session, a fresh scratch directory as cwd, rlimits, stdin
   from /dev/null, stdout/stderr on pipes the agent reads to the end but keeps only up to a cap
@@ -305,6 +306,17 @@ def warm_up() -> None:
     gc.freeze()  # keep the warm heap out of the children's GC passes: fewer copy-on-write faults
 
 
+def _close_on_exec_inherited() -> None:
+    """Make every fd the agent inherited beyond 0-2 close-on-exec (those it opens itself are
+    anyway), so that background processes, which are spawned without closing fds, get none."""
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            try:
+                os.set_inheritable(int(name), False)
+            except OSError:
+                pass  # the fd of the listing itself, closed by now
+
+
 def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vmpool-agent", description="vmpool guest agent")
     parser.add_argument("--channel", default="stdio", help="'stdio' or a device path (virtio-serial)")
@@ -331,6 +343,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as exc:  # never run programs that could take the agent down
         print("vmpool-agent: %s" % exc, file=sys.stderr)
         return 2
+    _close_on_exec_inherited()
     channel = chan.Channel(args.channel)
     warm_up()
     protocol = proto.PROTOCOL_VERSION if args.fake_protocol is None else args.fake_protocol

@@ -12,12 +12,13 @@ of it. While nobody is subscribed (the host that started it has gone), output is
 
 How a process runs:
 
-- started with fork+exec only (`subprocess.Popen`, no ``preexec_fn``): pumps are not the main
-  thread, and a child forked from a threaded process must do nothing but exec (see the fork
-  notes in ``_agent.py``). What a child would have set up before its exec, a ``/bin/sh``
-  prologue does instead: core dumps off, OOM score 1000 (the kernel's first victim when a VM
-  runs out of memory, so that the agent survives); then it execs the command's shell, which
-  keeps its pid;
+- started with ``os.posix_spawn`` (vfork+exec, no Python in the child, in a session of its
+  own): pumps are not the main thread, and a child of a threaded process must do nothing but
+  exec (see the fork notes in ``_agent.py``). What a child would have set up before its exec,
+  a ``/bin/sh`` prologue does instead: the working directory, core dumps off, OOM score 1000
+  (the kernel's first victim when a VM runs out of memory, so that the agent survives); then it
+  execs the command's shell, which keeps its pid. (Not ``subprocess``: importing it would make
+  the agent 0.4 MB larger, which every program's fork pays for);
 - ``/bin/bash -l -c cmd`` as E2B does (a login shell: the image's /etc/profile runs, and
   Debian's resets PATH), or ``/bin/sh -c cmd`` where there is no bash; in a session and process
   group of its own (signals and kills go to the group); the agent's environment (PATH, HOME,
@@ -42,7 +43,6 @@ import math
 import os
 import select
 import signal
-import subprocess
 import threading
 import time
 import traceback
@@ -56,7 +56,8 @@ else:  # a top-level module inside the sandbox, imported by _agent.py next to it
     import _protocol as proto  # type: ignore[no-redef]
 
 BASH = "/bin/bash"
-PROLOGUE = 'ulimit -c 0 2>/dev/null; echo 1000 >/proc/self/oom_score_adj 2>/dev/null; exec "$@"'
+PROLOGUE = ('cd -- "$1" || exit 126; shift; ulimit -c 0 2>/dev/null; '
+            'echo 1000 >/proc/self/oom_score_adj 2>/dev/null; exec "$@"')
 EXIT_GRACE_S = 1.0  # reading what a process wrote just before it exited
 MAX_POLL_MS = 3_600_000  # poll()'s timeout is a C int of milliseconds
 FALLBACK_POLL_MS = 50  # without pidfds, how often an exit is looked for
@@ -92,6 +93,7 @@ class Process:
         self.stdin_queue: Deque[bytes] = collections.deque()
         self.stdin_pending = 0
         self.streams: Dict[int, str] = {}  # output pipes still open: fd -> stream name
+        self.stdin_fd = -1  # the write end of its stdin pipe, while open
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -156,16 +158,16 @@ class Process:
             if self.result is None:
                 self.subscribers.append(subscriber)
                 return
-            collected = send(proto.ok_reply(subscriber.request_id, self.result))
-        if collected:
             self.manager.forget(self)
+            if not send(proto.ok_reply(subscriber.request_id, self.result)):
+                self.manager.ended(self)
 
     # -- the pump ------------------------------------------------------------------------------
 
     def run(self, first: Subscriber) -> None:
         """The pump thread: start, serve, report the exit."""
         try:
-            popen = self.manager.spawn(self)  # under the table's locks
+            self.manager.spawn(self)  # under the table's locks
         except Exception as exc:
             reply = (proto.error_reply(first.request_id, "os_error", exc.strerror or str(exc), errno=exc.errno or 0)
                      if isinstance(exc, OSError) else proto.error_reply(first.request_id, "internal", str(exc)))
@@ -177,41 +179,34 @@ class Process:
                 self.subscribers.append(first)
         timed_out = False
         try:
-            timed_out = self._serve(popen)
+            timed_out = self._serve()
         except Exception:
             traceback.print_exc()  # to the agent's stderr; the process is killed below
         finally:
-            self._end(popen)
-        result = {"pid": self.pid, "exit_code": popen.returncode, "timed_out": timed_out,
+            exit_code = self._end()
+        result = {"pid": self.pid, "exit_code": exit_code, "timed_out": timed_out,
                   "duration_s": round(time.monotonic() - self.started, 6)}
         with self.send_lock:
             self.result = result
-            collected = self._publish(lambda request_id: proto.ok_reply(request_id, result))
-            self.subscribers = []
-        if collected:
+            # Out of the list before anyone hears of the exit; back in if nobody did.
             self.manager.forget(self)
-        else:
-            self.manager.ended(self)
+            if not self._publish(lambda request_id: proto.ok_reply(request_id, result)):
+                self.manager.ended(self)
+            self.subscribers = []
 
-    def _serve(self, popen: "subprocess.Popen[bytes]") -> bool:
+    def _serve(self) -> bool:
         """Pump output and input until the leader exits; whether its deadline killed it."""
-        assert popen.stdout is not None and popen.stderr is not None
-        streams = self.streams
-        streams.update({popen.stdout.fileno(): "stdout", popen.stderr.fileno(): "stderr"})
         poller = select.poll()
-        for fd in list(streams) + [self.wake_r]:
+        for fd in list(self.streams) + [self.wake_r]:
             poller.register(fd, select.POLLIN)
         pidfd = _pidfd_open(self.pid)
         if pidfd >= 0:
             poller.register(pidfd, select.POLLIN)
-        stdin_fd = popen.stdin.fileno() if popen.stdin is not None else -1
-        if stdin_fd >= 0:
-            os.set_blocking(stdin_fd, False)
         deadline = self.started + self.timeout_s if self.timeout_s > 0 else math.inf
         timed_out = False
         try:
             while True:
-                self._watch_stdin(poller, popen)
+                self._watch_stdin(poller)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 and not timed_out:
                     kill_group(self.pid)
@@ -222,54 +217,54 @@ class Process:
                 for fd, events in poller.poll(max(1, wait)):
                     if fd == pidfd:
                         exited = True
-                    elif fd in streams:
-                        self._read(fd, streams, poller)
+                    elif fd in self.streams:
+                        self._read(fd, poller)
                     elif fd == self.wake_r:
                         _drain(self.wake_r)
-                    elif fd == stdin_fd:
-                        self._feed_stdin(popen, events)
+                    elif fd == self.stdin_fd:
+                        self._feed_stdin(events)
                 if exited or (pidfd < 0 and _has_exited(self.pid)):
                     return timed_out
         finally:
             if pidfd >= 0:
                 os.close(pidfd)
 
-    def _read(self, fd: int, streams: Dict[int, str], poller: Any) -> None:
+    def _read(self, fd: int, poller: Any) -> None:
         data = os.read(fd, proto.CHUNK_BYTES)
         if data:
-            self.output(streams[fd], data)
+            self.output(self.streams[fd], data)
         else:
             poller.unregister(fd)
-            del streams[fd]
+            del self.streams[fd]
+            os.close(fd)
 
-    def _watch_stdin(self, poller: Any, popen: "subprocess.Popen[bytes]") -> None:
+    def _watch_stdin(self, poller: Any) -> None:
         """Poll stdin for writing while input is queued; close it once asked and drained."""
-        if popen.stdin is None or popen.stdin.closed:
+        if self.stdin_fd < 0:
             return
-        fd = popen.stdin.fileno()
         with self.state_lock:
             pending, closing = bool(self.stdin_queue), self.stdin_closing
             if closing and not pending:
                 self.stdin_open = False
         if pending:
-            poller.register(fd, select.POLLOUT)  # registering again only updates the mask
+            poller.register(self.stdin_fd, select.POLLOUT)  # registering again updates the mask
             return
         try:
-            poller.unregister(fd)  # an idle pipe would poll as POLLERR once its reader is gone
+            poller.unregister(self.stdin_fd)  # an idle pipe polls as POLLERR once its reader is gone
         except KeyError:
             pass
         if closing:
-            popen.stdin.close()
+            os.close(self.stdin_fd)
+            self.stdin_fd = -1
 
-    def _feed_stdin(self, popen: "subprocess.Popen[bytes]", events: int) -> None:
-        assert popen.stdin is not None
+    def _feed_stdin(self, events: int) -> None:
         with self.state_lock:
             while self.stdin_queue:
                 chunk = self.stdin_queue[0]
                 try:
                     if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
                         raise BrokenPipeError()
-                    written = os.write(popen.stdin.fileno(), chunk)
+                    written = os.write(self.stdin_fd, chunk)
                 except BlockingIOError:
                     return
                 except OSError:  # EPIPE: it closed its stdin; the rest can never be read
@@ -283,8 +278,9 @@ class Process:
                     return
                 self.stdin_queue.popleft()
 
-    def _end(self, popen: "subprocess.Popen[bytes]") -> None:
-        """Kill what the process left in its group, reap it, read its last output, close."""
+    def _end(self) -> int:
+        """Kill what the process left in its group, reap it, read its last output, close;
+        its exit code (-N if killed by signal N)."""
         with self.state_lock:
             # The leader is a zombie until reaped, so its pid and group id cannot have been
             # reused yet. (It is alive only if serving failed: then it dies here too.)
@@ -297,24 +293,22 @@ class Process:
             self.stdin_open = False
             self.stdin_queue.clear()
             self.stdin_pending = 0
-        popen.wait()
+        _, status = os.waitpid(self.pid, 0)
         with self.state_lock:
             self.reaped = True
-        streams = self.streams
         poller = select.poll()
-        for fd in streams:
+        for fd in self.streams:
             poller.register(fd, select.POLLIN)
         end = time.monotonic() + EXIT_GRACE_S
-        while streams and time.monotonic() < end:
+        while self.streams and time.monotonic() < end:
             for fd, _events in poller.poll(max(1, math.ceil((end - time.monotonic()) * 1000))):
-                self._read(fd, streams, poller)
-        for stream in (popen.stdin, popen.stdout, popen.stderr):
-            if stream is not None:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+                self._read(fd, poller)
+        for fd in list(self.streams) + [self.stdin_fd]:
+            if fd >= 0:
+                os.close(fd)
+        self.streams, self.stdin_fd = {}, -1
         self._close_fds()
+        return os.waitstatus_to_exitcode(status)
 
     def _close_fds(self) -> None:
         with self.state_lock:
@@ -328,7 +322,7 @@ class Registry:
 
     outbox: channel.Outbox
 
-    def spawn(self, process: Process) -> "subprocess.Popen[bytes]":
+    def spawn(self, process: Process) -> None:
         raise NotImplementedError
 
     def forget(self, process: Process) -> None:
@@ -338,14 +332,42 @@ class Registry:
         raise NotImplementedError
 
 
-def popen(process: Process) -> "subprocess.Popen[bytes]":
-    """Fork+exec `process` behind the prologue (see the module docstring)."""
+def spawn(process: Process) -> None:
+    """Start `process` behind the prologue (see the module docstring) with posix_spawn (a
+    vfork+exec that runs no Python in the child), setting its pid and pipes."""
     shell = [BASH, "-l", "-c", process.cmd] if os.access(BASH, os.X_OK) else ["/bin/sh", "-c", process.cmd]
-    return subprocess.Popen(
-        ["/bin/sh", "-c", PROLOGUE, "vmpool-process"] + shell, bufsize=0,
-        stdin=subprocess.PIPE if process.stdin_open else subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=process.cwd, env=process.env,
-        start_new_session=True, close_fds=True)
+    argv = ["/bin/sh", "-c", PROLOGUE, "vmpool-process", process.cwd] + shell
+    opened: List[int] = []
+    try:
+        out_r, out_w = _pipe(opened)
+        err_r, err_w = _pipe(opened)
+        if process.stdin_open:
+            in_r, in_w = _pipe(opened)
+        else:
+            in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
+            opened.append(in_r)
+        # every fd of the agent is close-on-exec (PEP 446): the child gets these three only
+        process.pid = os.posix_spawn(
+            "/bin/sh", argv, process.env, setsid=True, setsigmask=(),
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # ignored by Python; a shell must not
+            file_actions=[(os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
+                          (os.POSIX_SPAWN_DUP2, err_w, 2)])
+    except BaseException:
+        for fd in opened:
+            os.close(fd)
+        raise
+    for fd in (in_r, out_w, err_w):
+        os.close(fd)
+    if in_w >= 0:
+        os.set_blocking(in_w, False)
+    process.stdin_fd = in_w
+    process.streams = {out_r: "stdout", err_r: "stderr"}
+
+
+def _pipe(opened: List[int]) -> Tuple[int, int]:
+    read_end, write_end = os.pipe()  # close-on-exec
+    opened += [read_end, write_end]
+    return read_end, write_end
 
 
 def kill_group(pid: int) -> None:

@@ -23,7 +23,6 @@ import errno
 import math
 import os
 import signal
-import subprocess
 import threading
 from typing import Any, Callable, Deque, Dict, Optional, Set
 
@@ -60,21 +59,19 @@ class Manager(proc.Registry):
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
-    def spawn(self, process: proc.Process) -> "subprocess.Popen[bytes]":
-        """Fork+exec `process` (its pump thread calls this) and enter it in the table."""
+    def spawn(self, process: proc.Process) -> None:
+        """Start `process` (its pump thread calls this) and enter it in the table."""
         with self.lock:
             if sum(1 for known in self.table.values() if not known.reaped) >= proto.MAX_PROCESSES:
                 raise OSError(errno.EAGAIN, "%d background processes are running already" % proto.MAX_PROCESSES)
         with self.spawning:  # the sweep must not see the child before it is in the table
-            popen = proc.popen(process)
-            process.pid = popen.pid
+            proc.spawn(process)
             process.running = True
             with self.lock:
-                stale = self.table.get(popen.pid)
+                stale = self.table.get(process.pid)
                 if stale is not None:  # an uncollected exit whose pid is now reused
                     self._drop_ended(stale)
-                self.table[popen.pid] = process
-        return popen
+                self.table[process.pid] = process
 
     def get(self, pid: int) -> proc.Process:
         with self.lock:
@@ -91,10 +88,11 @@ class Manager(proc.Registry):
                 self.ended_order.remove(process)
 
     def ended(self, process: proc.Process) -> None:
-        """Keep an exit nobody has collected yet, for a later ``process_connect``."""
+        """Keep an exit nobody has collected, for a later ``process_connect`` (unless its pid
+        belongs to a new process already)."""
         with self.lock:
-            if self.table.get(process.pid) is not process:
-                return  # collected meanwhile
+            if self.table.setdefault(process.pid, process) is not process:
+                return
             self.ended_order.append(process)
             while len(self.ended_order) > proto.MAX_ENDED:
                 self._drop_ended(self.ended_order[0])
@@ -124,7 +122,7 @@ class Manager(proc.Registry):
 
     def start(self, message: Dict[str, Any], request_id: int, generation: int) -> Optional[Dict[str, Any]]:
         cmd = _text(proto.field(message, "cmd", str), "cmd")
-        envs = message.get("envs") or {}
+        envs = {} if message.get("envs") is None else message["envs"]
         if not isinstance(envs, dict) or not all(
                 isinstance(key, str) and isinstance(value, str) and key and "=" not in key
                 and "\0" not in key + value for key, value in envs.items()):
@@ -140,7 +138,7 @@ class Manager(proc.Registry):
         stdin = message.get("stdin", False)
         if not isinstance(stdin, bool):
             raise proto.MessageError("field 'stdin' must be bool")
-        timeout_s = message.get("timeout_s") or 0.0
+        timeout_s = 0.0 if message.get("timeout_s") is None else message["timeout_s"]
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not (
                 math.isfinite(timeout_s) and timeout_s >= 0):
             raise proto.MessageError("field 'timeout_s' must be null or a finite number >= 0")
