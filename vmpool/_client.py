@@ -31,31 +31,35 @@ class Call:
                  on_event: EventCallback | None, on_done: Callable[[], None] | None) -> None:
         self.client, self.request_id, self.op = client, request_id, op
         self.on_event, self.on_done = on_event, on_done
-        self._done = threading.Event()
+        self._pending = threading.Lock()  # held until the call is finished: the cheapest wake-up
+        self._pending.acquire()
+        self._finished = False
         self._reply: dict[str, Any] | None = None
         self._failure: BaseException | None = None
 
     def finish(self, reply: dict[str, Any] | None, failure: BaseException | None) -> None:
         """Called once, by the reader thread (or by a failure of the client)."""
         self._reply, self._failure = reply, failure
-        if self.on_done is not None:  # first: a waiter woken by _done sees what it did
+        if self.on_done is not None:  # first: a waiter woken below sees what it did
             try:
                 self.on_done()
             except Exception:
                 log.exception("vmpool: a completion callback of %s failed", self.op)
-        self._done.set()
+        self._finished = True
+        self._pending.release()
 
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._finished
 
     def wait(self, timeout: float | None) -> bool:
         """Wait up to `timeout` seconds (None: for ever) for the reply; whether it came."""
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-        while not self._done.is_set():  # in slices: a huge timeout would overflow the lock wait
+        while not self._finished:  # in slices: a huge timeout would overflow the lock wait
             remaining = MAX_WAIT_S if deadline is None else min(deadline - time.monotonic(), MAX_WAIT_S)
             if remaining <= 0:
                 return False
-            self._done.wait(remaining)
+            if self._pending.acquire(timeout=remaining):
+                self._pending.release()  # for the other waiters, if any
         return True
 
     def result(self, timeout: float | None) -> dict[str, Any]:

@@ -35,7 +35,8 @@ log = logging.getLogger("vmpool")
 
 OP_TIMEOUT_S = 60.0  # an answer to a process op (the agent answers them at once)
 KEEP_BYTES = 64 * 1024 * 1024  # of each stream, kept by a handle (`stdout`/`stderr`)
-UNREAD_LINES_CHARS = 16 * 1024 * 1024  # of stdout lines not yet taken by `read_line`
+UNREAD_LINES_COST = 16 * 1024 * 1024  # stdout lines not yet taken by `read_line`: characters,
+LINE_OVERHEAD = 64  # plus this per line (a str object's own size), so a flood of short lines is bounded too
 STDIN_CHUNK = 1024 * 1024  # input per request
 STDIN_RETRY_S = 0.05  # pause while the process has too much unread input
 OutputCallback = Callable[[str], None]
@@ -106,8 +107,10 @@ class _State:
         self.streams = {"stdout": _Stream(on_stdout), "stderr": _Stream(on_stderr)}
         self.dropped_by_agent = 0
         self.lines: collections.deque[str] = collections.deque()
-        self.unread = 0  # characters in `lines`
-        self.partial = ""
+        self.unread = 0  # the cost of `lines` (see UNREAD_LINES_COST)
+        self.partial: list[str] = []  # the pieces of the line being received
+        self.partial_chars = 0
+        self.skipping = False  # through the rest of a line too long to keep
         self.lines_dropped = 0
         self.ended = False
 
@@ -133,9 +136,9 @@ class _State:
         for name in ("stdout", "stderr"):
             self._output(name, b"", True)
         with self.cond:
-            if self.partial:
-                self._queue_line(self.partial)
-                self.partial = ""
+            if self.partial and not self.skipping:
+                self._queue_line("".join(self.partial))
+                self.partial, self.partial_chars = [], 0
             self.ended = True
             self.cond.notify_all()
 
@@ -153,20 +156,26 @@ class _State:
                 log.exception("vmpool: an on_%s callback failed", name)
 
     def _split_lines(self, text: str) -> None:
-        self.partial += text
-        if "\n" in text:
-            *complete, self.partial = self.partial.split("\n")
-            for line in complete:
+        *complete, rest = text.split("\n")
+        if complete:
+            self.partial.append(complete[0])
+            if not self.skipping:
+                self._queue_line("".join(self.partial))
+            for line in complete[1:]:
                 self._queue_line(line)
-        if len(self.partial) > UNREAD_LINES_CHARS:  # a "line" that never ends: give it up
-            self.lines_dropped += 1
-            self.partial = ""
+            self.partial, self.partial_chars, self.skipping = [], 0, False
+        if rest and not self.skipping:
+            self.partial.append(rest)
+            self.partial_chars += len(rest)
+            if self.partial_chars > UNREAD_LINES_COST:  # a line too long to keep: drop all of it
+                self.lines_dropped += 1
+                self.partial, self.partial_chars, self.skipping = [], 0, True
 
     def _queue_line(self, line: str) -> None:
         self.lines.append(line)
-        self.unread += len(line)
-        while self.unread > UNREAD_LINES_CHARS and len(self.lines) > 1:
-            self.unread -= len(self.lines.popleft())
+        self.unread += len(line) + LINE_OVERHEAD
+        while self.unread > UNREAD_LINES_COST and len(self.lines) > 1:
+            self.unread -= len(self.lines.popleft()) + LINE_OVERHEAD
             self.lines_dropped += 1
 
 
@@ -221,8 +230,9 @@ class ProcessHandle:
         """The next line of its stdout (without the newline), from the first line it wrote
         (from the connect on, for `Processes.connect`); None once it has exited and every line
         was read (a last line without newline included). Lines not read yet are kept up to
-        16 MiB, the oldest dropped beyond (`lines_dropped`). TimeoutError if none arrives in
-        `timeout` seconds."""
+        about 16 MiB, the oldest dropped beyond (`lines_dropped`), so a handle whose lines
+        nobody reads costs that much memory at most. TimeoutError if none arrives in `timeout`
+        seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._state.cond:
             while not self._state.lines:
@@ -233,7 +243,7 @@ class ProcessHandle:
                     raise TimeoutError("no line from process %d within %gs" % (self.pid, timeout or 0))
                 self._state.cond.wait(remaining)
             line = self._state.lines.popleft()
-            self._state.unread -= len(line)
+            self._state.unread -= len(line) + LINE_OVERHEAD
             return line
 
     @property
