@@ -9,6 +9,7 @@
 from ._driver import Driver, get_driver, list_drivers, resolve_driver
 from ._errors import DriverUnavailableError, ProtocolError, SandboxError, TemplateError, VmpoolError
 from ._pool import SandboxPool
+from ._processes import ProcessHandle, ProcessInfo, ProcessResult
 from ._protocol import PROTOCOL_VERSION
 from ._sandbox import LocalSandbox
 from ._templates import BuiltTemplate, TemplateSpec, template_names
@@ -26,6 +27,9 @@ __all__ = [
     "ExecResult",
     "ExecStatus",
     "Limits",
+    "ProcessHandle",
+    "ProcessInfo",
+    "ProcessResult",
     "ProtocolError",
     "LocalSandbox",
     "SandboxError",
