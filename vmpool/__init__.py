@@ -7,7 +7,9 @@
 """
 
 from ._driver import Driver, get_driver, list_drivers, resolve_driver
-from ._errors import DriverUnavailableError, ProtocolError, SandboxError, TemplateError, VmpoolError
+from ._errors import (
+    DriverUnavailableError, PausedStateError, ProtocolError, SandboxError, TemplateError, VmpoolError,
+)
 from ._pool import SandboxPool
 from ._protocol import PROTOCOL_VERSION
 from ._sandbox import LocalSandbox
@@ -26,6 +28,7 @@ __all__ = [
     "ExecResult",
     "ExecStatus",
     "Limits",
+    "PausedStateError",
     "ProtocolError",
     "LocalSandbox",
     "SandboxError",

@@ -11,18 +11,22 @@ failure kills the sandbox and raises `SandboxError`, so a broken sandbox is neve
 
 from __future__ import annotations
 
+import os
 import uuid
 import weakref
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from . import _persist
 from ._client import AgentClient
 from ._driver import Driver, SandboxProcess, StartOptions, get_driver, resolve_driver
 from ._errors import DriverUnavailableError, ProtocolError, SandboxError
 from ._files import Files
+from ._persist import StartRecord
 from ._types import CommandResult, ExecResult, Limits
 
 __all__ = ["Commands", "Files", "LocalSandbox"]
@@ -47,6 +51,8 @@ class LocalSandbox:
     Thread-safe in the sense that concurrent calls are serialised (the agent does one thing at a
     time); use a `SandboxPool` for parallelism.
     """
+
+    _start_record: StartRecord | None = None  # how `create`/`resume` started it, for `pause`
 
     def __init__(self, driver_name: str, isolation: str, process: SandboxProcess,
                  start_timeout: float, reuse_after_timeout: bool = True) -> None:
@@ -92,7 +98,40 @@ class LocalSandbox:
         options = StartOptions(python=python, tmp_size_mb=tmp_size_mb, agent_args=tuple(agent_args),
                                template=template)
         process = instance.start(options)  # first: starting may settle the isolation (microvm)
-        return cls(name, instance.isolation(), process, start_timeout, instance.reuse_after_timeout)
+        sandbox = cls(name, instance.isolation(), process, start_timeout, instance.reuse_after_timeout)
+        sandbox._start_record = StartRecord(instance, options)
+        return sandbox
+
+    def pause(self, directory: str | os.PathLike[str]) -> None:
+        """Save the sandbox into `directory` (created with mode 0700, with its parents; it must
+        not exist) and end it, as `kill` does. `resume` continues it, in this or another process.
+
+        What is kept depends on the driver (`Driver.keeps_memory`): the microvm driver keeps
+        the whole VM, so processes still run after `resume`, with their memory, and every
+        file is there; other drivers (bwrap) keep only files: /tmp and /home/user (where it
+        exists), up to ~48 MiB each as a tar archive, and a resumed sandbox is a new one with
+        those files and none of the processes. The directory's ``state.json`` describes it
+        (see `vmpool._persist`).
+
+        Call it while no other call to this sandbox is running. Raises SandboxError (and the
+        sandbox is killed) if it is dead or broke; OSError if the state could not be saved
+        (FileExistsError for an existing `directory`, EFBIG for files beyond the limit, a full
+        disk) while the sandbox keeps running. Nothing is left in `directory` on failure.
+        """
+        _persist.pause(self, Path(directory))
+
+    @classmethod
+    def resume(cls, directory: str | os.PathLike[str], *, start_timeout: float = 30.0) -> LocalSandbox:
+        """The sandbox `pause` saved into `directory`, running again with the same driver,
+        template and options, and a new `sandbox_id`; `directory` is deleted once it runs.
+
+        Raises PausedStateError, before starting anything, if `directory` holds no complete
+        pause this vmpool can resume (another state format, missing or damaged files) or one
+        made with a template build, QEMU version or VM configuration this host does not have
+        any more; FileNotFoundError if it does not exist; DriverUnavailableError or
+        SandboxError if the sandbox cannot start. `directory` is kept whenever this raises.
+        """
+        return _persist.resume(cls, Path(directory), start_timeout)
 
     @property
     def driver(self) -> str:
