@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ._agent_fs import MAX_PAYLOAD_BYTES
 from ._driver import Driver, StartOptions, get_driver
-from ._errors import DriverUnavailableError, PausedStateError, SandboxError
+from ._errors import DriverUnavailableError, PausedStateError
 from ._protocol import b64decode, b64encode
 from ._templates import cached
 
@@ -123,8 +123,8 @@ def pause(sandbox: LocalSandbox, directory: Path) -> None:
     begun = time.monotonic()
     record: StartRecord | None = getattr(sandbox, "_start_record", None)
     if record is None:
-        raise SandboxError("sandbox %s was not started by LocalSandbox.create or resume, so it cannot be "
-                           "paused" % sandbox.sandbox_id)
+        raise ValueError("sandbox %s was not started by LocalSandbox.create or resume, so its driver and "
+                         "options are unknown and it cannot be paused" % sandbox.sandbox_id)
     sandbox.ping()  # SandboxError (and the sandbox killed) if it is dead or its agent hangs
     template = None if record.driver.keeps_memory else _template_of(record.options.template)
     directory.mkdir(mode=0o700, parents=True)  # FileExistsError: never mix with other files

@@ -75,11 +75,13 @@ def pause(vm: MicroVMProcess, directory: Path) -> dict[str, Any]:
     identity = machine.identity()
     saved = SavedVM(template={"name": machine.template.name, "hash": identity.pop("template")},
                     accelerator=machine.accel.name, memory_file=MEMORY_FILE, **identity)
-    if not vm.alive():
-        vm.kill()
-        raise SandboxError("the VM is not running (it exited or was killed)")
-    qmp = _qemu.QMP(vm.run_dir / "qmp.sock", 60.0, vm.alive)
     fd = os.open(directory / MEMORY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        qmp = _qemu.QMP(vm.run_dir / "qmp.sock", 60.0, vm.alive)
+    except BaseException:
+        os.close(fd)
+        vm.kill()  # a VM whose monitor does not answer is broken
+        raise
     try:
         try:
             _detach_agent(vm)

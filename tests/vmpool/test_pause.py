@@ -172,6 +172,10 @@ def test_microvm_keeps_the_running_vm(microvm: None, tmp_path: Path) -> None:
         # the same agent process, whose memory counted the runs before the pause
         assert resumed.run_program(CWD).stdout == "/tmp/run-2\n"
         assert resumed.commands.run("df -m /tmp | tail -1").stdout.split()[1] == "100"
+        resumed.pause(paused)  # a resumed VM pauses like any other
+    with LocalSandbox.resume(paused) as again:
+        assert again.run_program(CWD).stdout == "/tmp/run-3\n"
+        assert _guest_facts(again)[0] == boot_id
 
 
 @pytest.mark.microvm
