@@ -5,8 +5,10 @@ process (the sandbox dies with it). evalkit runs its programs through it. `vmpoo
 E2B-style SDK, manages `LocalSandbox` objects inside the vmpool service.
 
 Lifecycle: `LocalSandbox.create` starts it and waits for the agent's hello; `kill` (also on leaving a
-``with`` block, on garbage collection and at interpreter exit) tears it down. Any machinery
-failure kills the sandbox and raises `SandboxError`, so a broken sandbox is never reused.
+``with`` block, on garbage collection and at interpreter exit) tears it down; `pause` saves it
+into a directory and ends it, and `LocalSandbox.resume` starts it again from there, in any
+process (`vmpool._persist`). Any machinery failure kills the sandbox and raises `SandboxError`,
+so a broken sandbox is never reused.
 """
 
 from __future__ import annotations
@@ -116,7 +118,8 @@ class LocalSandbox:
         Call it while no other call to this sandbox is running. Raises SandboxError (and the
         sandbox is killed) if it is dead or broke; OSError if the state could not be saved
         (FileExistsError for an existing `directory`, EFBIG for files beyond the limit, a full
-        disk) while the sandbox keeps running. Nothing is left in `directory` on failure.
+        disk) while the sandbox keeps running; ValueError if it was not started by `create` or
+        `resume`. Nothing is left in `directory` on failure.
         """
         _persist.pause(self, Path(directory))
 
