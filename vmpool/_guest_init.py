@@ -4,7 +4,12 @@ Runs inside the guest (stdlib only) after the initramfs ``/init`` has mounted th
 (read-only ext4 under a tmpfs overlay) and switched to it. It:
 
 - mounts a fresh tmpfs on /tmp and closes the image's other world-writable directories, so
-  /tmp (which the agent cleans after every program) is the only place programs can write;
+  /tmp (which the agent cleans after every program) and the home are the only places programs
+  can write;
+- mounts the sandbox user's home (template.json's ``home``, /home/user; HOME points at it) as a
+  tmpfs owned by uid 65534 of at most half the VM's memory, and creates the python user site
+  folder in it (``python.user_site``), so that what ``pip install --user`` puts there is
+  importable by every python3, even one started before the install;
 - starts the template's ``start`` command (as root, in the background) if it has one;
 - starts the agent as uid/gid 65534 on the virtio-serial port named ``agent``: programs run
   unprivileged, so they can neither patch the image nor the agent for the next program;
@@ -38,7 +43,7 @@ TEMPLATE_INFO = "/etc/vmpool/template.json"
 # The kernel functions (virtio_console) a thread waits in while it reads or writes a port.
 PORT_WAITS = ("port_fops_read", "port_fops_write", "wait_port_writable")
 RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07): reseed the kernel CRNG from its input pool now
-MS_REMOUNT = 32
+MS_NOSUID, MS_NODEV, MS_REMOUNT = 2, 4, 32
 LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2 = 0xFEE1DEAD, 672274793
 LINUX_REBOOT_CMD_RESTART = 0x01234567  # with QEMU's -no-reboot, a reboot ends the VM at once
 CLOSED_DIRS = ("/var/tmp", "/var/lock", "/run/lock", "/dev/shm", "/dev/mqueue")
@@ -61,11 +66,33 @@ def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
         raise OSError(errno, "mount %s on %s: %s" % (fstype, target, os.strerror(errno)))
 
 
-def prepare_filesystem(tmp_size_mb: int) -> None:
+def prepare_filesystem(tmp_size_mb: int, info: Dict[str, Any]) -> str:
+    """Mount /tmp and the home; the agent's working directory (the home, else /tmp)."""
     mount("tmpfs", "/tmp", "tmpfs", 0, "mode=1777,size=%dm" % tmp_size_mb)
     for path in CLOSED_DIRS:
         if os.path.isdir(path) and not os.path.islink(path):
             os.chmod(path, 0o755)
+    home = info.get("home")
+    if isinstance(home, str) and home.startswith("/"):
+        os.makedirs(home, exist_ok=True)  # in the root overlay
+        mount("tmpfs", home, "tmpfs", MS_NOSUID | MS_NODEV,
+              "mode=0755,uid=%d,gid=%d,size=50%%" % (SANDBOX_UID, SANDBOX_UID))
+        python = info.get("python")
+        user_site = python.get("user_site") if isinstance(python, dict) else None
+        if isinstance(user_site, str) and user_site.startswith(home.rstrip("/") + "/"):
+            make_user_dirs(home, user_site)
+        return home
+    return "/tmp"
+
+
+def make_user_dirs(home: str, path: str) -> None:
+    """Create `path` and the folders between `home` and it, owned by the sandbox user."""
+    current = home
+    for part in os.path.relpath(path, home).split("/"):
+        current = os.path.join(current, part)
+        if not os.path.isdir(current):
+            os.mkdir(current, 0o755)
+            os.chown(current, SANDBOX_UID, SANDBOX_UID)
 
 
 def find_port(name: str) -> str:
@@ -93,7 +120,8 @@ def template_info() -> Dict[str, Any]:
 
 
 def program_env(info: Dict[str, Any]) -> Dict[str, str]:
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp",
+    home = info.get("home")
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home if isinstance(home, str) else "/tmp", "TMPDIR": "/tmp",
            "LANG": "C.UTF-8", "USER": "nobody", "LOGNAME": "nobody"}
     extra = info.get("env")
     if isinstance(extra, dict):
@@ -101,9 +129,9 @@ def program_env(info: Dict[str, Any]) -> Dict[str, str]:
     return env
 
 
-def start_agent(port: str, env: Dict[str, str]) -> int:
-    """Fork the agent as uid 65534 with the command line the host wrote (AGENT_ARGV, from
-    ``vmpool._guest.agent_command``), its channel being `port`."""
+def start_agent(port: str, env: Dict[str, str], cwd: str) -> int:
+    """Fork the agent as uid 65534 in `cwd` with the command line the host wrote (AGENT_ARGV,
+    from ``vmpool._guest.agent_command``), its channel being `port`."""
     with open(AGENT_ARGV) as handle:
         argv = [port if arg == "{channel}" else arg for arg in json.load(handle)]
     os.chown(port, SANDBOX_UID, SANDBOX_UID)
@@ -114,7 +142,7 @@ def start_agent(port: str, env: Dict[str, str]) -> int:
             os.setgroups([])
             os.setgid(SANDBOX_UID)
             os.setuid(SANDBOX_UID)
-            os.chdir("/tmp")
+            os.chdir(cwd)
             os.execve(argv[0], argv, env)
         except BaseException as exc:  # never return into PID 1's code in the child
             log("cannot start the agent: %s" % exc)
@@ -253,11 +281,11 @@ def main() -> None:
     signal.signal(signal.SIGCHLD, reap)
     try:
         info = template_info()
-        prepare_filesystem(DEFAULT_TMP_MB)  # the host's sync sets the size it wants
+        cwd = prepare_filesystem(DEFAULT_TMP_MB, info)  # the host's sync sets /tmp's size
         env = program_env(info)
         if isinstance(info.get("start"), str) and info["start"]:
             start_command(info["start"], env)
-        agent_pid = start_agent(find_port("agent"), env)
+        agent_pid = start_agent(find_port("agent"), env, cwd)
         Control(find_port("control"), agent_pid).serve()
     except BaseException as exc:
         log("fatal: %s: %s" % (type(exc).__name__, exc))

@@ -1,7 +1,8 @@
 """Building a template: what it needs (root and the tools, `check_can_build`) and its steps
-(`Build`): debootstrap, pip in the image, the spec's files, mkfs.ext4, fetching the kernel and
-busybox, manifest.json. A build fills a work folder; `_templates.build` locks, calls it and
-renames the folder into place.
+(`Build`): debootstrap, pip in the image, asking the image's python3 where its user site is,
+the spec's files, mkfs.ext4 (the tree it was made from stays, hardened, for the bwrap driver),
+fetching the kernel and busybox, manifest.json. A build fills a work folder; `_templates.build`
+locks, calls it and renames the folder into place.
 
 Every tool runs in a process group of its own, killed with the build, its output appended to
 build.log; tools that mount run in a private mount namespace (``unshare --mount``), so no mount
@@ -17,6 +18,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -25,13 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import TemplateError
-from ._template_host import host_mirror, host_pip_settings, local_paths
-from ._template_spec import RECIPE_VERSION, TemplateSpec, source_bytes
+from ._template_host import HOST_CA_BUNDLE, host_ca_bundle, host_mirror, host_pip_settings, local_paths, pem_certificates
+from ._guest import GUEST_PYTHON
+from ._template_spec import HOME_DIR, RECIPE_VERSION, TemplateSpec, source_bytes
 from ._template_tree import dpkg_installed, guest_path, make_dirs, mount_point, remove, tree_usage
 
 __all__ = ["FORMAT_VERSION", "OPTIONAL_MODULES", "REQUIRED_MODULES", "Build", "Progress", "check_can_build"]
 
-FORMAT_VERSION = 1  # of manifest.json and /etc/vmpool/template.json
+# Of manifest.json and /etc/vmpool/template.json. 2: the build keeps tree/; both files say
+# where the home and the python user site are (format 1 builds have no tree: not built).
+FORMAT_VERSION = 2
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 # Load order (each after what it depends on). virtio_ring must precede virtio.
 REQUIRED_MODULES = (
@@ -44,8 +49,11 @@ _MIB = 2**20
 _TOOLS = {"debootstrap": "debootstrap", "mkfs.ext4": "e2fsprogs", "unshare": "util-linux",
           "chroot": "coreutils", "apt-get": "apt", "apt-cache": "apt", "dpkg-deb": "dpkg"}
 # debootstrap copies the host's /etc/hostname and /etc/resolv.conf; an image is the same on every
-# host (the driver's init writes resolv.conf for a template with network). The spec's files win.
-_IMAGE_ETC = {"/etc/hostname": "vmpool\n", "/etc/hosts": "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"}
+# host. resolv.conf stays, empty (no DNS): the microVM's init writes it for a template with
+# network, and the bwrap driver binds the host's over it, which needs a file to bind onto in
+# the read-only /etc. The spec's files win.
+_IMAGE_ETC = {"/etc/hostname": "vmpool\n", "/etc/hosts": "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",
+              "/etc/resolv.conf": ""}
 _APT_UPDATE_HINT = ("the host's apt lists are missing or stale: run `apt-get update` "
                     "(the kernel and busybox are fetched with apt-get download)")
 
@@ -92,8 +100,12 @@ class Build:
         self._debootstrap()
         if self.spec.pip:
             self._pip()
+        self._inspect_python()
+        if self.spec.vm.network:
+            self._trust_host_cas()
         self._configure()
         self._mkfs()
+        self._harden_tree()
         self._kernel_and_busybox()
         self._write_manifest(time.monotonic() - started)
         self.say("built template %s in %.0f s" % (self.spec.name, time.monotonic() - started))
@@ -182,12 +194,58 @@ class Build:
                 for path in reversed(created):
                     remove(path)
                 (self.tree / "tmp" / "vmpool-pip.conf").unlink()
+            # what pip put into /usr/local, for the manifest: the versions this build resolved
+            paths = ["--path=/%s" % path.relative_to(self.tree) for path in (self.tree / "usr/local/lib").glob("python3*/*-packages")]
+            listing = self._run(title, ["chroot", str(self.tree), "/usr/bin/env", "-i", *guest_env[:3], "python3", "-m", "pip",
+                                        "list", "--format=freeze", "--disable-pip-version-check", *paths],
+                                tool="pip list in the image")
+        self.manifest["pip"] = sorted(listing.split(), key=str.lower)
+
+    def _inspect_python(self) -> None:
+        """Ask the image's python3 (the agent's interpreter) its version and where its user site
+        is with the sandbox's HOME and the spec's env: the drivers create that folder at every
+        sandbox start, so it is on the sys.path of every python3 from the start, and a package
+        pip installs there later is importable even by a process that was already running."""
+        title = "inspect python3"
+        with self._step(title) as notes:
+            if not guest_path(self.tree, GUEST_PYTHON).is_file():
+                raise TemplateError("building template %s failed at step '%s': the image has no %s, which "
+                                    "runs the vmpool agent: add python3 to 'apt'" % (self.spec.name, title, GUEST_PYTHON))
+            env = ["PATH=/usr/local/bin:/usr/bin:/bin", "LC_ALL=C.UTF-8", "HOME=%s" % HOME_DIR,
+                   *("%s=%s" % item for item in sorted(self.spec.env.items()))]
+            code = "import site, sys; print(sys.version.split()[0]); print(site.getusersitepackages())"
+            output = self._run(title, ["chroot", str(self.tree), "/usr/bin/env", "-i", *env, GUEST_PYTHON, "-c", code],
+                               tool="python3 in the image")
+            version, user_site = output.splitlines()[-2:]
+            notes.append("Python %s" % version)
+        self.manifest["python"] = {"path": GUEST_PYTHON, "version": version, "user_site": user_site}
+
+    def _trust_host_cas(self) -> None:
+        """Add the certificate authorities the host trusts beyond the image's to the image's
+        bundle (/etc/ssl/certs/ca-certificates.crt, from the ca-certificates package): a sandbox
+        with network goes out through the host's network, so through any TLS-inspecting proxy
+        the host uses, whose CA only the host's bundle has. As the kernel, this is the host's
+        state at build time and no part of the hash (``--force`` rebuilds)."""
+        with self._step("trust the host's certificate authorities", HOST_CA_BUNDLE) as notes:
+            bundle = guest_path(self.tree, HOST_CA_BUNDLE)
+            if not bundle.is_file():
+                notes.append("skipped: the image has no %s (add ca-certificates to 'apt')" % HOST_CA_BUNDLE)
+                added: list[str] = []
+            else:
+                text = bundle.read_text(encoding="utf-8", errors="replace")
+                known = set(pem_certificates(text))
+                added = [cert for cert in dict.fromkeys(pem_certificates(host_ca_bundle())) if cert not in known]
+                if added:
+                    bundle.write_text(text.rstrip("\n") + "\n" + "".join(cert + "\n" for cert in added), encoding="utf-8")
+                notes.append("%d added" % len(added))
+        self.manifest["host_ca_certificates_added"] = len(added)
 
     def _configure(self) -> None:
         with self._step("write files", "%d from the spec, /etc/vmpool/template.json" % len(self.spec.files)):
-            (self.tree / "etc" / "resolv.conf").unlink(missing_ok=True)
             info = {"format": FORMAT_VERSION, "name": self.spec.name, "hash": self.digest,
-                    "env": self.spec.env, "start": self.spec.start, "vm": self.spec.vm.model_dump()}
+                    "env": self.spec.env, "start": self.spec.start, "vm": self.spec.vm.model_dump(),
+                    "home": HOME_DIR, "python": self.manifest["python"]}
+            self.manifest["guest"] = info
             files = [*((path, content.encode(), 0o644) for path, content in _IMAGE_ETC.items()),
                      *((entry.path, source_bytes(self.spec, entry), entry.mode) for entry in self.spec.files),
                      ("/etc/vmpool/template.json", (json.dumps(info, indent=2) + "\n").encode(), 0o644)]
@@ -211,9 +269,29 @@ class Build:
             # -b/-I: mke2fs would pick 1 KiB blocks and 128-byte inodes for an image this small
             self._run(title, ["mkfs.ext4", "-q", "-F", "-L", "root", "-O", "^has_journal", "-b", "4096",
                               "-I", "256", "-N", str(max(inodes * 3 // 2, 16384)), "-d", str(self.tree), str(image)])
-            shutil.rmtree(self.tree)
             notes.append("%d MiB allocated" % (image.stat().st_blocks * 512 // _MIB))
         self.manifest["sizes"] = {"rootfs": size, "rootfs_allocated": image.stat().st_blocks * 512, "tree": used}
+
+    def _harden_tree(self) -> None:
+        """Make the kept tree harmless on the host, where any user can reach the cache: no
+        setuid/setgid bits (a stale setuid binary would be a way to root), no device nodes, nothing
+        world-writable. The image already has the tree as debootstrap left it; the bwrap driver,
+        which uses the tree, binds only /usr and /etc, nosuid, and brings its own /dev."""
+        with self._step("harden the kept tree", "no setuid bits, device nodes or world-writable files") as notes:
+            changed = 0
+            for folder, dirs, files in os.walk(self.tree):
+                for name in (*dirs, *files):
+                    path = os.path.join(folder, name)
+                    mode = os.lstat(path).st_mode
+                    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                        os.unlink(path)
+                    elif not stat.S_ISLNK(mode) and mode & (stat.S_ISUID | stat.S_ISGID | stat.S_IWOTH):
+                        os.chmod(path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID | stat.S_IWOTH))
+                    else:
+                        continue
+                    changed += 1
+            os.chmod(self.tree, 0o755)
+            notes.append("%d changed" % changed)
 
     def _kernel_and_busybox(self) -> None:
         title = "fetch kernel and busybox"

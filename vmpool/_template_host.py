@@ -1,6 +1,8 @@
 """What a template build takes from the host so that it fetches what the host's own tools would:
 the Debian mirror of the host's apt sources and pip's configuration, with the local paths that
-configuration names (pip in the image must see them too).
+configuration names (pip in the image must see them too); and, for a template with network, the
+certificate authorities the host trusts (`host_ca_bundle`): where the host reaches the internet
+through a TLS-inspecting proxy, a sandbox using the host's network meets the same proxy.
 """
 
 from __future__ import annotations
@@ -12,9 +14,29 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["DEFAULT_MIRROR", "host_mirror", "host_pip_settings", "local_paths"]
+__all__ = ["DEFAULT_MIRROR", "HOST_CA_BUNDLE", "host_ca_bundle", "host_mirror", "host_pip_settings", "local_paths",
+           "pem_certificates"]
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's, and the image's, bundle
+_PEM = re.compile(r"-----BEGIN CERTIFICATE-----\s.*?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def host_ca_bundle() -> str:
+    """The PEM certificates the host's TLS clients trust: $SSL_CERT_FILE if set, else Debian's
+    bundle; "" if there is none."""
+    for path in (os.environ.get("SSL_CERT_FILE"), HOST_CA_BUNDLE):
+        if path and os.path.isfile(path):
+            try:
+                return Path(path).read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+    return ""
+
+
+def pem_certificates(text: str) -> list[str]:
+    """The PEM certificate blocks in `text`, each with single-spaced lines, in order."""
+    return ["\n".join(line.strip() for line in block.splitlines() if line.strip()) for block in _PEM.findall(text)]
 
 
 def host_pip_settings() -> tuple[str, dict[str, str]]:

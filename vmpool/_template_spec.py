@@ -19,11 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from ._errors import TemplateSpecError
 
 __all__ = [
-    "RECIPE_VERSION", "TEMPLATES_DIR", "DebianSpec", "FileSpec", "TemplateSpec", "VmSpec", "load_spec",
+    "HOME_DIR", "RECIPE_VERSION", "TEMPLATES_DIR", "DebianSpec", "FileSpec", "TemplateSpec", "VmSpec", "load_spec",
     "source_bytes", "spec_hash", "template_names",
 ]
 
-RECIPE_VERSION = 1  # bump when the build steps change what an image contains: every hash changes
+# Bump when the build steps change what a build contains: every hash, so every folder name,
+# changes. 2: the root tree is kept beside the image (the bwrap driver runs on it) and
+# template.json says where the home and the user site are.
+RECIPE_VERSION = 2
+HOME_DIR = "/home/user"  # the sandbox user's writable home in every sandbox started from a template
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
 
@@ -76,7 +80,26 @@ class VmSpec(_Strict):
 
 
 class TemplateSpec(_Strict):
-    """A template as declared in ``vmpool/templates/NAME.yaml``. Unknown keys are errors."""
+    """A template as declared in ``vmpool/templates/NAME.yaml``. Unknown keys are errors.
+
+    What each key means for the two drivers (both run the same build; the microvm driver boots
+    its ``rootfs.ext4``, the bwrap driver runs on its root tree):
+
+    - ``debian``, ``apt``, ``pip``, ``files``: what the image holds. bwrap sandboxes see the
+      template's /usr (so its python3 and everything pip installed in /usr/local), its /etc
+      (with vmpool's passwd, group and hosts over it) and the /bin, /lib... links; nothing else
+      of the image (no /var, /opt, /root, /home).
+    - ``env``: added to the environment of the agent, so of every program and command, over
+      vmpool's defaults (PATH, HOME=/home/user, TMPDIR, LANG, USER, LOGNAME).
+    - ``start``: a shell command the microVM's init starts as root in the background before
+      the agent. The bwrap driver refuses a template that has one: a bwrap sandbox has no
+      root, and the agent's sweep after every program kills whatever else runs as its uid, so
+      the command could neither do what it does in a VM nor survive the first program.
+    - ``vm.memory_mib``, ``vm.vcpus``: the VM's size; ignored by bwrap (no VM; the agent's
+      per-program limits apply).
+    - ``vm.network``: microvm: QEMU's user-mode NAT; bwrap: the host's network namespace
+      (``--share-net``) and the host's resolv.conf. Off: loopback only, on both.
+    """
 
     version: Literal[1] = 1
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")

@@ -1,5 +1,6 @@
-"""VM templates: the root image, kernel, modules and busybox the microvm driver boots. This
-module is the cache of built templates and its entry points (`cached`, `ensure_built`, `build`);
+"""Templates: the Debian root filesystem sandboxes of both drivers run on (the microvm driver
+boots its image with the kernel, modules and busybox; the bwrap driver binds its tree's /usr and
+/etc). This module is the cache of built templates and its entry points (`cached`, `ensure_built`, `build`);
 the spec format and its hash are in ``_template_spec``, the build steps in ``_template_build``
 (helped by ``_template_host``, what is taken from the host, and ``_template_tree``, the image tree).
 
@@ -8,7 +9,11 @@ by `build` into the cache folder (`cache_dir`)::
 
     <cache>/templates/<name>-<hash16>/
         rootfs.ext4    Debian root filesystem (debootstrap), ext4 without journal, sparse; holds
-                       /etc/vmpool/template.json (format, name, hash, env, start, vm)
+                       /etc/vmpool/template.json (format, name, hash, env, start, vm, home,
+                       python: path, version, user_site)
+        tree/          the same files as a folder, for the bwrap driver (read-only use), with
+                       no setuid bits, device nodes or world-writable files (see
+                       ``_template_build.Build._harden_tree``)
         vmlinuz        the Debian cloud kernel (a bzImage)
         modules/       the kernel modules the driver loads, plain .ko files side by side;
                        manifest["modules"] lists them in load order
@@ -20,13 +25,17 @@ by `build` into the cache folder (`cache_dir`)::
 content of every ``source`` file. The kernel and busybox are what the host's apt offers at
 build time and do not enter the hash: a newer kernel alone rebuilds nothing (``--force`` does).
 
+A sandbox started from a template has a writable home, `HOME_DIR` (/home/user): a tmpfs owned
+by the sandbox user (uid 65534) on both drivers, with the image python's user site folder
+(``python.user_site``) already in it, and HOME pointing at it.
+
 Building needs root (debootstrap, chroot, mounts). It happens in a folder next to the final one
 that is renamed into place at the end, under an flock per template and hash: a second build of
 the same template waits, then uses the first one's result. A failed or interrupted build leaves
 nothing behind; the leftovers of a killed one go at the next build. Every mount a build makes
 lives in a private mount namespace (``unshare --mount``), so none outlives the tool that made
 it and no cleanup can delete through one. Artifacts are world-readable (folders 0755, files
-0644, busybox 0755) because QEMU reads them as uid 65534. Nothing is installed on the host: the
+0644, busybox 0755) because QEMU reads them as uid 65534; the tree keeps its own modes. Nothing is installed on the host: the
 kernel and busybox packages are fetched with ``apt-get download``, unpacked with ``dpkg-deb -x``.
 
 Errors: `TemplateSpecError` for a spec or template name the user got wrong (one sentence naming
@@ -49,11 +58,11 @@ from typing import Any
 
 from ._errors import TemplateError, TemplateSpecError
 from ._template_build import FORMAT_VERSION, Build, Progress, check_can_build
-from ._template_spec import TemplateSpec, load_spec, spec_hash, template_names
+from ._template_spec import HOME_DIR, TemplateSpec, load_spec, spec_hash, template_names
 from ._template_tree import make_dirs
 
 __all__ = [
-    "BuiltTemplate", "TemplateError", "TemplateSpec", "TemplateSpecError", "build", "cache_dir",
+    "HOME_DIR", "BuiltTemplate", "TemplateError", "TemplateSpec", "TemplateSpecError", "build", "cache_dir",
     "cached", "ensure_built", "load_spec", "spec_hash", "template_names",
 ]
 
@@ -78,6 +87,7 @@ class BuiltTemplate:
     hash: str
     dir: Path
     rootfs: Path
+    tree: Path
     kernel: Path
     modules_dir: Path
     busybox: Path
@@ -89,9 +99,25 @@ class BuiltTemplate:
         """The kernel modules, in the order to load them."""
         return [self.modules_dir / ("%s.ko" % name) for name in self.manifest["modules"]]
 
+    @property
+    def user_site(self) -> str | None:
+        """The python user site folder inside the sandbox's home that the drivers create at start
+        (None if the spec's env moves it out of the home)."""
+        user_site = str(self.manifest["python"]["user_site"])
+        return user_site if user_site.startswith(HOME_DIR + "/") else None
+
     def disk_usage(self) -> int:
-        """Bytes the folder takes on disk (the root image is sparse: far less than its size)."""
-        return sum(entry.lstat().st_blocks * 512 for entry in self.dir.rglob("*"))
+        """Bytes the folder takes on disk, each hard-linked file once (the root image is sparse:
+        far less than its size)."""
+        seen: set[tuple[int, int]] = set()
+        total = 0
+        for folder, dirs, files in os.walk(self.dir):
+            for name in (*dirs, *files):
+                info = os.lstat(os.path.join(folder, name))
+                if (info.st_dev, info.st_ino) not in seen:
+                    seen.add((info.st_dev, info.st_ino))
+                    total += info.st_blocks * 512
+        return total
 
 
 def _as_spec(name_or_spec: str | os.PathLike[str] | TemplateSpec) -> TemplateSpec:
@@ -114,9 +140,9 @@ def cached(name_or_spec: str | os.PathLike[str] | TemplateSpec) -> BuiltTemplate
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION or manifest.get("hash") != digest:
         return None
     built = BuiltTemplate(name=spec.name, hash=digest, dir=folder, rootfs=folder / "rootfs.ext4",
-                          kernel=folder / "vmlinuz", modules_dir=folder / "modules",
+                          tree=folder / "tree", kernel=folder / "vmlinuz", modules_dir=folder / "modules",
                           busybox=folder / "busybox", manifest=manifest, spec=spec)
-    if not all(path.exists() for path in (built.rootfs, built.kernel, built.busybox, *built.modules)):
+    if not all(path.exists() for path in (built.rootfs, built.tree / "usr", built.kernel, built.busybox, *built.modules)):
         return None
     return built
 
@@ -177,8 +203,10 @@ def _locked(lock_path: Path, name: str, say: Progress) -> Iterator[int]:
 
 
 def _publish(work: Path, final: Path) -> None:
-    for folder, _, files in os.walk(work):
+    for folder, dirs, files in os.walk(work):
         os.chmod(folder, 0o755)
+        if folder == str(work):
+            dirs.remove("tree")  # keeps its own modes: executables, private files
         for file in files:
             os.chmod(os.path.join(folder, file), 0o755 if file == "busybox" else 0o644)
     old = None

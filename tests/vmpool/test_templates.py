@@ -4,6 +4,7 @@
 import json
 import os
 import re
+import stat
 import struct
 import subprocess
 import time
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from vmpool._cli import cli
 from vmpool._errors import VmpoolError
 from vmpool._template_build import REQUIRED_MODULES
+from vmpool._template_host import pem_certificates
 from vmpool._templates import (
     BuiltTemplate,
     TemplateError,
@@ -151,6 +153,34 @@ def test_building_needs_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_older_build_or_one_without_its_tree_is_not_built(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # what a build of an older vmpool left (format 1: no tree) is rebuilt, not used half-way
+    monkeypatch.setenv("VMPOOL_CACHE_DIR", str(tmp_path))
+    spec = load_spec("base")
+    digest = spec_hash(spec)
+    folder = tmp_path / "templates" / ("base-%s" % digest[:16])
+    (folder / "modules").mkdir(parents=True)
+    for name in ("rootfs.ext4", "vmlinuz", "busybox", "modules/virtio.ko"):
+        (folder / name).write_bytes(b"x")
+    manifest = {"format": 1, "hash": digest, "modules": ["virtio"],
+                "python": {"path": "/usr/bin/python3", "version": "3.11.2", "user_site": "/home/user/.local/lib"}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert cached(spec) is None
+    (folder / "manifest.json").write_text(json.dumps(dict(manifest, format=2)))
+    assert cached(spec) is None  # no tree
+    (folder / "tree" / "usr").mkdir(parents=True)
+    built = cached(spec)
+    assert built is not None and built.tree == folder / "tree" and built.user_site == "/home/user/.local/lib"
+
+
+def test_pem_certificates_are_compared_whatever_their_spacing() -> None:
+    one = "-----BEGIN CERTIFICATE-----\nAAAA\nBBBB\n-----END CERTIFICATE-----"
+    two = "-----BEGIN CERTIFICATE-----\nCCCC\n-----END CERTIFICATE-----"
+    text = "# a comment\n%s\n\n  %s  \r\n" % (one.replace("\n", "\r\n"), two)
+    assert pem_certificates(text) == [one, two]
+    assert pem_certificates("no certificate here") == []
+
+
 def test_template_list_when_nothing_is_built(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("VMPOOL_CACHE_DIR", str(tmp_path))
     result = CliRunner().invoke(cli, ["template", "list"])
@@ -224,10 +254,13 @@ def test_base_rootfs_is_ext4_with_python_and_template_json(base: BuiltTemplate) 
     assert "Type: regular" in _debugfs(base.rootfs, "stat /usr/bin/python3.11")
     assert "has_journal" not in _debugfs(base.rootfs, "features")
     info = json.loads(_debugfs(base.rootfs, "cat /etc/vmpool/template.json"))
-    assert info == {"format": 1, "name": "base", "hash": base.hash, "env": {}, "start": None,
-                    "vm": {"memory_mib": 512, "vcpus": 1, "network": False}}
+    assert info == {"format": 2, "name": "base", "hash": base.hash, "env": {}, "start": None,
+                    "vm": {"memory_mib": 512, "vcpus": 1, "network": False}, "home": "/home/user",
+                    "python": {"path": "/usr/bin/python3", "version": base.manifest["python"]["version"],
+                               "user_site": "/home/user/.local/lib/python3.11/site-packages"}}
+    assert base.manifest["guest"] == info and base.user_site == info["python"]["user_site"]
     assert _debugfs(base.rootfs, "cat /etc/hostname") == "vmpool\n"  # not the build host's
-    assert _debugfs(base.rootfs, "stat /etc/resolv.conf") == ""  # not found
+    assert _debugfs(base.rootfs, "cat /etc/resolv.conf") == ""  # empty: no DNS, not the build host's
     assert re.findall(r"\(\d+\) (\S+)", _debugfs(base.rootfs, "ls /var/lib/apt/lists")) == [".", ".."]
 
 
@@ -251,14 +284,27 @@ def test_base_kernel_modules_and_busybox(base: BuiltTemplate) -> None:
 
 
 def test_base_is_readable_by_qemus_uid(base: BuiltTemplate) -> None:
-    for path in [base.dir.parent, base.dir, *base.dir.rglob("*")]:
+    artifacts = [path for path in base.dir.rglob("*") if not path.is_relative_to(base.tree)]
+    for path in [base.dir.parent, base.dir, base.tree, *artifacts]:
         mode = path.stat().st_mode
         assert mode & (0o005 if path.is_dir() else 0o004), path
 
 
+def test_base_keeps_its_tree_hardened_for_the_bwrap_driver(base: BuiltTemplate) -> None:
+    assert (base.tree / "usr/bin/python3").is_symlink() and (base.tree / "etc/vmpool/template.json").is_file()
+    assert os.readlink(base.tree / "lib") == "usr/lib"
+    assert (base.tree / "root").stat().st_mode & 0o777 == 0o700  # modes are the image's, not 0644
+    assert (base.tree / "usr/bin/python3.11").stat().st_mode & 0o111 == 0o111
+    for path in base.tree.rglob("*"):
+        info = path.lstat()
+        assert not (stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)), path
+        if not path.is_symlink():
+            assert not info.st_mode & (stat.S_ISUID | stat.S_ISGID | stat.S_IWOTH), path
+
+
 def test_base_manifest_and_cache_hit(base: BuiltTemplate) -> None:
     manifest = base.manifest
-    assert (manifest["name"], manifest["hash"], manifest["format"]) == ("base", base.hash, 1)
+    assert (manifest["name"], manifest["hash"], manifest["format"]) == ("base", base.hash, 2)
     assert manifest["debian"]["release"] == "bookworm" and manifest["debian"]["packages"] > 50
     assert manifest["sizes"]["rootfs"] == base.rootfs.stat().st_size and manifest["build_seconds"] > 0
     assert base.dir.name == "base-%s" % base.hash[:16] and base.dir.parent == cache_dir() / "templates"
