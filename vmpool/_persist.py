@@ -7,7 +7,7 @@ What is kept depends on the driver (`Driver.keeps_memory`):
   sandbox goes on where it stopped: its processes still run, with their memory, and its files
   are there.
 - ``files`` (bwrap, and any driver that cannot keep memory): the sandbox's writable directories
-  (`AREAS` that exist in it: /tmp, and /home/user in sandboxes that have one) as tar archives,
+  (`AREAS` that exist in it: /tmp, and the home /home/user of template sandboxes) as tar archives,
   made and unpacked by the agent (ops ``pack_dir``/``unpack_dir``), each at most
   `MAX_PAYLOAD_BYTES` (~48 MiB, one protocol message; more raises OSError(EFBIG) and the
   sandbox keeps running). Processes are not kept: a resumed sandbox is a new one, started with
@@ -46,7 +46,7 @@ from ._agent_fs import MAX_PAYLOAD_BYTES
 from ._driver import Driver, StartOptions, get_driver
 from ._errors import DriverUnavailableError, PausedStateError
 from ._protocol import b64decode, b64encode
-from ._templates import cached
+from ._templates import HOME_DIR, cached
 
 if TYPE_CHECKING:
     from ._sandbox import LocalSandbox
@@ -55,7 +55,7 @@ __all__ = ["AREAS", "STATE_FILE", "STATE_FORMAT", "PausedState", "StartRecord", 
 
 STATE_FILE = "state.json"
 STATE_FORMAT = 1  # bump when the directory's layout or state.json's meaning changes
-AREAS = {"tmp.tar": "/tmp", "home.tar": "/home/user"}  # files-only pauses: archive -> directory
+AREAS = {"tmp.tar": "/tmp", "home.tar": HOME_DIR}  # files-only pauses: archive -> directory
 FILE_OP_TIMEOUT_S = 120.0  # packing or unpacking one archive of up to ~48 MiB
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import vmpool
 from vmpool import LocalSandbox, PausedStateError, SandboxError, _vm_pause
 
 CWD = "import os; print(os.getcwd())"  # a program runs in /tmp/run-<n>, n counted by the agent
@@ -70,6 +71,25 @@ def test_bwrap_keeps_the_files_and_starts_new_processes(sandboxes: None, tmp_pat
         assert resumed.files.get_info("/tmp/script").mode == 0o755
         assert resumed.run_program(CWD).stdout == "/tmp/run-1\n"  # a new agent: processes are not kept
         assert resumed.commands.run("df -m /tmp | tail -1").stdout.split()[1] == "64"
+
+
+@pytest.mark.sandbox
+def test_bwrap_keeps_the_home_of_a_template_sandbox(sandboxes: None, tmp_path: Path) -> None:
+    paused = tmp_path / "paused"
+    with LocalSandbox.create("bwrap", template="base") as sandbox:
+        sandbox.files.write("/home/user/.local/lib/note.txt", "home")
+        sandbox.files.write("/tmp/scratch.txt", "tmp")
+        sandbox.pause(paused)
+    state = _state(paused)
+    built = vmpool.ensure_template("base")
+    assert state["template"] == {"name": "base", "hash": built.hash}
+    assert [(file["name"], file["restores"]) for file in state["files"]] == [("home.tar", "/home/user"),
+                                                                             ("tmp.tar", "/tmp")]
+    with LocalSandbox.resume(paused) as resumed:
+        assert resumed.files.read("/home/user/.local/lib/note.txt") == "home"
+        assert resumed.files.read("/tmp/scratch.txt") == "tmp"
+        assert resumed.commands.run("echo $HOME; stat -c %U /home/user/.local").stdout.split() == ["/home/user",
+                                                                                                  "nobody"]
 
 
 @pytest.mark.sandbox
@@ -147,6 +167,7 @@ def test_microvm_keeps_the_running_vm(microvm: None, tmp_path: Path) -> None:
     paused = tmp_path / "paused"
     with LocalSandbox.create("microvm", tmp_size_mb=100) as sandbox:
         sandbox.files.write("/tmp/data/kept.txt", "in guest memory")
+        sandbox.files.write("/home/user/kept.txt", "in the home")
         assert sandbox.run_program(CWD).stdout == "/tmp/run-1\n"
         boot_id, uptime, _ = _guest_facts(sandbox)
         before = time.monotonic()
@@ -164,6 +185,7 @@ def test_microvm_keeps_the_running_vm(microvm: None, tmp_path: Path) -> None:
     with LocalSandbox.resume(paused) as resumed:
         assert not paused.exists()
         assert resumed.files.read("/tmp/data/kept.txt") == "in guest memory"
+        assert resumed.files.read("/home/user/kept.txt") == "in the home"
         # the same kernel, continued: not rebooted, and its uptime without the time paused
         resumed_boot_id, resumed_uptime, clock = _guest_facts(resumed)
         assert resumed_boot_id == boot_id
