@@ -7,12 +7,9 @@ What is kept depends on the driver (`Driver.keeps_memory`):
   sandbox goes on where it stopped: its processes still run, with their memory, and its files
   are there.
 - ``files`` (bwrap, and any driver that cannot keep memory): the sandbox's writable directories
-  (`AREAS` that exist in it: /tmp, and the home /home/user of template sandboxes) as tar archives,
-  made and unpacked by the agent (ops ``pack_dir``/``unpack_dir``), each at most
-  `MAX_PAYLOAD_BYTES` (~48 MiB, one protocol message; more raises OSError(EFBIG) and the
-  sandbox keeps running). Processes are not kept: a resumed sandbox is a new one, started with
-  the same options, with those files unpacked. Only files, directories and links are kept; a
-  FIFO or device node refuses the pause (OSError(EINVAL)), a socket is left out.
+  (/tmp, and the home /home/user of template sandboxes) as tar archives made by its agent
+  (`vmpool._persist_files`). Processes are not kept: a resumed sandbox is a new one, started
+  with the same options, with those files unpacked.
 
 The directory (created by `pause`, mode 0700) holds the data files and `STATE_FILE`, written
 last, so a directory without it was never a complete pause. ``state.json`` (`PausedState`,
@@ -29,11 +26,9 @@ from __future__ import annotations
 
 import errno
 import importlib.metadata
-import io
 import json
 import os
 import shutil
-import tarfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,21 +37,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ._agent_fs import MAX_PAYLOAD_BYTES
+from . import _persist_files
 from ._driver import Driver, StartOptions, get_driver
 from ._errors import DriverUnavailableError, PausedStateError
-from ._protocol import b64decode, b64encode
-from ._templates import HOME_DIR, cached
+from ._templates import cached
 
 if TYPE_CHECKING:
     from ._sandbox import LocalSandbox
 
-__all__ = ["AREAS", "STATE_FILE", "STATE_FORMAT", "PausedState", "StartRecord", "pause", "read_state", "resume"]
+__all__ = ["STATE_FILE", "STATE_FORMAT", "PausedState", "StartRecord", "pause", "read_state", "resume"]
 
 STATE_FILE = "state.json"
 STATE_FORMAT = 1  # bump when the directory's layout or state.json's meaning changes
-AREAS = {"tmp.tar": "/tmp", "home.tar": HOME_DIR}  # files-only pauses: archive -> directory
-FILE_OP_TIMEOUT_S = 120.0  # packing or unpacking one archive of up to ~48 MiB
 
 
 @dataclass(frozen=True)
@@ -85,12 +77,20 @@ class SavedOptions(BaseModel):
 
 class SavedFile(BaseModel):
     """One data file of the paused directory: its name there, its size, and for a files-only
-    pause the sandbox directory its archive restores."""
+    pause the sandbox directory its archive unpacks into (files are restored in list order)."""
 
     model_config = ConfigDict(extra="forbid")
     name: str
     bytes: int
     restores: str | None = None
+
+
+class SavedLink(BaseModel):
+    """A symlink of a files-only pause that is made again after the archives are unpacked."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    target: str
 
 
 class PausedState(BaseModel):
@@ -104,6 +104,7 @@ class PausedState(BaseModel):
     options: SavedOptions
     saved: Literal["memory", "files"]
     files: list[SavedFile]
+    links: list[SavedLink]
     sandbox_id: str
     started_at: datetime
     paused_at: datetime
@@ -130,21 +131,23 @@ def pause(sandbox: LocalSandbox, directory: Path) -> None:
     directory.mkdir(mode=0o700, parents=True)  # FileExistsError: never mix with other files
     directory.chmod(0o700)  # whatever the umask
     try:
+        links: list[SavedLink] = []
         if record.driver.keeps_memory:
             saved: Literal["memory", "files"] = "memory"
             driver_state = record.driver.pause(sandbox._process, directory)
             if driver_state.get("template"):
                 template = TemplateRef.model_validate(driver_state["template"])
+            files = [_saved_file(directory, path.name, None) for path in sorted(directory.iterdir())]
         else:
             saved, driver_state = "files", {}
-            _save_files(sandbox, directory)
-        files = [SavedFile(name=path.name, bytes=path.stat().st_size, restores=AREAS.get(path.name))
-                 for path in sorted(directory.iterdir())]
+            parts, made_links = _persist_files.save(sandbox, directory)
+            files = [_saved_file(directory, name, restores) for name, restores in parts]
+            links = [SavedLink(path=path, target=target) for path, target in made_links]
         state = PausedState(
             format=STATE_FORMAT, vmpool_version=vmpool_version(), driver=sandbox.driver, template=template,
             options=SavedOptions(python=record.options.python, tmp_size_mb=record.options.tmp_size_mb,
                                  agent_args=list(record.options.agent_args)),
-            saved=saved, files=files, sandbox_id=sandbox.sandbox_id, started_at=record.started_at,
+            saved=saved, files=files, links=links, sandbox_id=sandbox.sandbox_id, started_at=record.started_at,
             paused_at=datetime.now(timezone.utc), pause_s=round(time.monotonic() - begun, 3),
             driver_state=driver_state)
         _write_state(directory, state)
@@ -156,6 +159,10 @@ def pause(sandbox: LocalSandbox, directory: Path) -> None:
     sandbox.kill()
 
 
+def _saved_file(directory: Path, name: str, restores: str | None) -> SavedFile:
+    return SavedFile(name=name, bytes=(directory / name).stat().st_size, restores=restores)
+
+
 def _template_of(name: str | None) -> TemplateRef | None:
     if name is None:
         return None
@@ -164,36 +171,6 @@ def _template_of(name: str | None) -> TemplateRef | None:
         raise OSError(errno.ENOENT, "cannot pause: template %r of the sandbox is no longer built, so a "
                       "resume could not start it (the sandbox keeps running)" % name)
     return TemplateRef(name=built.name, hash=built.hash)
-
-
-def _save_files(sandbox: LocalSandbox, directory: Path) -> None:
-    for name, area in AREAS.items():
-        if not sandbox.files.exists(area):
-            continue
-        try:
-            reply = sandbox._call("pack_dir", FILE_OP_TIMEOUT_S, path=area)
-        except OSError as exc:
-            if exc.errno == errno.EFBIG:
-                raise OSError(errno.EFBIG, "%s holds more than %d bytes as a tar archive, the most a "
-                              "pause of a %s sandbox keeps per directory (the sandbox keeps running)"
-                              % (area, MAX_PAYLOAD_BYTES, sandbox.driver)) from None
-            raise
-        archive = b64decode(str(reply.get("tar_b64", "")))
-        _check_archive(archive, area)
-        with open(os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
-            handle.write(archive)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-def _check_archive(archive: bytes, area: str) -> None:
-    """Refuse at pause what resuming could not unpack (the agent's unpack_dir takes only
-    files, directories and links)."""
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
-        for member in tar:
-            if not (member.isdir() or member.isfile() or member.issym() or member.islnk()):
-                raise OSError(errno.EINVAL, "cannot pause: %s/%s is neither a file, a directory nor a "
-                              "link, and only those are kept; remove it first" % (area, member.name))
 
 
 def _write_state(directory: Path, state: PausedState) -> None:
@@ -245,8 +222,12 @@ def read_state(directory: Path) -> PausedState:
         if size != saved.bytes:
             raise PausedStateError("the paused sandbox in %s is damaged: %s has %d bytes, %d were saved"
                                    % (directory, saved.name, size, saved.bytes))
-        if state.saved == "files" and AREAS.get(saved.name) != saved.restores:
+        if (saved.restores is not None) != (state.saved == "files") or (
+                saved.restores is not None and not _persist_files.is_area_path(saved.restores)):
             raise PausedStateError("%s: %s cannot restore %r" % (STATE_FILE, saved.name, saved.restores))
+    for link in state.links:
+        if state.saved != "files" or not _persist_files.is_area_path(link.path):
+            raise PausedStateError("%s: cannot make a link at %r" % (STATE_FILE, link.path))
     return state
 
 
@@ -279,7 +260,8 @@ def resume(cls: type[LocalSandbox], directory: Path, start_timeout: float) -> Lo
                              start_timeout=start_timeout, agent_args=options.agent_args,
                              template=options.template)
         try:
-            _restore_files(sandbox, directory, state)
+            _persist_files.restore(sandbox, directory, [(saved.name, saved.restores or "") for saved in state.files],
+                                   [(link.path, link.target) for link in state.links])
         except BaseException:
             sandbox.kill()
             raise
@@ -287,9 +269,3 @@ def resume(cls: type[LocalSandbox], directory: Path, start_timeout: float) -> Lo
     shutil.rmtree(directory, ignore_errors=True)
     return sandbox
 
-
-def _restore_files(sandbox: LocalSandbox, directory: Path, state: PausedState) -> None:
-    for saved in state.files:
-        assert saved.restores is not None  # checked by read_state
-        archive = (directory / saved.name).read_bytes()
-        sandbox._call("unpack_dir", FILE_OP_TIMEOUT_S, path=saved.restores, tar_b64=b64encode(archive))

@@ -111,14 +111,15 @@ class LocalSandbox:
         What is kept depends on the driver (`Driver.keeps_memory`): the microvm driver keeps
         the whole VM, so processes still run after `resume`, with their memory, and every
         file is there; other drivers (bwrap) keep only files: /tmp and /home/user (where it
-        exists), up to ~48 MiB each as a tar archive, and a resumed sandbox is a new one with
-        those files and none of the processes. The directory's ``state.json`` describes it
-        (see `vmpool._persist`).
+        exists) as tar archives (no single file beyond ~48 MiB, and neither FIFOs nor device
+        nodes; directories and links lose their times), and a resumed sandbox is a new one
+        with those files and none of the processes. The directory's ``state.json`` describes
+        it (see `vmpool._persist`).
 
         Call it while no other call to this sandbox is running. Raises SandboxError (and the
         sandbox is killed) if it is dead or broke; OSError if the state could not be saved
-        (FileExistsError for an existing `directory`, EFBIG for files beyond the limit, a full
-        disk) while the sandbox keeps running; ValueError if it was not started by `create` or
+        (FileExistsError for an existing `directory`, EFBIG for a file beyond the limit, EINVAL
+        for a FIFO, a full disk) while the sandbox keeps running; ValueError if it was not started by `create` or
         `resume`. Nothing is left in `directory` on failure.
         """
         _persist.pause(self, Path(directory))

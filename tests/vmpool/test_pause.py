@@ -53,14 +53,16 @@ def test_bwrap_keeps_the_files_and_starts_new_processes(sandboxes: None, tmp_pat
     with LocalSandbox.create("bwrap", tmp_size_mb=64) as sandbox:
         sandbox.files.write("/tmp/notes/a.txt", "kept\n")
         sandbox.commands.run("chmod 700 /tmp/notes && printf x > /tmp/script && chmod 755 /tmp/script "
-                             "&& ln -s notes/a.txt /tmp/link")
+                             "&& ln -s notes/a.txt /tmp/link && ln -s /usr/bin/python3 /tmp/python")
         assert sandbox.run_program(CWD).stdout == "/tmp/run-1\n"
         sandbox.pause(paused)
         assert not sandbox.is_running()
     assert stat.S_IMODE(paused.stat().st_mode) == 0o700
     state = _state(paused)
     assert (state["format"], state["driver"], state["saved"], state["template"]) == (1, "bwrap", "files", None)
-    assert state["files"] == [{"name": "tmp.tar", "bytes": (paused / "tmp.tar").stat().st_size, "restores": "/tmp"}]
+    assert state["files"] == [{"name": "tmp.0.tar", "bytes": (paused / "tmp.0.tar").stat().st_size,
+                               "restores": "/tmp"}]
+    assert state["links"] == [{"path": "/tmp/python", "target": "/usr/bin/python3"}]  # unpack_dir refuses it
     assert state["options"]["tmp_size_mb"] == 64 and state["pause_s"] >= 0
     assert state["started_at"] <= state["paused_at"] and state["vmpool_version"]
 
@@ -69,6 +71,7 @@ def test_bwrap_keeps_the_files_and_starts_new_processes(sandboxes: None, tmp_pat
         assert resumed.files.read("/tmp/link") == "kept\n"
         assert resumed.files.get_info("/tmp/notes").mode == 0o700
         assert resumed.files.get_info("/tmp/script").mode == 0o755
+        assert resumed.files.get_info("/tmp/python").symlink_target == "/usr/bin/python3"
         assert resumed.run_program(CWD).stdout == "/tmp/run-1\n"  # a new agent: processes are not kept
         assert resumed.commands.run("df -m /tmp | tail -1").stdout.split()[1] == "64"
 
@@ -83,13 +86,38 @@ def test_bwrap_keeps_the_home_of_a_template_sandbox(sandboxes: None, tmp_path: P
     state = _state(paused)
     built = vmpool.ensure_template("base")
     assert state["template"] == {"name": "base", "hash": built.hash}
-    assert [(file["name"], file["restores"]) for file in state["files"]] == [("home.tar", "/home/user"),
-                                                                             ("tmp.tar", "/tmp")]
+    assert [(file["name"], file["restores"]) for file in state["files"]] == [("tmp.0.tar", "/tmp"),
+                                                                             ("home.0.tar", "/home/user")]
     with LocalSandbox.resume(paused) as resumed:
         assert resumed.files.read("/home/user/.local/lib/note.txt") == "home"
         assert resumed.files.read("/tmp/scratch.txt") == "tmp"
         assert resumed.commands.run("echo $HOME; stat -c %U /home/user/.local").stdout.split() == ["/home/user",
                                                                                                   "nobody"]
+
+
+@pytest.mark.sandbox
+def test_bwrap_splits_a_tree_too_large_for_one_message(sandboxes: None, tmp_path: Path) -> None:
+    paused = tmp_path / "paused"
+    listing = ("cd /home/user && find . -type d -printf '%p %m\\n' | sort && find . -type l -printf '%p %l\\n' "
+               "| sort && find . -type f -exec stat -c '%n %a %Y %s' {} + | sort && find . -type f | sort | xargs sha256sum")
+    with LocalSandbox.create("bwrap", template="base") as sandbox:
+        made = sandbox.commands.run(
+            "cd /home/user && mkdir -p big/sub venv/bin && head -c 30000000 /dev/urandom > big/a.bin "
+            "&& head -c 30000000 /dev/urandom > big/b.bin && echo small > big/sub/c.txt && chmod 751 big/a.bin "
+            "&& touch -d @1000000000 big/b.bin && chmod 711 big/sub && ln -s ../a.bin big/sub/up "
+            "&& ln -s /usr/bin/python3 venv/bin/python && ln -s big/sub/c.txt relative")
+        assert made.exit_code == 0, made.stderr
+        before = sandbox.commands.run(listing).stdout
+        sandbox.pause(paused)
+    state = _state(paused)
+    roots = [file["restores"] for file in state["files"]]
+    assert roots[0] == "/tmp" and roots.count("/home/user/big") == 2  # a.bin and b.bin apart
+    assert roots[1] == "/home/user" and set(roots) >= {"/home/user/big/sub", "/home/user/venv"}
+    assert all(file["bytes"] < 48 * 2**20 for file in state["files"])
+    assert sorted((link["path"], link["target"]) for link in state["links"]) == [
+        ("/home/user/big/sub/up", "../a.bin"), ("/home/user/venv/bin/python", "/usr/bin/python3")]
+    with LocalSandbox.resume(paused) as resumed:
+        assert resumed.commands.run(listing).stdout == before  # modes, files' times, links, contents
 
 
 @pytest.mark.sandbox
@@ -112,7 +140,7 @@ def test_a_failed_bwrap_pause_leaves_the_sandbox_running(sandboxes: None, tmp_pa
             sandbox.pause(tmp_path / "fifo")
         assert refused.value.errno == errno.EINVAL
         sandbox.commands.run("rm /tmp/fifo && head -c 51000000 /dev/urandom > /tmp/big")
-        with pytest.raises(OSError, match="/tmp holds more than .* keeps running") as too_big:
+        with pytest.raises(OSError, match="/tmp/big has 51000000 bytes, .* keeps running") as too_big:
             sandbox.pause(tmp_path / "big")
         assert too_big.value.errno == errno.EFBIG
         assert not (tmp_path / "fifo").exists() and not (tmp_path / "big").exists()
@@ -131,18 +159,23 @@ def test_resume_refuses_what_it_cannot_resume(sandboxes: None, tmp_path: Path) -
                      "version that paused it \\(9.9\\)")
     _tamper(paused, lambda state: state.update(original, template={"name": "base", "hash": "0" * 64}))
     _refused(paused, "template 'base' build 0000000000000000, which is not built here any more")
-    _tamper(paused, lambda state: state.update(original, driver_state={"smuggled": 1}, saved="memory"))
+    _tamper(paused, lambda state: state.update(original, driver_state={"smuggled": 1}, saved="memory",
+                                               files=[{**original["files"][0], "restores": None}]))
     _refused(paused, "the bwrap driver cannot resume a saved memory")
     _tamper(paused, lambda state: state.update(original, files=[{"name": "../x", "bytes": 1}]))
     _refused(paused, "outside its directory")
     _tamper(paused, lambda state: state.update(original, options={"python": None}))
     _refused(paused, "malformed")
+    _tamper(paused, lambda state: state.update(original, files=[{**original["files"][0], "restores": "/etc"}]))
+    _refused(paused, "tmp.0.tar cannot restore '/etc'")
+    _tamper(paused, lambda state: state.update(original, links=[{"path": "/etc/x", "target": "/"}]))
+    _refused(paused, "cannot make a link at '/etc/x'")
     (paused / "state.json").write_text(json.dumps(original))
-    with open(paused / "tmp.tar", "ab") as tar:
+    with open(paused / "tmp.0.tar", "ab") as tar:
         tar.write(b"\0")
-    _refused(paused, "damaged: tmp.tar has %d bytes, %d were saved"
+    _refused(paused, "damaged: tmp.0.tar has %d bytes, %d were saved"
              % (original["files"][0]["bytes"] + 1, original["files"][0]["bytes"]))
-    os.truncate(paused / "tmp.tar", original["files"][0]["bytes"])
+    os.truncate(paused / "tmp.0.tar", original["files"][0]["bytes"])
     os.rename(paused / "state.json", paused / "elsewhere.json")
     _refused(paused, "not a paused sandbox: it has no state.json")
     os.rename(paused / "elsewhere.json", paused / "state.json")
