@@ -121,7 +121,8 @@ class _Batch:
         self.size = 0
 
     def add(self, info: tarfile.TarInfo, data: bytes) -> list[bytes]:
-        cost = 3 * tarfile.BLOCKSIZE + -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE  # with a pax header
+        blocks = 4 + (len(info.name) + len(info.linkname)) // tarfile.BLOCKSIZE  # with a pax header
+        cost = (blocks - (-len(data) // tarfile.BLOCKSIZE)) * tarfile.BLOCKSIZE
         done = [self.archive()] if self.members and self.size + cost > PART_BYTES else []
         self.members.append((info, data))
         self.size += cost
