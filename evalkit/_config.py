@@ -65,7 +65,7 @@ class SandboxConfig(_Section):
     max_processes: int = Field(8, ge=1)  # memory_mb is per process: this bounds the total
     max_output_bytes: int = Field(1_000_000, ge=1024)
     python: str | None = None
-    template: str | None = None  # microvm only: the VM template (default "base")
+    template: str | None = None  # the sandbox template, both drivers (None: microvm "base", bwrap the host's /usr)
 
 
 class SchedulerConfig(_Section):
@@ -247,10 +247,8 @@ def _check_template(sandbox: SandboxConfig, source: Path, lines: _Line) -> None:
     if sandbox.template is None:
         return
     where = _where(source, lines, ("sandbox", "template"))
-    if sandbox.driver != "microvm":
-        raise ConfigError(f"{where}: 'sandbox.template' needs 'sandbox.driver: microvm' (other drivers run the host's own Python)")
     if sandbox.template not in template_names():
-        raise ConfigError(f"{where}: unknown VM template '{sandbox.template}' (known: {', '.join(template_names())})")
+        raise ConfigError(f"{where}: unknown template '{sandbox.template}' (known: {', '.join(template_names())})")
 
 
 def _check_runnable(sandbox: SandboxConfig, source: Path, lines: _Line) -> None:
