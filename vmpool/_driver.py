@@ -132,7 +132,8 @@ class Driver(abc.ABC):
         to check that it can continue the sandbox (JSON-able; ``"template": {"name", "hash"}``
         names the template it runs, if any), which the caller stores in ``state.json``.
         Raises SandboxError if the sandbox is gone or broke (it is then killed), OSError if
-        saving failed while the sandbox still runs as before.
+        saving failed while the sandbox still runs; its agent then greets the channel with a
+        new hello, to be read as after `start`.
         """
         raise DriverUnavailableError("the %s driver cannot save a sandbox's memory" % self.name)
 

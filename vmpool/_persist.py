@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import _persist_files
+from ._client import AgentClient
 from ._driver import Driver, StartOptions, get_driver
 from ._errors import DriverUnavailableError, PausedStateError
 from ._templates import cached
@@ -49,6 +50,7 @@ __all__ = ["STATE_FILE", "STATE_FORMAT", "PausedState", "StartRecord", "pause", 
 
 STATE_FILE = "state.json"
 STATE_FORMAT = 1  # bump when the directory's layout or state.json's meaning changes
+GREETING_TIMEOUT_S = 30.0  # the agent's hello after a failed pause
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,12 @@ def pause(sandbox: LocalSandbox, directory: Path) -> None:
         links: list[SavedLink] = []
         if record.driver.keeps_memory:
             saved: Literal["memory", "files"] = "memory"
-            driver_state = record.driver.pause(sandbox._process, directory)
+            try:
+                driver_state = record.driver.pause(sandbox._process, directory)
+            except OSError:
+                if sandbox.is_running():
+                    _greet_again(sandbox)
+                raise
             if driver_state.get("template"):
                 template = TemplateRef.model_validate(driver_state["template"])
             files = [_saved_file(directory, path.name, None) for path in sorted(directory.iterdir())]
@@ -157,6 +164,19 @@ def pause(sandbox: LocalSandbox, directory: Path) -> None:
             sandbox.kill()  # the driver gave up on it: release the rest (finalizer, channel)
         raise
     sandbox.kill()
+
+
+def _greet_again(sandbox: LocalSandbox) -> None:
+    """Talk to the agent of a sandbox whose memory pause failed, which greets anew (see
+    `Driver.pause`): a new client, as the old one saw its channel end. SandboxError (the
+    sandbox killed) if no hello comes."""
+    client = AgentClient(sandbox._process, "sandbox %s" % sandbox.sandbox_id)
+    try:
+        client.handshake(GREETING_TIMEOUT_S)
+    except BaseException:
+        sandbox.kill()
+        raise
+    sandbox._client = client
 
 
 def _saved_file(directory: Path, name: str, restores: str | None) -> SavedFile:

@@ -96,14 +96,17 @@ class MicroVMProcess(BwrapProcess):
         result: dict[str, Any] = reply["result"]
         return result
 
+    def _connected(self) -> socket.socket:
+        if self.sock is None:  # between the agent's hosts (a pause) or killed
+            raise ConnectionResetError("not connected to the agent")
+        return self.sock
+
     def _wait(self, event: int, deadline: float) -> bool:
-        assert self.sock is not None
         poller = select.poll()
-        poller.register(self.sock, event)
+        poller.register(self._connected(), event)
         return bool(poller.poll(_wait_s(deadline) * 1000))
 
     def send(self, data: bytes, timeout: float) -> None:
-        assert self.sock is not None
         deadline = _deadline(timeout)
         view = memoryview(data)
         while view:
@@ -111,18 +114,17 @@ class MicroVMProcess(BwrapProcess):
                 raise TimeoutError("the agent did not read its input for %.0fs" % timeout)
             if self._wait(select.POLLOUT, deadline):
                 try:
-                    view = view[self.sock.send(view):]
+                    view = view[self._connected().send(view):]
                 except BlockingIOError:
                     continue
 
     def receive(self, timeout: float) -> bytes:
-        assert self.sock is not None
         deadline = _deadline(timeout)
         while not self._wait(select.POLLIN, deadline):
             if time.monotonic() >= deadline:
                 raise TimeoutError("no answer from the agent within %.0fs" % timeout)
         try:
-            return self.sock.recv(1 << 20)
+            return self._connected().recv(1 << 20)
         except ConnectionResetError:
             return b""
 

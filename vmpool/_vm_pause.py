@@ -11,8 +11,9 @@ its processes. Pause:
    fsynced; uncompressed, because resuming is what users wait for (the README has the
    figures: compressing with zlib saves about two thirds of the file and makes resuming
    several times slower);
-3. QEMU is killed. If 1 or 2 fail, the VM is continued and the agent reconnected instead, so
-   a pause that could not be written leaves the sandbox running.
+3. QEMU is killed. If 1 or 2 fail, the VM is continued and the agent's channel connected
+   again instead (the agent greets it with a hello), so a pause that could not be written
+   leaves the sandbox running.
 
 Resume is a snapshot restore (`Machine.restore`) of that file by a `Machine` whose
 `Machine.identity` (template build, root image, initramfs, QEMU version, command line) equals
@@ -26,8 +27,8 @@ would be predictable), and a reseed costs nothing.
 
 from __future__ import annotations
 
-import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,7 @@ def pause(vm: MicroVMProcess, directory: Path) -> dict[str, Any]:
 
 def _detach_agent(vm: MicroVMProcess) -> None:
     if vm.sock is not None:
+        vm.sock.shutdown(socket.SHUT_RDWR)  # ends the connection even while a reader polls it
         vm.sock.close()
         vm.sock = None
     result = vm.control_request("await_detached", time.monotonic() + DETACH_TIMEOUT_S + 10,
@@ -112,22 +114,12 @@ def _detach_agent(vm: MicroVMProcess) -> None:
 
 
 def _recover(vm: MicroVMProcess, qmp: _qemu.QMP, failure: BaseException) -> None:
-    """Let a VM whose pause failed run on: continue its CPUs and reconnect to its agent, whose
-    hello is read here. SandboxError (the VM killed) if that fails too."""
+    """Let a VM whose pause failed run on: continue its CPUs and connect to its agent again
+    (which greets with a hello). SandboxError (the VM killed) if that fails too."""
     try:
-        deadline = time.monotonic() + RECOVER_TIMEOUT_S
         qmp.execute("cont")
         if vm.sock is None:
-            sock = _qemu.connect_unix(vm.run_dir / "agent.sock", deadline, vm.alive)
-            try:
-                hello = json.loads(_qemu.read_line(sock, bytearray(), deadline, "the agent"))
-            except BaseException:
-                sock.close()
-                raise
-            if not isinstance(hello, dict) or hello.get("op") != "hello":
-                sock.close()
-                raise SandboxError("unexpected message from the agent: %.200r" % hello)
-            vm.attach(sock)
+            vm.attach(_qemu.connect_unix(vm.run_dir / "agent.sock", time.monotonic() + RECOVER_TIMEOUT_S, vm.alive))
     except BaseException as exc:
         vm.kill()
         raise SandboxError("pausing the VM failed (%s), and it could not go on running either (%s); "
