@@ -233,33 +233,56 @@ def test_microvm_keeps_the_running_vm(microvm: None, tmp_path: Path) -> None:
         assert _guest_facts(again)[0] == boot_id
 
 
+def _processes(sandbox: LocalSandbox) -> Any:
+    processes = getattr(sandbox, "processes", None)
+    if processes is None:
+        pytest.skip("needs background processes (LocalSandbox.processes, agent protocol v2): "
+                    "without them the agent kills what a command leaves running")
+    return processes
+
+
 @pytest.mark.microvm
 def test_microvm_keeps_a_background_process_and_its_memory(microvm: None, tmp_path: Path) -> None:
+    holder = ("import sys, uuid\nsecret = uuid.uuid4().hex\nprint(secret, flush=True)\n"
+              "for line in sys.stdin:\n    print(secret, line.strip(), flush=True)\n")
     with LocalSandbox.create("microvm") as sandbox:
-        processes = getattr(sandbox, "processes", None)
-        if processes is None:
-            pytest.skip("needs background processes (LocalSandbox.processes, agent protocol v2): "
-                        "without them the agent kills what a command leaves running")
-        program = ("import sys, time\nsecret = 'drawn-%.6f' % time.time()\nopen('/tmp/secret', 'w').write(secret)\n"
-                   "for line in sys.stdin:\n    print(secret, line.strip(), flush=True)\n")
-        sandbox.files.write("/tmp/holder.py", program)
-        handle = processes.start("python3 /tmp/holder.py", stdin=True)
-        deadline = time.monotonic() + 30
-        while not sandbox.files.exists("/tmp/secret") and time.monotonic() < deadline:
-            time.sleep(0.1)
-        secret = sandbox.files.read("/tmp/secret")
+        sandbox.files.write("/tmp/holder.py", holder)
+        handle = _processes(sandbox).start("python3 /tmp/holder.py", stdin=True)
+        secret = handle.read_line(timeout=60)  # drawn by the process, held only in its memory
+        assert secret and len(secret) == 32
         sandbox.pause(tmp_path / "paused")
     with LocalSandbox.resume(tmp_path / "paused") as resumed:
-        assert resumed.files.read("/tmp/secret") == secret
-        lines: list[Any] = []
-        attached = resumed.processes.connect(handle.pid, on_stdout=lines.append)
-        resumed.processes.send_stdin(handle.pid, "ping\n")
-        deadline = time.monotonic() + 30
-        while not lines and time.monotonic() < deadline:
-            time.sleep(0.1)
-        text = "".join(line if isinstance(line, str) else line.decode() for line in lines)
-        assert text.split() == [secret, "ping"]  # the value drawn before the pause
-        resumed.processes.kill(attached.pid)
+        attached = resumed.processes.connect(handle.pid)
+        attached.send_stdin("still there?\n")
+        assert attached.read_line(timeout=60) == "%s still there?" % secret
+        assert [info.pid for info in resumed.processes.list() if info.running] == [handle.pid]
+        attached.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.microvm
+def test_microvm_keeps_a_jupyter_kernel_and_its_variables(microvm: None, tmp_path: Path) -> None:
+    def execute(process: Any, request_id: str, code: str) -> list[dict[str, Any]]:
+        process.send_stdin(json.dumps({"op": "execute", "id": request_id, "code": code}) + "\n")
+        answers = []
+        while not answers or answers[-1]["type"] not in ("end", "failed"):
+            line = process.read_line(timeout=180)
+            assert line is not None, answers
+            message = json.loads(line)
+            if message.get("id") == request_id:
+                answers.append(message)
+        return answers
+
+    with LocalSandbox.create("microvm", template="code-interpreter") as sandbox:
+        bridge = _processes(sandbox).start("python3 %s/_guest_kernel.py" % sandbox.guest_dir, stdin=True)
+        assert json.loads(bridge.read_line(timeout=300) or "{}").get("type") == "ready"
+        answers = execute(bridge, "before", "import os\nanswer = 6 * 7\nkernel = os.getpid()")
+        assert answers[-1]["type"] == "end" and len(answers) == 1, answers
+        sandbox.pause(tmp_path / "paused")
+    with LocalSandbox.resume(tmp_path / "paused") as resumed:
+        bridge = resumed.processes.connect(bridge.pid)
+        answers = execute(bridge, "after", "answer, kernel == os.getpid()")
+        assert answers[0]["data"]["text/plain"] == "(42, True)", answers  # the same kernel, its variables
 
 
 @pytest.mark.microvm
