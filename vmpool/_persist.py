@@ -14,8 +14,10 @@ What is kept depends on the driver (`Driver.keeps_memory`):
 The directory (created by `pause`, mode 0700) holds the data files and `STATE_FILE`, written
 last, so a directory without it was never a complete pause. ``state.json`` (`PausedState`,
 format `STATE_FORMAT`) says which driver, template (name and build hash) and options, what was
-saved and the size of each file, when the sandbox started and was paused, how long pausing
-took and which vmpool version wrote it, plus the driver's own record (``driver_state``).
+saved and the size of each file (for a files-only pause: the directory each archive unpacks
+into, in order, and the links to make again after them), when the sandbox started and was
+paused, how long pausing took and which vmpool version wrote it, plus the driver's own record
+(``driver_state``).
 `resume` refuses, with `PausedStateError` and before starting anything, a directory without a
 readable state of this format, with missing or resized files, or whose template build or
 driver record (QEMU version, machine configuration, ...) does not match this host; it deletes
