@@ -7,7 +7,9 @@
 """
 
 from ._driver import Driver, get_driver, list_drivers, resolve_driver
-from ._errors import DriverUnavailableError, ProtocolError, SandboxError, TemplateError, VmpoolError
+from ._errors import (
+    DriverUnavailableError, PausedStateError, ProtocolError, SandboxError, TemplateError, VmpoolError,
+)
 from ._pool import SandboxPool
 from ._processes import ProcessHandle, ProcessInfo, ProcessResult
 from ._protocol import PROTOCOL_VERSION
@@ -30,6 +32,7 @@ __all__ = [
     "ProcessHandle",
     "ProcessInfo",
     "ProcessResult",
+    "PausedStateError",
     "ProtocolError",
     "LocalSandbox",
     "SandboxError",
