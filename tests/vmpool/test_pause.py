@@ -233,21 +233,13 @@ def test_microvm_keeps_the_running_vm(microvm: None, tmp_path: Path) -> None:
         assert _guest_facts(again)[0] == boot_id
 
 
-def _processes(sandbox: LocalSandbox) -> Any:
-    processes = getattr(sandbox, "processes", None)
-    if processes is None:
-        pytest.skip("needs background processes (LocalSandbox.processes, agent protocol v2): "
-                    "without them the agent kills what a command leaves running")
-    return processes
-
-
 @pytest.mark.microvm
 def test_microvm_keeps_a_background_process_and_its_memory(microvm: None, tmp_path: Path) -> None:
     holder = ("import sys, uuid\nsecret = uuid.uuid4().hex\nprint(secret, flush=True)\n"
               "for line in sys.stdin:\n    print(secret, line.strip(), flush=True)\n")
     with LocalSandbox.create("microvm") as sandbox:
         sandbox.files.write("/tmp/holder.py", holder)
-        handle = _processes(sandbox).start("python3 /tmp/holder.py", stdin=True)
+        handle = sandbox.processes.start("python3 /tmp/holder.py", stdin=True)
         secret = handle.read_line(timeout=60)  # drawn by the process, held only in its memory
         assert secret and len(secret) == 32
         sandbox.pause(tmp_path / "paused")
@@ -264,7 +256,7 @@ def test_microvm_keeps_a_background_process_and_its_memory(microvm: None, tmp_pa
 def test_microvm_keeps_a_jupyter_kernel_and_its_variables(microvm: None, tmp_path: Path) -> None:
     def execute(process: Any, request_id: str, code: str) -> list[dict[str, Any]]:
         process.send_stdin(json.dumps({"op": "execute", "id": request_id, "code": code}) + "\n")
-        answers = []
+        answers: list[dict[str, Any]] = []
         while not answers or answers[-1]["type"] not in ("end", "failed"):
             line = process.read_line(timeout=180)
             assert line is not None, answers
@@ -274,7 +266,7 @@ def test_microvm_keeps_a_jupyter_kernel_and_its_variables(microvm: None, tmp_pat
         return answers
 
     with LocalSandbox.create("microvm", template="code-interpreter") as sandbox:
-        bridge = _processes(sandbox).start("python3 %s/_guest_kernel.py" % sandbox.guest_dir, stdin=True)
+        bridge = sandbox.processes.start("python3 %s/_guest_kernel.py" % sandbox.guest_dir, stdin=True)
         assert json.loads(bridge.read_line(timeout=300) or "{}").get("type") == "ready"
         answers = execute(bridge, "before", "import os\nanswer = 6 * 7\nkernel = os.getpid()")
         assert answers[-1]["type"] == "end" and len(answers) == 1, answers
