@@ -139,7 +139,8 @@ def pause(sandbox: LocalSandbox, directory: Path) -> None:
         if record.driver.keeps_memory:
             saved: Literal["memory", "files"] = "memory"
             try:
-                driver_state = record.driver.pause(sandbox._process, directory)
+                with sandbox._serial:  # no program, command or file operation runs meanwhile
+                    driver_state = record.driver.pause(sandbox._process, directory)
             except OSError:
                 if sandbox.is_running():
                     _greet_again(sandbox)

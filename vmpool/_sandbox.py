@@ -131,10 +131,12 @@ class LocalSandbox:
         with those files and none of the processes. The directory's ``state.json`` describes
         it (see `vmpool._persist`).
 
-        Call it while no other call to this sandbox is running. Raises SandboxError (and the
-        sandbox is killed) if it is dead or broke; OSError if the state could not be saved
-        (FileExistsError for an existing `directory`, EFBIG for a file beyond the limit, EINVAL
-        for a FIFO, a full disk) while the sandbox keeps running; ValueError if it was not started by `create` or
+        A microvm pause waits for a program, command or file operation that another thread runs,
+        and starts with the VM's state as it is then; a files-only pause archives the files
+        while such calls may still change them. Raises SandboxError (and the sandbox is killed)
+        if it is dead or broke; OSError if the state could not be saved (FileExistsError for an
+        existing `directory`, EFBIG for a file beyond the limit, EINVAL for a FIFO, a full disk)
+        while the sandbox keeps running; ValueError if it was not started by `create` or
         `resume`. Nothing is left in `directory` on failure.
         """
         _persist.pause(self, Path(directory))

@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -275,6 +276,21 @@ def test_microvm_keeps_a_jupyter_kernel_and_its_variables(microvm: None, tmp_pat
         bridge = resumed.processes.connect(bridge.pid)
         answers = execute(bridge, "after", "answer, kernel == os.getpid()")
         assert answers[0]["data"]["text/plain"] == "(42, True)", answers  # the same kernel, its variables
+
+
+@pytest.mark.microvm
+def test_microvm_pause_waits_for_a_program_another_thread_runs(microvm: None, tmp_path: Path) -> None:
+    results: list[Any] = []
+    with LocalSandbox.create("microvm") as sandbox:
+        worker = threading.Thread(target=lambda: results.append(sandbox.run_program(
+            "import time\ntime.sleep(2)\nprint('done')")))
+        worker.start()
+        time.sleep(0.5)  # the program runs now
+        sandbox.pause(tmp_path / "paused")
+        worker.join(timeout=60)
+    assert results and results[0].status == "ok" and results[0].stdout == "done\n"
+    with LocalSandbox.resume(tmp_path / "paused") as resumed:
+        assert resumed.run_program(CWD).stdout == "/tmp/run-2\n"  # paused after run 1 had ended
 
 
 @pytest.mark.microvm
