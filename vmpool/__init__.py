@@ -1,5 +1,13 @@
 """vmpool: self-hosted sandboxes (bubblewrap and microVM drivers) behind one guest-agent protocol.
 
+The E2B-style SDK (code written for E2B's SDKs runs with only the import changed)::
+
+    from vmpool import Sandbox
+    with Sandbox.create() as sandbox:
+        print(sandbox.commands.run("echo hi").stdout)
+
+The driver level, one sandbox owned by this process::
+
     from vmpool import LocalSandbox, Limits
     with LocalSandbox.create() as sb:
         result = sb.run_program("print(1 + 1)", Limits(wall_time_s=5))
@@ -7,10 +15,17 @@
 """
 
 from ._driver import Driver, get_driver, list_drivers, resolve_driver
-from ._errors import DriverUnavailableError, ProtocolError, SandboxError, TemplateError, VmpoolError
+from ._errors import (
+    CommandExitException, DriverUnavailableError, FileNotFoundException, InvalidArgumentException,
+    NotEnoughSpaceException, NotFoundException, ProtocolError, SandboxError, SandboxException,
+    SandboxNotFoundException, TemplateError, TimeoutException, VmpoolError,
+)
 from ._pool import SandboxPool
 from ._protocol import PROTOCOL_VERSION
 from ._sandbox import LocalSandbox
+from ._sdk import Sandbox, SandboxPaginator
+from ._sdk_commands import CommandHandle
+from ._service_types import ProcessInfo, SandboxInfo, SandboxQuery, SandboxState
 from ._templates import BuiltTemplate, TemplateSpec, template_names
 from ._templates import build as build_template
 from ._templates import ensure_built as ensure_template
@@ -19,19 +34,34 @@ from ._types import CommandResult, EntryInfo, ExecResult, ExecStatus, Limits
 __all__ = [
     "PROTOCOL_VERSION",
     "BuiltTemplate",
+    "CommandExitException",
+    "CommandHandle",
     "CommandResult",
     "Driver",
     "DriverUnavailableError",
     "EntryInfo",
     "ExecResult",
     "ExecStatus",
+    "FileNotFoundException",
+    "InvalidArgumentException",
     "Limits",
-    "ProtocolError",
     "LocalSandbox",
+    "NotEnoughSpaceException",
+    "NotFoundException",
+    "ProcessInfo",
+    "ProtocolError",
+    "Sandbox",
     "SandboxError",
+    "SandboxException",
+    "SandboxInfo",
+    "SandboxNotFoundException",
+    "SandboxPaginator",
     "SandboxPool",
+    "SandboxQuery",
+    "SandboxState",
     "TemplateError",
     "TemplateSpec",
+    "TimeoutException",
     "VmpoolError",
     "build_template",
     "ensure_template",
