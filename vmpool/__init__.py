@@ -25,7 +25,7 @@ from ._protocol import PROTOCOL_VERSION
 from ._sandbox import LocalSandbox
 from ._sdk import Sandbox, SandboxPaginator
 from ._sdk_commands import CommandHandle
-from ._service_types import ProcessInfo, SandboxInfo, SandboxQuery, SandboxState
+from ._service_types import FileType, ProcessInfo, SandboxInfo, SandboxQuery, SandboxState
 from ._templates import BuiltTemplate, TemplateSpec, template_names
 from ._templates import build as build_template
 from ._templates import ensure_built as ensure_template
@@ -43,6 +43,7 @@ __all__ = [
     "ExecResult",
     "ExecStatus",
     "FileNotFoundException",
+    "FileType",
     "InvalidArgumentException",
     "Limits",
     "LocalSandbox",

@@ -15,6 +15,9 @@ Ops (arguments -> answer):
 - ``upload_dir``: {local_dir, remote_dir} -> {}; ``download_dir``: {remote_dir, local_dir} -> {}.
   The local folder is read or written by the service, which runs as the same user on the same
   host as its clients (its socket is private to that user), so paths must be absolute.
+
+Relative paths in the sandbox are relative to the sandbox user's home, `HOME` (/home/user), as
+in E2B.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import posixpath
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +34,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._errors import InvalidArgumentException
 from ._files import Files
 
-__all__ = ["FILE_OPS", "file_call"]
+__all__ = ["FILE_OPS", "HOME", "file_call"]
+
+HOME = "/home/user"  # the sandbox user's home in every template, as E2B's
+_PATH_FIELDS = ("path", "old_path", "new_path", "remote_dir")
+
+
+def _in_home(arguments: dict[str, Any]) -> dict[str, Any]:
+    """`arguments` with their sandbox paths made absolute (relative to HOME)."""
+    fixed = dict(arguments)
+    for name in _PATH_FIELDS:
+        if isinstance(fixed.get(name), str):
+            fixed[name] = posixpath.join(HOME, fixed[name])
+    if isinstance(fixed.get("files"), list):
+        fixed["files"] = [_in_home(entry) if isinstance(entry, dict) else entry for entry in fixed["files"]]
+    return fixed
 
 
 class _Args(BaseModel):
@@ -142,4 +160,4 @@ def file_call(files: Files, op: str, arguments: dict[str, Any]) -> dict[str, Any
     if op not in FILE_OPS:
         raise InvalidArgumentException("unknown file op %r (known: %s)" % (op, ", ".join(FILE_OPS)))
     model, function = FILE_OPS[op]
-    return function(files, model.model_validate(arguments))
+    return function(files, model.model_validate(_in_home(arguments)))

@@ -11,7 +11,19 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ProcessInfo", "SandboxInfo", "SandboxQuery", "SandboxState"]
+__all__ = ["FileType", "ProcessInfo", "SandboxInfo", "SandboxQuery", "SandboxState"]
+
+
+class FileType(str, enum.Enum):
+    """What an `EntryInfo` is (E2B's `FileType`): ``entry.type == FileType.DIR`` holds for a
+    directory, whose ``type`` is the string "dir"."""
+
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class SandboxState(str, enum.Enum):

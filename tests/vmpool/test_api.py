@@ -23,7 +23,7 @@ PUBLIC = {
     "Driver", "get_driver", "resolve_driver", "list_drivers", "PROTOCOL_VERSION",
     "TemplateSpec", "TemplateError", "BuiltTemplate", "build_template", "ensure_template", "template_names",
     # the E2B-style SDK
-    "Sandbox", "SandboxInfo", "SandboxQuery", "SandboxState", "SandboxPaginator", "CommandHandle", "ProcessInfo",
+    "Sandbox", "SandboxInfo", "SandboxQuery", "SandboxState", "SandboxPaginator", "CommandHandle", "ProcessInfo", "FileType",
     "SandboxException", "TimeoutException", "InvalidArgumentException", "NotEnoughSpaceException",
     "NotFoundException", "SandboxNotFoundException", "FileNotFoundException", "CommandExitException",
 }
