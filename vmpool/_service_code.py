@@ -1,14 +1,14 @@
 """Code execution of one sandbox: `CodeRunner` relays `run_code` and code contexts to the
-sandbox's Jupyter kernel bridge (``_guest_kernel.py``, started in the sandbox as a background
-process on first use, or with the sandbox for code templates so that the first run is warm).
+sandbox's Jupyter kernel bridge (``_guest_kernel.py``; its docstring is the protocol), started
+in the sandbox as a background process on first use, or with the sandbox for code templates so
+that the first run is warm.
 
-The bridge speaks JSON lines on its stdin/stdout (its docstring is the spec): a request carries
-an ``id``; its answer is one or more lines with that id, the last of type "end" (or an error).
-A run's lines go to the client unchanged, in a `Stream`, and `vmpool._code` turns them into an
-`Execution` on the client's side, firing the callbacks as they arrive. The runner adds a
-terminal line: ``{"type": "end"}`` after the bridge's end, or ``{"type": "error", "error":
-{"type": "timeout", ...}}`` when the run exceeded its timeout (the kernel is then interrupted,
-as it is when the client goes away).
+The bridge speaks JSON lines on its stdin/stdout: a request carries a string ``id`` that every
+line answering it echoes. An execution's lines (stdout, stderr, result, error, then end) go to
+the client unchanged, in a `Stream`; `vmpool._code` turns them into an `Execution` on the
+client's side, firing the callbacks as they arrive. An execution whose end says it timed out
+(the bridge interrupted the kernel) ends the stream with ``{"type": "error", "error": {"type":
+"timeout", ...}}`` instead; a client that goes away has its execution interrupted.
 """
 
 from __future__ import annotations
@@ -18,13 +18,17 @@ import json
 import logging
 import posixpath
 import queue
+import shlex
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._errors import NotFoundException, SandboxException, TimeoutException
+from ._errors import InvalidArgumentException, NotFoundException, TimeoutException
 from ._sandbox import LocalSandbox
 from ._service_commands import KERNEL_TAG
 from ._service_stream import Stream
+
+if TYPE_CHECKING:
+    from ._processes import ProcessHandle
 
 __all__ = ["CodeRunner"]
 
@@ -33,6 +37,15 @@ log = logging.getLogger("vmpool.service")
 BRIDGE_SCRIPT = "_guest_kernel.py"
 DEFAULT_RUN_TIMEOUT_S = 300.0  # E2B's run_code default
 CALL_TIMEOUT_S = 120.0  # a context call (creating one starts a kernel)
+WATCHDOG_GRACE_S = 30.0  # beyond a run's timeout: the bridge interrupts, then restarts a kernel
+Route = Stream | queue.Queue[dict[str, Any]]
+
+
+def _failure(message: dict[str, Any]) -> dict[str, Any]:
+    """The service error for a bridge's ``failed`` line."""
+    text = str(message.get("message") or "the code kernel failed")
+    kind = "not_found" if "not found" in text.lower() or "unknown context" in text.lower() else "invalid_argument"
+    return {"type": kind, "message": text}
 
 
 class _Bridge:
@@ -41,50 +54,63 @@ class _Bridge:
     def __init__(self, local: LocalSandbox, envs: dict[str, str]) -> None:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._routes: dict[int, Stream | queue.Queue[dict[str, Any]]] = {}
-        self._buffer = b""
+        self._routes: dict[str, Route] = {}
+        self._buffer = ""
         script = posixpath.join(local.guest_dir, BRIDGE_SCRIPT)
-        self.handle = local.processes.start(
-            ["python3", script], envs=envs, cwd=None, stdin=True, timeout=None, tag=KERNEL_TAG,
+        self.handle: ProcessHandle = local.processes.start(
+            "exec python3 %s" % shlex.quote(script), envs=envs, stdin=True, tag=KERNEL_TAG,
             on_stdout=self._feed, on_stderr=self._log)
 
-    def _log(self, data: bytes | str) -> None:
-        text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+    def _log(self, text: str) -> None:
         log.debug("code kernel: %s", text.rstrip())
 
-    def _feed(self, data: bytes | str) -> None:
-        self._buffer += data.encode() if isinstance(data, str) else data
-        *lines, self._buffer = self._buffer.split(b"\n")
+    def _feed(self, text: str) -> None:
+        self._buffer += text
+        *lines, self._buffer = self._buffer.split("\n")
         for line in lines:
             try:
                 message = json.loads(line)
             except ValueError:
                 log.warning("code kernel: unreadable line %.200r", line)
                 continue
+            if not isinstance(message, dict):
+                continue
             with self._lock:
-                route = self._routes.get(message.get("id")) if isinstance(message, dict) else None
+                route = self._routes.get(str(message.get("id")))
             if isinstance(route, Stream):
-                route.put(message)
-                if message.get("type") in ("end", "error_end"):
-                    self._drop(message["id"])
-                    route.put({"type": "end"}, last=True)
+                self._to_stream(route, message)
             elif route is not None:
                 route.put(message)
 
-    def _drop(self, request_id: int) -> None:
+    def _to_stream(self, stream: Stream, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "end":
+            self.drop(str(message["id"]))
+            if message.get("timed_out"):
+                stream.put({"type": "error", "error": {"type": "timeout", "message": (
+                    "the code ran longer than its timeout and was interrupted")}}, last=True)
+            else:
+                stream.put(message, last=True)
+        elif kind == "failed":
+            self.drop(str(message["id"]))
+            stream.put({"type": "error", "error": _failure(message)}, last=True)
+        else:
+            stream.put(message)
+
+    def drop(self, request_id: str) -> None:
         with self._lock:
             self._routes.pop(request_id, None)
 
-    def send(self, op: str, route: Stream | queue.Queue[dict[str, Any]], **fields: Any) -> int:
-        request_id = next(self._ids)
-        with self._lock:
-            self._routes[request_id] = route
-        line = json.dumps({"id": request_id, "op": op, **fields}) + "\n"
-        self.handle.send_stdin(line.encode())
+    def send(self, op: str, route: Route | None, **fields: Any) -> str:
+        request_id = "r%d" % next(self._ids)
+        if route is not None:
+            with self._lock:
+                self._routes[request_id] = route
+        self.handle.send_stdin(json.dumps({"op": op, "id": request_id, **fields}) + "\n")
         return request_id
 
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
-        """One request whose answer is a single line (context calls)."""
+        """One request answered by a single line (context calls)."""
         answers: queue.Queue[dict[str, Any]] = queue.Queue()
         request_id = self.send(op, answers, **fields)
         try:
@@ -92,12 +118,10 @@ class _Bridge:
         except queue.Empty:
             raise TimeoutException("the code kernel did not answer %s in %g s" % (op, CALL_TIMEOUT_S)) from None
         finally:
-            self._drop(request_id)
-        if answer.get("type") == "error":
-            message = str(answer.get("message") or answer.get("value") or answer)
-            if "not found" in message.lower() or answer.get("name") == "NotFound":
-                raise NotFoundException(message)
-            raise SandboxException("the code kernel failed %s: %s" % (op, message))
+            self.drop(request_id)
+        if answer.get("type") == "failed":
+            error = _failure(answer)
+            raise (NotFoundException if error["type"] == "not_found" else InvalidArgumentException)(error["message"])
         return answer
 
     def alive(self) -> bool:
@@ -110,11 +134,15 @@ class _Bridge:
             if isinstance(route, Stream):
                 route.put({"type": "error", "error": {"type": "sandbox_error",
                                                       "message": "the sandbox was killed or paused"}}, last=True)
-        self.handle.kill()
+        try:
+            self.handle.kill()
+        except Exception:  # the sandbox is going away anyway
+            pass
 
 
 class CodeRunner:
-    """`run_code` and code contexts of one sandbox (see module docstring)."""
+    """`run_code` and code contexts of one sandbox (see module docstring). `envs` is the
+    sandbox's environment, which the bridge (and so every kernel) starts with."""
 
     def __init__(self, local: LocalSandbox, envs: dict[str, str]) -> None:
         self._local = local
@@ -123,7 +151,7 @@ class CodeRunner:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Start the kernel bridge now (it warms up while the caller goes on)."""
+        """Start the kernel bridge now (it warms its default kernel while the caller goes on)."""
         self._get()
 
     def _get(self) -> _Bridge:
@@ -134,40 +162,43 @@ class CodeRunner:
 
     def run(self, code: str, language: str | None, context_id: str | None, envs: dict[str, str],
             timeout: float | None) -> Stream:
-        """Execute `code`; the stream of the bridge's lines for it, then a terminal line."""
+        """Execute `code`: the stream of the bridge's lines for it (see module docstring)."""
         if language and context_id:
-            raise ValueError("pass a language or a context, not both")
+            raise InvalidArgumentException("pass a language or a context, not both")
         bridge = self._get()
         limit = DEFAULT_RUN_TIMEOUT_S if timeout is None else timeout
-        request_id: list[int] = []
-        stream = Stream(on_detach=lambda: self._interrupt(bridge, request_id))
-        request_id.append(bridge.send("execute", stream, code=code, language=language,
-                                      context_id=context_id, envs=envs))
+        sent: list[str] = []
+        stream = Stream(on_detach=lambda: self._interrupt(bridge, sent, context_id))
+        sent.append(bridge.send("execute", stream, code=code, context_id=context_id, language=language,
+                                envs=envs, timeout=limit or None))
         if limit:
-            timer = threading.Timer(limit, self._expire, args=(bridge, request_id, stream, limit))
-            timer.daemon = True
-            timer.start()
+            watchdog = threading.Timer(limit + WATCHDOG_GRACE_S, self._give_up, args=(bridge, sent, stream, limit))
+            watchdog.daemon = True
+            watchdog.start()
         return stream
 
-    def _interrupt(self, bridge: _Bridge, request_id: list[int]) -> None:
-        bridge._drop(request_id[0])
+    def _interrupt(self, bridge: _Bridge, sent: list[str], context_id: str | None) -> None:
+        bridge.drop(sent[0])
         try:
-            bridge.send("interrupt", queue.Queue(), request_id=request_id[0])
+            bridge.send("interrupt", None, context_id=context_id)
         except Exception as exc:
             log.warning("could not interrupt the code kernel: %s", exc)
 
-    def _expire(self, bridge: _Bridge, request_id: list[int], stream: Stream, limit: float) -> None:
+    def _give_up(self, bridge: _Bridge, sent: list[str], stream: Stream, limit: float) -> None:
         if stream.ended:
             return
+        bridge.drop(sent[0])
         stream.put({"type": "error", "error": {"type": "timeout", "message": (
-            "the code ran longer than its timeout of %g s and was interrupted" % limit)}}, last=True)
-        self._interrupt(bridge, request_id)
+            "the code kernel did not end the run %g s after its timeout of %g s"
+            % (WATCHDOG_GRACE_S, limit))}}, last=True)
 
     def create_context(self, language: str | None, cwd: str | None) -> dict[str, Any]:
-        return self._get().call("create_context", language=language, cwd=cwd)
+        answer = self._get().call("create_context", language=language or "python", cwd=cwd, envs={})
+        return {"id": answer["context_id"], "language": answer.get("language"), "cwd": answer.get("cwd")}
 
     def list_contexts(self) -> list[dict[str, Any]]:
-        return list(self._get().call("list_contexts").get("contexts", []))
+        contexts = self._get().call("list_contexts").get("contexts", [])
+        return [{"id": c["context_id"], "language": c.get("language"), "cwd": c.get("cwd")} for c in contexts]
 
     def remove_context(self, context_id: str) -> None:
         self._get().call("remove_context", context_id=context_id)
@@ -180,3 +211,4 @@ class CodeRunner:
             bridge, self._bridge = self._bridge, None
         if bridge is not None:
             bridge.close()
+

@@ -1,33 +1,37 @@
 """Commands of one sandbox with E2B's semantics, on top of `LocalSandbox.processes`.
 
-A command runs as ``/bin/bash -l -c CMD`` with the sandbox's environment (its create-time
-``envs``) overlaid by the call's. Its output goes to every client watching it (the one that
-started it, and any that connected since), each through its own `Stream`: first
-``{"type": "start", "pid"}``, then ``{"type": "stdout"|"stderr", "data"}`` chunks (UTF-8,
-decoded incrementally), then ``{"type": "end", "exit_code", "error"}``. A command that exceeds
-its timeout (seconds, 0 for none) is killed and its watchers get ``{"type": "error", "error":
-{"type": "timeout", ...}}`` instead. A foreground command whose last watcher goes away is killed;
-a background one keeps running until it ends, is killed, or the sandbox ends.
+A command runs as ``/bin/bash -l -c CMD`` (the agent's way of running a process) with the
+sandbox's environment (its create-time ``envs``) overlaid by the call's. Its output goes to
+every client watching it (the one that started it, and any that connected since), each through
+its own `Stream`: first ``{"type": "start", "pid"}``, then ``{"type": "stdout"|"stderr",
+"data"}`` text as it comes, then ``{"type": "end", "exit_code", "error"}``. A command that
+exceeds its timeout (seconds, 0 for none; enforced by the agent, which kills its process group)
+ends its watchers' streams with ``{"type": "error", "error": {"type": "timeout", ...}}``
+instead. A foreground command whose last watcher goes away is killed; a background one keeps
+running until it ends, is killed, or the sandbox ends. A process this table did not start (one
+started before a pause, or by another service) is followed through `Processes.connect`.
 """
 
 from __future__ import annotations
 
-import codecs
 import logging
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._errors import NotFoundException
+from ._errors import NotFoundException, SandboxException
 from ._sandbox import LocalSandbox
 from ._service_stream import Stream
 from ._service_types import ProcessInfo
+
+if TYPE_CHECKING:
+    from ._processes import ProcessHandle
 
 __all__ = ["CommandTable", "KERNEL_TAG", "exit_error"]
 
 log = logging.getLogger("vmpool.service")
 
-SHELL = ("/bin/bash", "-l", "-c")
+SHELL = ("/bin/bash", "-l", "-c")  # how the agent runs a command, as ProcessInfo reports it
 KERNEL_TAG = "vmpool-code-kernel"  # the code kernel's bridge: internal, not listed as a command
 
 
@@ -51,13 +55,11 @@ class _Command:
         self.background = background
         self.timeout = timeout
         self.pid: int | None = None
-        self.handle: Any = None
+        self.handle: ProcessHandle | None = None
         self.lock = threading.Lock()
         self.streams: list[Stream] = []
         self.pending: list[dict[str, Any]] = []  # output that came before the start event
         self.last: dict[str, Any] | None = None
-        self.decoders = {name: codecs.getincrementaldecoder("utf-8")(errors="replace")
-                         for name in ("stdout", "stderr")}
 
     def watch(self) -> Stream:
         stream = Stream(on_detach=lambda: self._detached(stream))
@@ -88,26 +90,22 @@ class _Command:
                     stream.put(event)
             self.pending.clear()
 
-    def output(self, name: str, data: bytes | str) -> None:
+    def output(self, name: str, text: str) -> None:
+        """Output of the process (called on the sandbox's reader thread: never blocks)."""
+        if not text:
+            return
+        event = {"type": name, "data": text}
         with self.lock:
-            text = data if isinstance(data, str) else self.decoders[name].decode(data)
-            self._publish({"type": name, "data": text})
-
-    def _publish(self, event: dict[str, Any]) -> None:
-        if not event.get("data") and event["type"] in ("stdout", "stderr"):
-            return
-        if self.pid is None:
-            self.pending.append(event)
-            return
-        for stream in self.streams:
-            stream.put(event)
+            if self.pid is None:
+                self.pending.append(event)
+                return
+            for stream in self.streams:
+                stream.put(event)
 
     def finish(self, last: dict[str, Any]) -> None:
         with self.lock:
             if self.last is not None:
                 return
-            for name, decoder in self.decoders.items():
-                self._publish({"type": name, "data": decoder.decode(b"", final=True)})
             self.last = last
             streams, self.streams = self.streams, []
         for stream in streams:
@@ -130,63 +128,78 @@ class CommandTable:
         command = _Command(background, timeout)
         stream = command.watch()
         handle = self._local.processes.start(
-            [*SHELL, cmd], envs={**self._envs, **envs}, cwd=cwd, stdin=stdin, timeout=None,
-            on_stdout=lambda data: command.output("stdout", data),
-            on_stderr=lambda data: command.output("stderr", data))
+            cmd, envs={**self._envs, **envs}, cwd=cwd, stdin=stdin, timeout=timeout or None,
+            on_stdout=lambda text: command.output("stdout", text),
+            on_stderr=lambda text: command.output("stderr", text))
+        self._follow(command, handle)
+        return stream
+
+    def _follow(self, command: _Command, handle: ProcessHandle) -> None:
         command.handle = handle
         with self._lock:
             self._commands[handle.pid] = command
         command.started(handle.pid)
-        threading.Thread(target=self._wait, args=(command,), name="vmpool-command-%d" % handle.pid,
+        threading.Thread(target=self._wait, args=(command, handle), name="vmpool-command-%d" % handle.pid,
                          daemon=True).start()
-        return stream
 
-    def _wait(self, command: _Command) -> None:
-        handle = command.handle
+    def _wait(self, command: _Command, handle: ProcessHandle) -> None:
         try:
-            try:
-                exit_code = handle.wait(command.timeout or None)
-            except TimeoutError:
-                handle.kill()
-                handle.wait(None)
+            result = handle.wait(None)
+            if result.timed_out:
                 command.finish({"type": "error", "error": {
                     "type": "timeout", "message": "the command exceeded its timeout of %g s and was "
                     "killed" % command.timeout}})
-                return
-            command.finish({"type": "end", "exit_code": exit_code, "error": exit_error(exit_code)})
+            else:
+                command.finish({"type": "end", "exit_code": result.exit_code,
+                                "error": exit_error(result.exit_code)})
         except Exception as exc:  # the sandbox died under it: tell the watchers, never hang them
             command.finish({"type": "error", "error": {"type": "sandbox_error", "message": str(exc)}})
         finally:
             with self._lock:
-                self._commands.pop(command.pid or -1, None)
+                if self._commands.get(handle.pid) is command:
+                    del self._commands[handle.pid]
 
     def connect(self, pid: int) -> Stream:
-        """A new stream of a running command's events from now on."""
+        """A new stream of a running process's events from now on (for one this table did not
+        start, plus what the agent kept while nobody followed it)."""
         with self._lock:
             command = self._commands.get(pid)
         if command is not None:
             return command.watch()
-        raise NotFoundException("no command with pid %d is running in this sandbox" % pid)
+        command = _Command(background=True, timeout=0)  # never killed when its watchers leave
+        stream = command.watch()
+        try:
+            handle = self._local.processes.connect(
+                pid, on_stdout=lambda text: command.output("stdout", text),
+                on_stderr=lambda text: command.output("stderr", text))
+        except ProcessLookupError:
+            raise NotFoundException("no process with pid %d runs in this sandbox" % pid) from None
+        self._follow(command, handle)
+        return stream
 
     def list(self) -> list[ProcessInfo]:
         """The processes running in the sandbox (the code kernel excepted)."""
-        return [ProcessInfo(pid=p.pid, tag=p.tag, cmd=p.cmd[0] if p.cmd else "", args=list(p.cmd[1:]),
-                            envs=dict(p.envs or {}), cwd=p.cwd)
-                for p in self._local.processes.list() if p.tag != KERNEL_TAG]
+        return [ProcessInfo(pid=p.pid, tag=p.tag, cmd=SHELL[0], args=[*SHELL[1:], p.cmd], cwd=p.cwd)
+                for p in self._local.processes.list() if p.running and p.tag != KERNEL_TAG]
 
     def kill(self, pid: int) -> bool:
-        """SIGKILL the process `pid`; False if there is none."""
-        return bool(self._local.processes.kill(pid))
+        """SIGKILL the process `pid` (its process group); False if there is none."""
+        return self._local.processes.kill(pid)
 
     def send_stdin(self, pid: int, data: bytes) -> None:
-        self._local.processes.send_stdin(pid, data)
+        try:
+            self._local.processes.send_stdin(pid, data)
+        except ProcessLookupError:
+            raise NotFoundException("no process with pid %d runs in this sandbox" % pid) from None
+        except BrokenPipeError:
+            raise SandboxException("the stdin of process %d is closed, or it was started without "
+                                   "stdin=True" % pid) from None
 
     def close_stdin(self, pid: int) -> None:
-        with self._lock:
-            command = self._commands.get(pid)
-        if command is None:
-            raise NotFoundException("no command with pid %d is running in this sandbox" % pid)
-        command.handle.close_stdin()
+        try:
+            self._local.processes.close_stdin(pid)
+        except ProcessLookupError:
+            raise NotFoundException("no process with pid %d runs in this sandbox" % pid) from None
 
     def close(self) -> None:
         """End every stream: the sandbox is going away (its processes die with it)."""
