@@ -78,8 +78,9 @@ class ManagedSandbox:
     about it (metadata, environment), plus the commands and the code kernel running in it."""
 
     def __init__(self, sandbox_id: str, local: LocalSandbox, template: str, metadata: dict[str, str],
-                 envs: dict[str, str], started_at: datetime, lease: timedelta) -> None:
+                 envs: dict[str, str], started_at: datetime, lease: timedelta, network: bool) -> None:
         self.sandbox_id = sandbox_id
+        self.network = network
         self.local = local
         self.template = template
         self.metadata = metadata
@@ -98,7 +99,7 @@ class ManagedSandbox:
             sandbox_id=self.sandbox_id, template_id=self.template, name=self.template,
             metadata=self.metadata, started_at=self.started_at, end_at=self.end_at, state=state,
             cpu_count=self.cpu_count, memory_mb=self.memory_mb, envd_version=self.local.agent_version,
-            driver=self.local.driver, isolation=self.local.isolation)
+            allow_internet_access=self.network, driver=self.local.driver, isolation=self.local.isolation)
 
     def kill(self) -> None:
         """End the sandbox with everything in it. Idempotent."""
@@ -143,29 +144,29 @@ class SandboxManager:
                driver: str | None = None, allow_internet_access: bool = True) -> SandboxInfo:
         """Start a sandbox from `template` (default "code-interpreter") on `driver` (default:
         $VMPOOL_DRIVER, else "auto") that the service kills `timeout` seconds from now (default
-        300). Returns once it is usable. Whether it has a network is the template's choice;
-        `allow_internet_access=False` with a template that has one is refused, never ignored."""
+        300). Returns once it is usable. It has a network if its template has one, unless
+        `allow_internet_access` is False."""
         template = template or DEFAULT_TEMPLATE
         lease = _lease(timeout)
         try:
             spec = load_spec(template)
         except TemplateSpecError as exc:
             raise InvalidArgumentException("cannot create a sandbox from template %r: %s" % (template, exc)) from None
-        if spec.vm.network and not allow_internet_access:
-            raise InvalidArgumentException(
-                "template %r gives its sandboxes a network, so allow_internet_access=False cannot be "
-                "honoured; use a template without one (e.g. base)" % template)
         driver_name = resolve_driver(driver or os.environ.get(DRIVER_ENV) or "auto")
-        local = self._start_sandbox(driver_name, template=template)
+        network = spec.vm.network and allow_internet_access
+        local = self._start_sandbox(driver_name, template=template, network=None if network else False)
         sandbox_id = secrets.token_hex(10)
         try:
             managed = ManagedSandbox(sandbox_id, local, template, dict(metadata or {}), dict(envs or {}),
-                                     _now(), lease)
-            if template in CODE_TEMPLATES:
-                managed.code.start()
+                                     _now(), lease, network)
         except BaseException:
             local.kill()
             raise
+        if template in CODE_TEMPLATES:
+            try:
+                managed.code.start()
+            except Exception as exc:  # run_code retries, and says why if it fails again
+                log.warning("sandbox %s: the code kernel did not start: %s", sandbox_id, exc)
         self._adopt(managed)
         log.info("sandbox %s created from template %s on %s, expires at %s", sandbox_id, template,
                  local.isolation, managed.end_at.isoformat(timespec="seconds"))
@@ -291,7 +292,7 @@ class SandboxManager:
             try:
                 info = paused.info
                 managed = ManagedSandbox(sandbox_id, local, info.template_id, dict(info.metadata),
-                                         paused.envs, info.started_at, lease)
+                                         paused.envs, info.started_at, lease, bool(info.allow_internet_access))
                 self._adopt(managed)
             except BaseException:
                 local.kill()

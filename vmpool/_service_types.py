@@ -55,6 +55,7 @@ class SandboxInfo(BaseModel):
     cpu_count: int
     memory_mb: int
     envd_version: str = Field(description="the version of vmpool's guest agent (E2B: envd)")
+    allow_internet_access: bool | None = Field(None, description="whether it has a network")
     driver: str = Field(description='the driver it runs on, e.g. "bwrap"')
     isolation: str = Field(description="how it is isolated, as the driver words it")
 

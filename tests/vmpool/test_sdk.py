@@ -157,3 +157,13 @@ def test_one_user(tag: dict[str, str]) -> None:
     with Sandbox.create(template="base", metadata=tag) as sandbox:
         with pytest.raises(InvalidArgumentException, match="user='root' is not supported"):
             sandbox.files.read("/etc/passwd", user="root")
+
+
+def test_internet_access_can_be_refused(tag: dict[str, str]) -> None:
+    probe = "import socket; socket.create_connection(('1.1.1.1', 53), timeout=3); print('reached')"
+    with Sandbox.create(template="code-interpreter", metadata=tag, allow_internet_access=False) as sandbox:
+        assert sandbox.get_info().allow_internet_access is False
+        sandbox.files.write("probe.py", probe)
+        assert sandbox.files.exists("/home/user/probe.py")
+    with Sandbox.create(template="base", metadata=tag) as sandbox:
+        assert sandbox.get_info().allow_internet_access is False  # base has no network at all
