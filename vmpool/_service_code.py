@@ -44,7 +44,8 @@ Route = Stream | queue.Queue[dict[str, Any]]
 def _failure(message: dict[str, Any]) -> dict[str, Any]:
     """The service error for a bridge's ``failed`` line."""
     text = str(message.get("message") or "the code kernel failed")
-    kind = "not_found" if "not found" in text.lower() or "unknown context" in text.lower() else "invalid_argument"
+    lowered = text.lower()
+    kind = "not_found" if "not found" in lowered or lowered.startswith("no context") else "invalid_argument"
     return {"type": kind, "message": text}
 
 
@@ -56,6 +57,7 @@ class _Bridge:
         self._lock = threading.Lock()
         self._routes: dict[str, Route] = {}
         self._buffer = ""
+        self.defaults: dict[str, str] = {}  # language -> id of its default context, from "ready"
         script = posixpath.join(local.guest_dir, BRIDGE_SCRIPT)
         self.handle: ProcessHandle = local.processes.start(
             "exec python3 %s" % shlex.quote(script), envs=envs, stdin=True, tag=KERNEL_TAG,
@@ -74,6 +76,10 @@ class _Bridge:
                 log.warning("code kernel: unreadable line %.200r", line)
                 continue
             if not isinstance(message, dict):
+                continue
+            if message.get("type") == "ready":
+                for context in message.get("contexts") or []:
+                    self.defaults.setdefault(str(context.get("language")), str(context.get("context_id")))
                 continue
             with self._lock:
                 route = self._routes.get(str(message.get("id")))
@@ -168,7 +174,7 @@ class CodeRunner:
         bridge = self._get()
         limit = DEFAULT_RUN_TIMEOUT_S if timeout is None else timeout
         sent: list[str] = []
-        stream = Stream(on_detach=lambda: self._interrupt(bridge, sent, context_id))
+        stream = Stream(on_detach=lambda: self._interrupt(bridge, sent, context_id, language))
         sent.append(bridge.send("execute", stream, code=code, context_id=context_id, language=language,
                                 envs=envs, timeout=limit or None))
         if limit:
@@ -177,8 +183,13 @@ class CodeRunner:
             watchdog.start()
         return stream
 
-    def _interrupt(self, bridge: _Bridge, sent: list[str], context_id: str | None) -> None:
+    def _interrupt(self, bridge: _Bridge, sent: list[str], context_id: str | None, language: str | None) -> None:
+        """The client of a run went away: interrupt the kernel that runs it."""
         bridge.drop(sent[0])
+        context_id = context_id or bridge.defaults.get(language or "python")
+        if context_id is None:
+            log.warning("cannot interrupt an abandoned run: the kernel bridge named no default context")
+            return
         try:
             bridge.send("interrupt", None, context_id=context_id)
         except Exception as exc:
