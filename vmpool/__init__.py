@@ -14,6 +14,10 @@ The driver level, one sandbox owned by this process::
         assert result.status == "ok" and result.stdout == "2\\n"
 """
 
+from ._code import (
+    BarChart, BarData, BoxAndWhiskerChart, BoxAndWhiskerData, Chart, ChartType, Context, Execution, ExecutionError,
+    LineChart, Logs, OutputMessage, PieChart, PieData, PointData, Result, ScaleType, ScatterChart, SuperChart,
+)
 from ._driver import Driver, get_driver, list_drivers, resolve_driver
 from ._errors import (
     CommandExitException, DriverUnavailableError, FileNotFoundException, InvalidArgumentException,
@@ -33,24 +37,40 @@ from ._types import CommandResult, EntryInfo, ExecResult, ExecStatus, Limits
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "BarChart",
+    "BarData",
+    "BoxAndWhiskerChart",
+    "BoxAndWhiskerData",
     "BuiltTemplate",
+    "Chart",
+    "ChartType",
     "CommandExitException",
     "CommandHandle",
     "CommandResult",
+    "Context",
     "Driver",
     "DriverUnavailableError",
     "EntryInfo",
     "ExecResult",
     "ExecStatus",
+    "Execution",
+    "ExecutionError",
     "FileNotFoundException",
     "FileType",
     "InvalidArgumentException",
     "Limits",
+    "LineChart",
     "LocalSandbox",
+    "Logs",
     "NotEnoughSpaceException",
     "NotFoundException",
+    "OutputMessage",
+    "PieChart",
+    "PieData",
+    "PointData",
     "ProcessInfo",
     "ProtocolError",
+    "Result",
     "Sandbox",
     "SandboxError",
     "SandboxException",
@@ -60,6 +80,9 @@ __all__ = [
     "SandboxPool",
     "SandboxQuery",
     "SandboxState",
+    "ScaleType",
+    "ScatterChart",
+    "SuperChart",
     "TemplateError",
     "TemplateSpec",
     "TimeoutException",

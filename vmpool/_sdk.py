@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
 from ._errors import InvalidArgumentException, SandboxException, SandboxNotFoundException
+from ._sdk_code import CodeInterpreter
 from ._sdk_commands import SandboxCommands
 from ._sdk_files import SandboxFiles
 from ._service_client import ServiceClient, sandbox_route, service
@@ -124,7 +125,7 @@ class SandboxPaginator:
             yield from self.next_items()
 
 
-class Sandbox:
+class Sandbox(CodeInterpreter):
     """A sandbox in the vmpool service, with the API of E2B's ``Sandbox`` (``e2b`` and
     ``e2b_code_interpreter``). Create with `Sandbox.create` (or ``Sandbox(...)``), reattach with
     `Sandbox.connect`; a context manager kills it on exit. `files` and `commands` are E2B's

@@ -26,6 +26,10 @@ PUBLIC = {
     "Sandbox", "SandboxInfo", "SandboxQuery", "SandboxState", "SandboxPaginator", "CommandHandle", "ProcessInfo", "FileType",
     "SandboxException", "TimeoutException", "InvalidArgumentException", "NotEnoughSpaceException",
     "NotFoundException", "SandboxNotFoundException", "FileNotFoundException", "CommandExitException",
+    # the code interpreter's results (E2B's names)
+    "Execution", "ExecutionError", "Result", "Logs", "OutputMessage", "Context", "Chart", "ChartType",
+    "ScaleType", "BarChart", "BarData", "LineChart", "PointData", "ScatterChart", "PieChart", "PieData",
+    "BoxAndWhiskerChart", "BoxAndWhiskerData", "SuperChart",
 }
 
 
