@@ -99,7 +99,7 @@ class EventStream:
             raise SandboxException("the vmpool service ended %s before its end (did the service stop?)"
                                    % self._what)
         event = json.loads(line)
-        if event.get("type") == "error":
+        if event.get("type") == "stream_error":
             self.close()
             raise_error(event.get("error"))
         if event.get("type") == "end":

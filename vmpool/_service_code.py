@@ -7,7 +7,7 @@ The bridge speaks JSON lines on its stdin/stdout: a request carries a string ``i
 line answering it echoes. An execution's lines (stdout, stderr, result, error, then end) go to
 the client unchanged, in a `Stream`; `vmpool._code` turns them into an `Execution` on the
 client's side, firing the callbacks as they arrive. An execution whose end says it timed out
-(the bridge interrupted the kernel) ends the stream with ``{"type": "error", "error": {"type":
+(the bridge interrupted the kernel) ends the stream with ``{"type": "stream_error", "error": {"type":
 "timeout", ...}}`` instead; a client that goes away has its execution interrupted.
 """
 
@@ -93,13 +93,13 @@ class _Bridge:
         if kind == "end":
             self.drop(str(message["id"]))
             if message.get("timed_out"):
-                stream.put({"type": "error", "error": {"type": "timeout", "message": (
+                stream.put({"type": "stream_error", "error": {"type": "timeout", "message": (
                     "the code ran longer than its timeout and was interrupted")}}, last=True)
             else:
                 stream.put(message, last=True)
         elif kind == "failed":
             self.drop(str(message["id"]))
-            stream.put({"type": "error", "error": _failure(message)}, last=True)
+            stream.put({"type": "stream_error", "error": _failure(message)}, last=True)
         else:
             stream.put(message)
 
@@ -138,7 +138,7 @@ class _Bridge:
             routes, self._routes = list(self._routes.values()), {}
         for route in routes:
             if isinstance(route, Stream):
-                route.put({"type": "error", "error": {"type": "sandbox_error",
+                route.put({"type": "stream_error", "error": {"type": "sandbox_error",
                                                       "message": "the sandbox was killed or paused"}}, last=True)
         try:
             self.handle.kill()
@@ -199,7 +199,7 @@ class CodeRunner:
         if stream.ended:
             return
         bridge.drop(sent[0])
-        stream.put({"type": "error", "error": {"type": "timeout", "message": (
+        stream.put({"type": "stream_error", "error": {"type": "timeout", "message": (
             "the code kernel did not end the run %g s after its timeout of %g s"
             % (WATCHDOG_GRACE_S, limit))}}, last=True)
 

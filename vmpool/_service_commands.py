@@ -6,7 +6,7 @@ every client watching it (the one that started it, and any that connected since)
 its own `Stream`: first ``{"type": "start", "pid"}``, then ``{"type": "stdout"|"stderr",
 "data"}`` text as it comes, then ``{"type": "end", "exit_code", "error"}``. A command that
 exceeds its timeout (seconds, 0 for none; enforced by the agent, which kills its process group)
-ends its watchers' streams with ``{"type": "error", "error": {"type": "timeout", ...}}``
+ends its watchers' streams with ``{"type": "stream_error", "error": {"type": "timeout", ...}}``
 instead. A foreground command whose last watcher goes away is killed; a background one keeps
 running until it ends, is killed, or the sandbox ends. A process this table did not start (one
 started before a pause, or by another service) is followed through `Processes.connect`.
@@ -146,14 +146,14 @@ class CommandTable:
         try:
             result = handle.wait(None)
             if result.timed_out:
-                command.finish({"type": "error", "error": {
+                command.finish({"type": "stream_error", "error": {
                     "type": "timeout", "message": "the command exceeded its timeout of %g s and was "
                     "killed" % command.timeout}})
             else:
                 command.finish({"type": "end", "exit_code": result.exit_code,
                                 "error": exit_error(result.exit_code)})
         except Exception as exc:  # the sandbox died under it: tell the watchers, never hang them
-            command.finish({"type": "error", "error": {"type": "sandbox_error", "message": str(exc)}})
+            command.finish({"type": "stream_error", "error": {"type": "sandbox_error", "message": str(exc)}})
         finally:
             with self._lock:
                 if self._commands.get(handle.pid) is command:
@@ -206,5 +206,5 @@ class CommandTable:
         with self._lock:
             commands = list(self._commands.values())
         for command in commands:
-            command.finish({"type": "error", "error": {"type": "sandbox_error",
+            command.finish({"type": "stream_error", "error": {"type": "sandbox_error",
                                                        "message": "the sandbox was killed or paused"}})

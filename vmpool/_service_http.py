@@ -6,7 +6,7 @@ Wire format, version 1 (every path starts with ``/v1``; `API_VERSION` is also in
 - Requests carry JSON bodies (models below; unknown fields are refused), answers are JSON.
 - Calls that stream (``POST .../commands``, ``POST .../commands/{pid}/connect``,
   ``POST .../code``) answer ``application/x-ndjson``: one JSON object per line, written as it
-  happens, the last one ``{"type": "end", ...}`` or ``{"type": "error", "error": {...}}``;
+  happens, the last one ``{"type": "end", ...}`` or ``{"type": "stream_error", "error": {...}}``;
   ``{"type": "keepalive"}`` lines may come in between. A stream cut before its last line means
   the service died.
 - Failures answer a 4xx/5xx status with ``{"error": {"type", "message", "errno"?}}``; ``type``

@@ -16,7 +16,7 @@ MAX_QUEUED_BYTES = 64 * 2**20  # a client that reads nothing for this long loses
 
 class Stream:
     """A queue of JSON events for one client, ending with one whose ``type`` is "end" or
-    "error" (`put(..., last=True)`). Producers never block: a client that falls more than
+    "stream_error" (`put(..., last=True)`). Producers never block: a client that falls more than
     MAX_QUEUED_BYTES behind gets an error event instead of the rest. `on_detach` is called (once)
     if the client goes away before the last event."""
 
@@ -34,7 +34,7 @@ class Stream:
             if self._closed:
                 return
             if self._queued + size > MAX_QUEUED_BYTES and not last:
-                event, last = {"type": "error", "error": {
+                event, last = {"type": "stream_error", "error": {
                     "type": "sandbox_error", "message": "the client read its stream too slowly: more "
                     "than %d MiB were waiting; reconnect to get the rest" % (MAX_QUEUED_BYTES >> 20)}}, True
                 size = len(json.dumps(event))
