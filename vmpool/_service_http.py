@@ -3,12 +3,13 @@
 
 Wire format, version 1 (every path starts with ``/v1``; `API_VERSION` is also in /v1/health):
 
-- Requests carry JSON bodies (models below; unknown fields are refused), answers are JSON.
+- Requests carry JSON bodies (unknown fields are refused), answers are JSON. One request per
+  connection (HTTP/1.0): a stream ends when its connection closes.
 - Calls that stream (``POST .../commands``, ``POST .../commands/{pid}/connect``,
   ``POST .../code``) answer ``application/x-ndjson``: one JSON object per line, written as it
-  happens, the last one ``{"type": "end", ...}`` or ``{"type": "stream_error", "error": {...}}``;
-  ``{"type": "keepalive"}`` lines may come in between. A stream cut before its last line means
-  the service died.
+  happens, the last one ``{"type": "end", ...}`` or ``{"type": "stream_error", "error": {...}}``
+  (its ``error`` shaped like a failure's, below). A stream cut before its last line means the
+  service died. A client that closes a stream early is noticed within `DISCONNECT_POLL_S`.
 - Failures answer a 4xx/5xx status with ``{"error": {"type", "message", "errno"?}}``; ``type``
   is one of `ERROR_TYPES`, which `vmpool._service_client` turns back into the SDK's exceptions.
 
