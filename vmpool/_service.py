@@ -78,7 +78,8 @@ class ManagedSandbox:
     about it (metadata, environment), plus the commands and the code kernel running in it."""
 
     def __init__(self, sandbox_id: str, local: LocalSandbox, template: str, metadata: dict[str, str],
-                 envs: dict[str, str], started_at: datetime, lease: timedelta, network: bool) -> None:
+                 envs: dict[str, str], started_at: datetime, lease: timedelta, network: bool,
+                 kernel: dict[str, Any] | None = None) -> None:
         self.sandbox_id = sandbox_id
         self.network = network
         self.local = local
@@ -92,7 +93,7 @@ class ManagedSandbox:
         self.user_envs = dict(envs)
         self.cpu_count, self.memory_mb = _resources(local.driver, template)
         self.commands = CommandTable(local, self.envs)
-        self.code = CodeRunner(local, self.envs)
+        self.code = CodeRunner(local, self.envs, kernel)
 
     def info(self, state: SandboxState = SandboxState.RUNNING) -> SandboxInfo:
         return SandboxInfo(
@@ -104,7 +105,7 @@ class ManagedSandbox:
     def kill(self) -> None:
         """End the sandbox with everything in it. Idempotent."""
         self.code.close()
-        self.commands.close()
+        self.commands.close("the sandbox was killed")
         self.local.kill()
 
 
@@ -163,14 +164,19 @@ class SandboxManager:
             local.kill()
             raise
         if template in CODE_TEMPLATES:
-            try:
-                managed.code.start()
-            except Exception as exc:  # run_code retries, and says why if it fails again
-                log.warning("sandbox %s: the code kernel did not start: %s", sandbox_id, exc)
+            self._warm(managed)
         self._adopt(managed)
         log.info("sandbox %s created from template %s on %s, expires at %s", sandbox_id, template,
                  local.isolation, managed.end_at.isoformat(timespec="seconds"))
         return managed.info()
+
+    @staticmethod
+    def _warm(managed: ManagedSandbox) -> None:
+        """Start the code kernel of a code template now, so that the first run_code is warm."""
+        try:
+            managed.code.start()
+        except Exception as exc:  # run_code retries, and says why if it fails again
+            log.warning("sandbox %s: the code kernel did not start: %s", managed.sandbox_id, exc)
 
     def _adopt(self, managed: ManagedSandbox) -> None:
         with self._lock:
@@ -258,7 +264,8 @@ class SandboxManager:
             return managed.info()
 
     def pause(self, sandbox_id: str) -> bool:
-        """Save the running sandbox to disk and end it; False if it is paused already."""
+        """Save the running sandbox to disk and end it; False if it is paused already. If its
+        state cannot be saved (OSError: a full disk, a file too large), it keeps running."""
         try:
             managed = self.running(sandbox_id)
         except SandboxNotFoundException:
@@ -269,16 +276,20 @@ class SandboxManager:
             assert folder is not None
             with self._lock:
                 self._sandboxes.pop(sandbox_id, None)
+            kernel = managed.code.suspend()
+            managed.commands.close("the sandbox was paused")
             try:
-                managed.code.close()
-                managed.commands.close()
                 managed.local.pause(self._paused.state_dir(folder))
+            except OSError:
+                self._paused.delete(folder)
+                self._adopt(managed)  # nothing was saved and it runs on (LocalSandbox.pause)
+                raise
             except BaseException:
                 managed.kill()
                 self._paused.delete(folder)
                 raise
-            self._paused.commit(folder, managed.info(SandboxState.PAUSED).model_copy(update={"end_at": _now()}),
-                                managed.user_envs)
+            info = managed.info(SandboxState.PAUSED).model_copy(update={"end_at": _now()})
+            self._paused.commit(folder, info, managed.user_envs, kernel)
         log.info("sandbox %s paused", sandbox_id)
         return True
 
@@ -288,16 +299,19 @@ class SandboxManager:
             if folder is None or paused is None:
                 raise SandboxNotFoundException("sandbox %s not found (killed, expired, or never created)"
                                                % sandbox_id)
-            local = LocalSandbox.resume(paused.state_dir)
+            local = LocalSandbox.resume(paused.state_dir)  # deletes the state once it runs
             try:
                 info = paused.info
                 managed = ManagedSandbox(sandbox_id, local, info.template_id, dict(info.metadata),
-                                         paused.envs, info.started_at, lease, bool(info.allow_internet_access))
+                                         paused.envs, info.started_at, lease, bool(info.allow_internet_access),
+                                         paused.kernel)
                 self._adopt(managed)
             except BaseException:
                 local.kill()
                 raise
             self._paused.delete(folder)
+        if managed.template in CODE_TEMPLATES:
+            self._warm(managed)
         log.info("sandbox %s resumed", sandbox_id)
         return managed
 

@@ -9,6 +9,12 @@ the client unchanged, in a `Stream`; `vmpool._code` turns them into an `Executio
 client's side, firing the callbacks as they arrive. An execution whose end says it timed out
 (the bridge interrupted the kernel) ends the stream with ``{"type": "stream_error", "error": {"type":
 "timeout", ...}}`` instead; a client that goes away has its execution interrupted.
+
+Pausing a sandbox keeps its bridge: `suspend` ends the runs in flight for their clients, and the
+bridge's pid (with its default contexts) is saved with the paused sandbox. On resume the runner
+follows that process again (`Processes.connect`): on a driver that keeps memory (microvm) the
+kernels and their state are still there; elsewhere the process is gone and a new bridge starts
+on first use.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import logging
 import posixpath
 import queue
+import secrets
 import shlex
 import threading
 from typing import TYPE_CHECKING, Any
@@ -50,16 +57,22 @@ def _failure(message: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Bridge:
-    """The running kernel bridge: requests out on its stdin, lines back routed by id."""
+    """The running kernel bridge: requests out on its stdin, lines back routed by id. Started
+    anew, or followed again (`pid`) after the sandbox was paused and resumed."""
 
-    def __init__(self, local: LocalSandbox, envs: dict[str, str]) -> None:
-        self._ids = itertools.count(1)
+    def __init__(self, local: LocalSandbox, envs: dict[str, str], pid: int | None = None,
+                 defaults: dict[str, str] | None = None) -> None:
+        # ids unique across pauses: lines of a run from before a pause may still come
+        self._ids = ("%s-%d" % (secrets.token_hex(4), n) for n in itertools.count(1))
         self._lock = threading.Lock()
         self._routes: dict[str, Route] = {}
         self._buffer = ""
-        self.defaults: dict[str, str] = {}  # language -> id of its default context, from "ready"
+        self.defaults: dict[str, str] = dict(defaults or {})  # language -> its default context's id
+        if pid is not None:
+            self.handle: ProcessHandle = local.processes.connect(pid, on_stdout=self._feed, on_stderr=self._log)
+            return
         script = posixpath.join(local.guest_dir, BRIDGE_SCRIPT)
-        self.handle: ProcessHandle = local.processes.start(
+        self.handle = local.processes.start(
             "exec python3 %s" % shlex.quote(script), envs=envs, stdin=True, tag=KERNEL_TAG,
             on_stdout=self._feed, on_stderr=self._log)
 
@@ -108,7 +121,7 @@ class _Bridge:
             self._routes.pop(request_id, None)
 
     def send(self, op: str, route: Route | None, **fields: Any) -> str:
-        request_id = "r%d" % next(self._ids)
+        request_id = next(self._ids)
         if route is not None:
             with self._lock:
                 self._routes[request_id] = route
@@ -133,13 +146,16 @@ class _Bridge:
     def alive(self) -> bool:
         return self.handle.exit_code is None
 
-    def close(self) -> None:
+    def end_runs(self, why: str) -> None:
+        """End the streams of the runs in flight (their clients get `why`)."""
         with self._lock:
             routes, self._routes = list(self._routes.values()), {}
         for route in routes:
             if isinstance(route, Stream):
-                route.put({"type": "stream_error", "error": {"type": "sandbox_error",
-                                                      "message": "the sandbox was killed or paused"}}, last=True)
+                route.put({"type": "stream_error", "error": {"type": "sandbox_error", "message": why}}, last=True)
+
+    def kill(self) -> None:
+        self.end_runs("the sandbox was killed")
         try:
             self.handle.kill()
         except Exception:  # the sandbox is going away anyway
@@ -148,13 +164,19 @@ class _Bridge:
 
 class CodeRunner:
     """`run_code` and code contexts of one sandbox (see module docstring). `envs` is the
-    sandbox's environment, which the bridge (and so every kernel) starts with."""
+    sandbox's environment, which the bridge (and so every kernel) starts with. `saved` is what
+    `suspend` returned before the sandbox was paused, to follow its bridge again."""
 
-    def __init__(self, local: LocalSandbox, envs: dict[str, str]) -> None:
+    def __init__(self, local: LocalSandbox, envs: dict[str, str], saved: dict[str, Any] | None = None) -> None:
         self._local = local
         self._envs = envs
         self._bridge: _Bridge | None = None
         self._lock = threading.Lock()
+        if saved and isinstance(saved.get("pid"), int):
+            try:
+                self._bridge = _Bridge(local, envs, saved["pid"], saved.get("defaults"))
+            except ProcessLookupError:  # the driver kept files only: a new bridge on first use
+                pass
 
     def start(self) -> None:
         """Start the kernel bridge now (it warms its default kernel while the caller goes on)."""
@@ -217,9 +239,20 @@ class CodeRunner:
     def restart_context(self, context_id: str) -> None:
         self._get().call("restart_context", context_id=context_id)
 
+    def suspend(self) -> dict[str, Any] | None:
+        """The sandbox is being paused: end the runs in flight and return what a resumed runner
+        needs to follow the bridge again (None if there is none). The bridge keeps running."""
+        with self._lock:
+            bridge = self._bridge
+        if bridge is None or not bridge.alive():
+            return None
+        bridge.end_runs("the sandbox was paused")
+        return {"pid": bridge.handle.pid, "defaults": dict(bridge.defaults)}
+
     def close(self) -> None:
+        """The sandbox is going away: end the runs in flight, kill the bridge."""
         with self._lock:
             bridge, self._bridge = self._bridge, None
         if bridge is not None:
-            bridge.close()
+            bridge.kill()
 

@@ -201,10 +201,11 @@ class CommandTable:
         except ProcessLookupError:
             raise NotFoundException("no process with pid %d runs in this sandbox" % pid) from None
 
-    def close(self) -> None:
-        """End every stream: the sandbox is going away (its processes die with it)."""
+    def close(self, why: str) -> None:
+        """End every stream (their clients get `why`): the sandbox is going away, killed or paused
+        (a paused VM's processes run on after its resume, where `connect` follows them again)."""
         with self._lock:
             commands = list(self._commands.values())
+            self._commands.clear()
         for command in commands:
-            command.finish({"type": "stream_error", "error": {"type": "sandbox_error",
-                                                       "message": "the sandbox was killed or paused"}})
+            command.finish({"type": "stream_error", "error": {"type": "sandbox_error", "message": why}})

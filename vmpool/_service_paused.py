@@ -3,8 +3,10 @@
 Layout, under ``<cache>/paused`` (`vmpool._templates.cache_dir`)::
 
     <id>/
-        sandbox.json   {"format": 1, "info": SandboxInfo, "envs": {...}}: written last, atomically;
-                       a folder without it is a pause in progress (or one that crashed midway)
+        sandbox.json   {"format": 1, "info": SandboxInfo, "envs": {...}, "kernel": {...} | null}:
+                       written last, atomically; a folder without it is a pause in progress
+                       (or one that crashed midway). "kernel" is how to follow the sandbox's
+                       code kernel again (`vmpool._service_code.CodeRunner.suspend`)
         state/         what `LocalSandbox.pause` saved (driver-specific)
         lock           flock'ed while the sandbox is paused, resumed or deleted, so that two
                        service processes never resume the same sandbox
@@ -47,6 +49,7 @@ class PausedSandbox:
     info: SandboxInfo
     envs: dict[str, str]
     state_dir: Path
+    kernel: dict[str, Any] | None = None
 
 
 class PausedStore:
@@ -83,9 +86,10 @@ class PausedStore:
     def state_dir(self, folder: Path) -> Path:
         return folder / "state"
 
-    def commit(self, folder: Path, info: SandboxInfo, envs: dict[str, str]) -> None:
+    def commit(self, folder: Path, info: SandboxInfo, envs: dict[str, str],
+               kernel: dict[str, Any] | None = None) -> None:
         """Mark the pause in `folder` complete (call with its lock held)."""
-        data = {"format": FORMAT_VERSION, "info": info.model_dump(mode="json"), "envs": envs}
+        data = {"format": FORMAT_VERSION, "info": info.model_dump(mode="json"), "envs": envs, "kernel": kernel}
         temporary = folder / (INFO_FILE + ".tmp")
         temporary.write_text(json.dumps(data, indent=1))
         os.replace(temporary, folder / INFO_FILE)
@@ -107,9 +111,10 @@ class PausedStore:
         try:
             info = SandboxInfo.model_validate(data["info"])
             envs = {str(k): str(v) for k, v in dict(data.get("envs") or {}).items()}
+            kernel = data.get("kernel")
         except (KeyError, TypeError, ValueError, ValidationError) as exc:
             raise SandboxException("paused sandbox %s: malformed %s: %s" % (folder.name, INFO_FILE, exc)) from None
-        return PausedSandbox(info, envs, self.state_dir(folder))
+        return PausedSandbox(info, envs, self.state_dir(folder), kernel if isinstance(kernel, dict) else None)
 
     def get(self, sandbox_id: str) -> PausedSandbox | None:
         """The paused sandbox `sandbox_id`, if there is one (read without its lock)."""
