@@ -102,6 +102,12 @@ class ManagedSandbox:
             cpu_count=self.cpu_count, memory_mb=self.memory_mb, envd_version=self.local.agent_version,
             allow_internet_access=self.network, driver=self.local.driver, isolation=self.local.isolation)
 
+    def follow_again(self, kernel: dict[str, Any] | None) -> None:
+        """After a pause that failed (and left the sandbox running): new followers for its
+        commands and its code kernel, whose old ones the pause ended."""
+        self.commands = CommandTable(self.local, self.envs)
+        self.code = CodeRunner(self.local, self.envs, kernel)
+
     def kill(self) -> None:
         """End the sandbox with everything in it. Idempotent."""
         self.code.close()
@@ -277,12 +283,13 @@ class SandboxManager:
             with self._lock:
                 self._sandboxes.pop(sandbox_id, None)
             kernel = managed.code.suspend()
-            managed.commands.close("the sandbox was paused")
+            managed.commands.suspend("the sandbox was paused")
             try:
                 managed.local.pause(self._paused.state_dir(folder))
             except OSError:
                 self._paused.delete(folder)
-                self._adopt(managed)  # nothing was saved and it runs on (LocalSandbox.pause)
+                managed.follow_again(kernel)  # nothing was saved and it runs on (LocalSandbox.pause)
+                self._adopt(managed)
                 raise
             except BaseException:
                 managed.kill()

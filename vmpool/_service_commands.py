@@ -25,13 +25,14 @@ from ._service_stream import Stream
 from ._service_types import ProcessInfo
 
 if TYPE_CHECKING:
-    from ._processes import ProcessHandle
+    from ._processes import ProcessHandle, ProcessResult
 
 __all__ = ["CommandTable", "KERNEL_TAG", "exit_error"]
 
 log = logging.getLogger("vmpool.service")
 
 SHELL = ("/bin/bash", "-l", "-c")  # how the agent runs a command, as ProcessInfo reports it
+WAIT_SLICE_S = 0.5  # how long a command's waiter blocks before it checks for a pause
 KERNEL_TAG = "vmpool-code-kernel"  # the code kernel's bridge: internal, not listed as a command
 
 
@@ -121,6 +122,11 @@ class CommandTable:
         self._envs = envs
         self._commands: dict[int, _Command] = {}
         self._lock = threading.Lock()
+        # Waiting on a process while the sandbox is paused would see its connection drop,
+        # which `Processes` takes for a dead sandbox and kills: `suspend` waits them out.
+        self._gate = threading.Condition()
+        self._waiting = 0
+        self._suspended = False
 
     def start(self, cmd: str, envs: dict[str, str], cwd: str | None, timeout: float, stdin: bool,
               background: bool) -> Stream:
@@ -144,7 +150,9 @@ class CommandTable:
 
     def _wait(self, command: _Command, handle: ProcessHandle) -> None:
         try:
-            result = handle.wait(None)
+            result = self._result(handle)
+            if result is None:
+                return  # the sandbox is being paused: the process goes on, followed after resume
             if result.timed_out:
                 command.finish({"type": "stream_error", "error": {
                     "type": "timeout", "message": "the command exceeded its timeout of %g s and was "
@@ -158,6 +166,22 @@ class CommandTable:
             with self._lock:
                 if self._commands.get(handle.pid) is command:
                     del self._commands[handle.pid]
+
+    def _result(self, handle: ProcessHandle) -> ProcessResult | None:
+        """How the process ended, or None once the table is suspended."""
+        while True:
+            with self._gate:
+                if self._suspended:
+                    return None
+                self._waiting += 1
+            try:
+                return handle.wait(WAIT_SLICE_S)
+            except TimeoutError:
+                continue
+            finally:
+                with self._gate:
+                    self._waiting -= 1
+                    self._gate.notify_all()
 
     def connect(self, pid: int) -> Stream:
         """A new stream of a running process's events from now on (for one this table did not
@@ -201,9 +225,17 @@ class CommandTable:
         except ProcessLookupError:
             raise NotFoundException("no process with pid %d runs in this sandbox" % pid) from None
 
+    def suspend(self, why: str) -> None:
+        """The sandbox is about to be paused: stop waiting on its processes (returns once no
+        thread does) and end every stream with `why`. A paused VM's processes run on after its
+        resume, where `connect` follows them again."""
+        with self._gate:
+            self._suspended = True
+            self._gate.wait_for(lambda: self._waiting == 0)
+        self.close(why)
+
     def close(self, why: str) -> None:
-        """End every stream (their clients get `why`): the sandbox is going away, killed or paused
-        (a paused VM's processes run on after its resume, where `connect` follows them again)."""
+        """End every stream (their clients get `why`): the sandbox is going away."""
         with self._lock:
             commands = list(self._commands.values())
             self._commands.clear()
