@@ -25,11 +25,12 @@ from ._errors import (
     SandboxNotFoundException, TemplateError, TimeoutException, VmpoolError,
 )
 from ._pool import SandboxPool
+from ._processes import ProcessHandle, ProcessInfo, ProcessResult
 from ._protocol import PROTOCOL_VERSION
 from ._sandbox import LocalSandbox
 from ._sdk import Sandbox, SandboxPaginator
 from ._sdk_commands import CommandHandle
-from ._service_types import FileType, ProcessInfo, SandboxInfo, SandboxQuery, SandboxState
+from ._service_types import FileType, SandboxInfo, SandboxQuery, SandboxState
 from ._templates import BuiltTemplate, TemplateSpec, template_names
 from ._templates import build as build_template
 from ._templates import ensure_built as ensure_template
@@ -68,7 +69,9 @@ __all__ = [
     "PieChart",
     "PieData",
     "PointData",
+    "ProcessHandle",
     "ProcessInfo",
+    "ProcessResult",
     "ProtocolError",
     "Result",
     "Sandbox",

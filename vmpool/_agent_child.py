@@ -35,6 +35,7 @@ MIB = 1024 * 1024
 EXIT = os._exit  # captured before any program runs: a program may replace os._exit
 Report = Callable[[str, Any], None]
 Body = Callable[[Report], None]
+Sweep = Callable[[], None]
 
 
 class Finished(NamedTuple):
@@ -192,8 +193,9 @@ def output_cap(limits: proto.WireLimits) -> int:
 
 
 def run_child(body: Body, token: str, cwd: str, limits: proto.WireLimits,
-               exclusive: bool) -> Finished:
-    """Fork a child that runs `body` under `limits`; supervise, kill leftovers, collect."""
+              sweep: Optional[Sweep]) -> Finished:
+    """Fork a child that runs `body` under `limits`; supervise, kill leftovers (its process
+    group, then everything `sweep` kills, if given: the agent's ``--exclusive`` sweep), collect."""
     try:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -226,13 +228,13 @@ def run_child(body: Body, token: str, cwd: str, limits: proto.WireLimits,
         os.close(fd)
     capture = Capture(out_r, err_r, status_r, output_cap(limits))
     try:
-        return _supervise_and_collect(pid, capture, token, limits, exclusive, started)
+        return _supervise_and_collect(pid, capture, token, limits, sweep, started)
     finally:
         capture.close()
 
 
 def _supervise_and_collect(pid: int, capture: Capture, token: str, limits: proto.WireLimits,
-                           exclusive: bool, started: float) -> Finished:
+                           sweep: Optional[Sweep], started: float) -> Finished:
     reason = "exited"
     try:
         reason = _supervise(pid, capture, started + limits["wall_time_s"])
@@ -241,9 +243,9 @@ def _supervise_and_collect(pid: int, capture: Capture, token: str, limits: proto
         procs.send_signal(pid, signal.SIGKILL, group=True)  # background helpers of the program, if any
         procs.send_signal(pid, signal.SIGKILL)  # in case it was killed before its setsid()
         _, wait_status, usage = os.wait4(pid, 0)
-    if exclusive:
-        procs.sweep_processes()  # also closes every pipe writer, so the drain below hits EOF
-    capture.drain(2.0 if exclusive else 0.2)
+    if sweep is not None:
+        sweep()  # also closes every pipe writer, so the drain below hits EOF
+    capture.drain(2.0 if sweep is not None else 0.2)
     report = capture.report(token)
     if report is not None and report[0] == "setup":
         raise procs.AgentFailure("the child could not start the program: %s" % (report[1],))

@@ -12,7 +12,7 @@ import ctypes
 import os
 import signal
 import time
-from typing import List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 if __package__:  # imported as vmpool._agent_procs (tests, type checking)
     from . import _seccomp as seccomp
@@ -28,23 +28,30 @@ class AgentFailure(Exception):
     Defined here, the lowest of the agent's modules, because the modules above raise it too."""
 
 
-def _stat(pid: int) -> Optional[Tuple[str, int, int]]:
-    """(state, ppid, flags) of a process, or None if it is gone."""
+class Stat(NamedTuple):
+    state: str
+    ppid: int
+    session: int
+    flags: int
+
+
+def _stat(pid: int) -> Optional[Stat]:
+    """What /proc says of a process, or None if it is gone."""
     try:
         with open("/proc/%d/stat" % pid, "rb") as handle:
             data = handle.read()
     except OSError:
         return None
     fields = data[data.rindex(b")") + 2:].split()  # comm may contain spaces and parentheses
-    return fields[0].decode(), int(fields[1]), int(fields[6])
+    return Stat(fields[0].decode(), int(fields[1]), int(fields[3]), int(fields[6]))
 
 
 def _ancestors(pid: int) -> List[int]:
     chain: List[int] = []
     info = _stat(pid)
-    while info is not None and info[1] > 0 and len(chain) < 64:
-        chain.append(info[1])
-        info = _stat(info[1])
+    while info is not None and info.ppid > 0 and len(chain) < 64:
+        chain.append(info.ppid)
+        info = _stat(info.ppid)
     return chain
 
 
@@ -56,14 +63,15 @@ def exclusive_refusal() -> Optional[str]:
     return None
 
 
-def _others() -> List[Tuple[int, str]]:
-    """(pid, state) of every process of our uid but this agent and its ancestors. Others are
-    not programs' doing: kernel threads, and in a VM the root-owned init and the template's
-    start command (programs cannot create processes of another uid)."""
+def _others(spare: Set[int]) -> List[Tuple[int, str]]:
+    """(pid, state) of every process of our uid but this agent, its ancestors, the members of
+    the sessions in `spare` and their descendants. Others are not programs' doing: kernel
+    threads, and in a VM the root-owned init and the template's start command (programs cannot
+    create processes of another uid)."""
     protected = set(_ancestors(os.getpid()))
     protected.add(os.getpid())
     uid = os.getuid()
-    found: List[Tuple[int, str]] = []
+    mine: Dict[int, Stat] = {}
     for name in os.listdir("/proc"):
         if name.isdigit() and int(name) not in protected:
             info = _stat(int(name))
@@ -71,23 +79,36 @@ def _others() -> List[Tuple[int, str]]:
                 owner = os.stat("/proc/" + name).st_uid
             except OSError:
                 continue  # gone
-            if info is not None and not info[2] & PF_KTHREAD and owner == uid:
-                found.append((int(name), info[0]))
-    return found
+            if info is not None and not info.flags & PF_KTHREAD and owner == uid:
+                mine[int(name)] = info
+    return [(pid, info.state) for pid, info in mine.items() if not _spared(pid, mine, spare)]
 
 
-def _reap_children() -> None:
-    while True:
+def _spared(pid: int, known: Dict[int, Stat], spare: Set[int]) -> bool:
+    """Whether `pid` or one of its ancestors (among `known`) is in a session of `spare`."""
+    for _ in range(64):
+        info = known.get(pid)
+        if info is None:
+            return False
+        if info.session in spare:
+            return True
+        pid = info.ppid
+    return False
+
+
+def _reap(pids: List[int]) -> None:
+    """Reap those of `pids` that are zombie children of the agent (never waitpid(-1): the
+    agent's background processes are its children too, reaped by their own threads)."""
+    for pid in pids:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            return
-        if pid == 0:
-            return
+            pass
 
 
-def sweep_processes(timeout: float = 5.0) -> None:
+def sweep_processes(spare: Callable[[], Set[int]] = set, timeout: float = 5.0) -> None:
     """SIGKILL every other process and wait until all are reaped; AgentFailure if some persist.
+    Processes in the sessions `spare()` returns, and their descendants, are left alone.
 
     Repeats the scan because a fork bomb may fork between scan and kill; waits for zombies too,
     because an unreaped process still counts against the next program's RLIMIT_NPROC.
@@ -95,11 +116,11 @@ def sweep_processes(timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     pause = 0.0005
     while True:
-        others = _others()
+        others = _others(spare())
         for pid, state in others:
             if state not in ("Z", "X"):
                 send_signal(pid, signal.SIGKILL)
-        _reap_children()  # our own children; orphans go to the namespace's or VM's init
+        _reap([pid for pid, _ in others])  # our own children; orphans go to the namespace's or VM's init
         if not others:
             return
         if time.monotonic() > deadline:

@@ -203,18 +203,18 @@ def _classify(run: child.Finished, exit_code: Optional[int], signum: Optional[in
     return "exited", "process exited with code %s before the end of the program" % exit_code
 
 
-def run_program(code: str, limits: proto.WireLimits, cwd: str, exclusive: bool) -> Dict[str, Any]:
+def run_program(code: str, limits: proto.WireLimits, cwd: str, sweep: Optional[child.Sweep]) -> Dict[str, Any]:
     token = secrets.token_hex(16)
     kills_before = oom_kills()
     run = child.run_child(lambda report: _program_main(code, limits["memory_mb"], report), token, cwd,
-                     limits, exclusive)
+                          limits, sweep)
     return program_result(run, limits, oom_kills() > kills_before)
 
 
-def run_command(command: str, cwd: str, limits: proto.WireLimits, exclusive: bool) -> Dict[str, Any]:
+def run_command(command: str, cwd: str, limits: proto.WireLimits, sweep: Optional[child.Sweep]) -> Dict[str, Any]:
     token = secrets.token_hex(16)
     run = child.run_child(lambda report: _command_main(command, limits["memory_mb"], report), token, cwd,
-                     limits, exclusive)
+                          limits, sweep)
     if os.WIFEXITED(run.wait_status):
         exit_code = os.WEXITSTATUS(run.wait_status)
     else:

@@ -24,8 +24,9 @@ AGENT_SCRIPT = "_agent.py"  # the entry point; it imports the others
 GUEST_PYTHON = "/usr/bin/python3"  # the interpreter of a VM template's image
 INIT_SCRIPT = "_guest_init.py"  # PID 1 of a microVM (stdlib only); shipped by that driver alone
 GUEST_FILES = (
-    AGENT_SCRIPT, "_agent_child.py", "_agent_files.py", "_agent_fs.py", "_agent_procs.py", "_agent_run.py",
-    "_protocol.py", "_seccomp.py",
+    AGENT_SCRIPT, "_agent_channel.py", "_agent_child.py", "_agent_files.py", "_agent_fs.py",
+    "_agent_process.py", "_agent_procs.py", "_agent_run.py", "_agent_session.py", "_protocol.py",
+    "_seccomp.py",
     "_guest_kernel.py",  # the kernel bridge of run_code: a script the host starts; needs jupyter_client
     "_guest_charts.py",  # chart data of figures, loaded by the kernel bridge into each python kernel
 )

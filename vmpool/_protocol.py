@@ -3,7 +3,7 @@
 Stdlib only and self-contained: this file is bind-mounted (or baked) next to ``_agent.py`` into
 every sandbox, where no other part of vmpool exists (it is one of `vmpool._guest.GUEST_FILES`).
 
-Wire format (PROTOCOL_VERSION 1)
+Wire format (PROTOCOL_VERSION 2)
 --------------------------------
 Transport: any reliable byte stream (pipes to a bubblewrap sandbox, a virtio-serial port).
 Framing: one JSON object per line, UTF-8, terminated by ``\\n``; a line is at most
@@ -11,11 +11,15 @@ MAX_LINE_BYTES. Binary payloads are base64 strings (fields ending in ``_b64``).
 
 1. When the agent is ready it sends, unprompted, exactly one hello::
 
-     {"id": 0, "op": "hello", "protocol": 1, "agent_version": "0.1.0",
-      "python": "3.11.2", "pid": 2}
+     {"id": 0, "op": "hello", "protocol": 2, "agent_version": "0.2.0",
+      "python": "3.11.2", "pid": 2, "guest_dir": "/opt/vmpool"}
 
-   The host refuses any other ``protocol`` (ProtocolError naming both versions).
-2. The host then sends requests, one at a time, ``id`` a positive int unique per sandbox::
+   ``guest_dir`` is the directory holding the guest files inside the sandbox (so the host can
+   start e.g. ``python3 <guest_dir>/_guest_kernel.py``). The host refuses any other
+   ``protocol`` (ProtocolError naming both versions), and skips whatever precedes the hello
+   (the unfinished line of a previous host's connection, see 5.).
+2. The host sends requests whenever it likes, without waiting for earlier replies; ``id`` is a
+   positive int unique per connection::
 
      {"id": 7, "op": "<op>", ...op fields}
 
@@ -25,12 +29,30 @@ MAX_LINE_BYTES. Binary payloads are base64 strings (fields ending in ``_b64``).
      {"id": 7, "ok": false, "error": {"kind": "<kind>", "message": "...", "errno": 2,
                                       "filename": "/tmp/x"}}     # errno/filename: os_error only
 
+   Before its reply, a request may get events, lines that belong to it (``process_start`` and
+   ``process_connect`` do), in order::
+
+     {"id": 7, "event": "<name>", ...event fields}
+
    A line that is not a valid request is answered with ``"id": null`` (or its id, if readable)
    and kind ``bad_request``; the agent never dies of a malformed request.
+4. Order. The serial ops (SERIAL_OPS: ``run_program``, ``run_command``, the file ops,
+   ``shutdown``) run one at a time in the order they arrived, in the agent's main thread (the
+   fork-server), and are answered in that order. All other ops (``ping`` and the process ops)
+   are served at once, concurrently with a running serial op, so their replies and events
+   interleave freely with everything else: the host matches them by ``id``. Events of one
+   request keep their order and precede its reply.
+5. Connections. On stdio, EOF ends the agent (after the serial ops already read). A device
+   (virtio-serial port) reads EOF while no host is connected: then the old host's serial ops
+   not yet started are dropped, replies and events still due to it are discarded (at most the
+   line being written when it went away is cut short), its process subscriptions end (the
+   processes keep running and buffer their output), and the next host to connect gets a new
+   hello. The agent only notices a disconnect that lasts until it looks (it polls every
+   RECONNECT_POLL_S of the agent), so a host that reconnects must have stayed away that long.
 
 Ops (request fields -> result fields):
 
-- ``ping``: {} -> {}
+- ``ping``: {} -> {}   (concurrent: answers even while a program runs)
 - ``run_program``: {code: str, limits: WireLimits} -> ExecResult fields (see vmpool._types);
   stdout+stderr are kept up to min(max_output_bytes, MAX_OUTPUT_BYTES = 8 MiB) so that a reply
   always fits a line; the rest is read and dropped (``output_truncated``), never a reason to
@@ -58,7 +80,37 @@ Ops (request fields -> result fields):
 - ``unpack_dir``: {path: str, tar_b64: str} -> {}: extracts into path (created); members that
   are not files, directories or links, with absolute or ``..`` paths, or links leading outside
   path are refused with os_error EINVAL (earlier members may stay)
-- ``shutdown``: {} -> {}, then the agent exits.
+- ``shutdown``: {} -> {}, then the agent kills its background processes and exits.
+
+Process ops: background processes (E2B's commands), concurrent, outliving the request and the
+host connection that started them (see ``_agent_session.py`` for how they run):
+
+- ``process_start``: {cmd: str, envs: {str: str}, cwd: str|null, stdin: bool,
+  timeout_s: float|null, tag: str|null} runs ``/bin/bash -l -c cmd`` (``/bin/sh -c`` without
+  bash) in its own session, in `cwd` (relative to /tmp; null: $HOME if it is a directory, else
+  /tmp), with the agent's environment plus `envs`, stdin a pipe if `stdin` else /dev/null;
+  `timeout_s` null or 0: no limit, else the process group is SIGKILLed after that many seconds.
+  Events: ``start`` {pid}, then ``stdout`` / ``stderr`` {data_b64} as output arrives (chunks of
+  at most CHUNK_BYTES, in order per stream); final reply {pid, exit_code (-N if killed by
+  signal N), timed_out, duration_s} once it has exited (whatever was left in its process group
+  is killed then). os_error if it cannot start (e.g. ENOENT: no such cwd; EAGAIN: already
+  MAX_PROCESSES running).
+- ``process_connect``: {pid: int} -> the same events from now on (``start`` first, then, if
+  output was dropped while nobody was subscribed, ``dropped`` {stdout: int, stderr: int}
+  bytes, then the output buffered meanwhile) and the same final reply when it ends, at once if
+  it has ended and its exit was not collected yet. Several subscribers all get everything.
+- ``process_input``: {pid, data_b64} -> {}   (queued for its stdin; os_error EPIPE if its stdin
+  is not a pipe or was closed, EAGAIN if more than MAX_STDIN_PENDING bytes are still unread)
+- ``process_close_stdin``: {pid} -> {}   (after the queued input)
+- ``process_signal``: {pid, signal: "SIGTERM"|"SIGKILL"|"SIGINT"|... or int} -> {}   (to its
+  process group; os_error ESRCH once it has exited)
+- ``process_list``: {} -> {processes: [{pid, cmd, tag, cwd, running}, ...]}: running processes
+  and ended ones whose exit nobody has collected yet.
+
+An unknown pid is os_error ESRCH. While nobody is subscribed (no host, or none connected to it)
+a process's output is buffered up to UNSUBSCRIBED_BUFFER_BYTES, the oldest dropped beyond; a
+process exit that reaches a subscriber is collected (the process leaves the list); at most
+MAX_ENDED uncollected exits are kept, the oldest forgotten beyond.
 
 Error kinds: ``bad_request`` (malformed or unknown op), ``os_error`` (file operation failed),
 ``sandbox`` (the sandbox is no longer trustworthy, e.g. leftover processes could not be killed),
@@ -73,13 +125,23 @@ import json
 import math
 from typing import Any, Dict, Optional, TypedDict
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_LINE_BYTES = 64 * 1024 * 1024
 MAX_OUTPUT_BYTES = 8 * 1024 * 1024  # stdout+stderr a reply carries at most, whatever the limits say
 HELLO_ID = 0
-OPS = ("ping", "run_program", "run_command", "write_file", "read_file", "write_files", "stat",
-       "list_dir", "remove", "rename", "make_dir", "pack_dir", "unpack_dir", "shutdown")
+SERIAL_OPS = ("run_program", "run_command", "write_file", "read_file", "write_files", "stat",
+              "list_dir", "remove", "rename", "make_dir", "pack_dir", "unpack_dir", "shutdown")
+PROCESS_OPS = ("process_start", "process_connect", "process_input", "process_close_stdin",
+               "process_signal", "process_list")
+OPS = ("ping",) + SERIAL_OPS + PROCESS_OPS
+EVENTS = ("start", "stdout", "stderr", "dropped")
 ERROR_KINDS = ("bad_request", "os_error", "sandbox", "internal")
+CHUNK_BYTES = 64 * 1024  # output of a background process per event, at most
+UNSUBSCRIBED_BUFFER_BYTES = 4 * 1024 * 1024  # per process, kept while nobody is subscribed
+MAX_STDIN_PENDING = 8 * 1024 * 1024  # stdin bytes queued for a process and not read yet
+MAX_PROCESSES = 256  # background processes running at once
+MAX_ENDED = 64  # ended background processes whose exit nobody collected yet
+RECONNECT_POLL_S = 0.01  # how often a device channel checks whether a host has connected
 
 
 class MessageError(ValueError):
@@ -104,6 +166,7 @@ class Hello(TypedDict):
     agent_version: str
     python: str
     pid: int
+    guest_dir: str
 
 
 class ErrorInfo(TypedDict, total=False):
@@ -152,21 +215,32 @@ def error_reply(request_id: Optional[int], kind: str, message: str, **extra: Any
     return {"id": request_id, "ok": False, "error": error}
 
 
-def hello(agent_version: str, python: str, pid: int, protocol: int = PROTOCOL_VERSION) -> Hello:
-    return {"id": HELLO_ID, "op": "hello", "protocol": protocol,
-            "agent_version": agent_version, "python": python, "pid": pid}
+def event(request_id: int, name: str, **fields: Any) -> Dict[str, Any]:
+    """Build an event belonging to request `request_id`."""
+    return dict(fields, id=request_id, event=name)
+
+
+def hello(agent_version: str, python: str, pid: int, guest_dir: str,
+          protocol: int = PROTOCOL_VERSION) -> Hello:
+    return {"id": HELLO_ID, "op": "hello", "protocol": protocol, "agent_version": agent_version,
+            "python": python, "pid": pid, "guest_dir": guest_dir}
 
 
 def check_hello(message: Dict[str, Any]) -> Hello:
-    """Validate the shape of a hello (not its version: the host decides what to do about that)."""
+    """Validate the shape of a hello. Only ``protocol`` is checked first: a hello of another
+    version may lack the other fields, and the host wants to name the version mismatch."""
     if message.get("op") != "hello":
         raise MessageError("expected a hello from the agent, got %.200r" % (message,))
-    for key, kind in (("protocol", int), ("agent_version", str), ("python", str), ("pid", int)):
+    if not isinstance(message.get("protocol"), int):
+        raise MessageError("hello field 'protocol' missing or not int")
+    if message["protocol"] != PROTOCOL_VERSION:
+        return message  # type: ignore[return-value]  # the caller refuses it by its version
+    for key, kind in (("agent_version", str), ("python", str), ("pid", int), ("guest_dir", str)):
         if not isinstance(message.get(key), kind):
             raise MessageError("hello field %r missing or not %s" % (key, kind.__name__))
     return {"id": HELLO_ID, "op": "hello", "protocol": message["protocol"],
             "agent_version": message["agent_version"], "python": message["python"],
-            "pid": message["pid"]}
+            "pid": message["pid"], "guest_dir": message["guest_dir"]}
 
 
 def check_limits(value: Any) -> WireLimits:

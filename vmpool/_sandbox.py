@@ -11,21 +11,24 @@ failure kills the sandbox and raises `SandboxError`, so a broken sandbox is neve
 
 from __future__ import annotations
 
+import threading
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ._client import AgentClient
+from ._client import AgentClient, Call, EventCallback
 from ._driver import Driver, SandboxProcess, StartOptions, get_driver, resolve_driver
 from ._errors import DriverUnavailableError, ProtocolError, SandboxError
 from ._files import Files
+from ._processes import Processes
+from ._protocol import SERIAL_OPS
 from ._types import CommandResult, ExecResult, Limits
 
-__all__ = ["Commands", "Files", "LocalSandbox"]
+__all__ = ["Commands", "Files", "LocalSandbox", "Processes"]
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
 REPLY_GRACE_S = 30.0  # beyond a program's wall limit: process sweep, cleanup, a busy host
@@ -41,11 +44,20 @@ def wire_limits(limits: Limits) -> dict[str, Any]:
     return fields
 
 
+def _teardown(process: SandboxProcess, client: AgentClient) -> None:
+    client.close()  # first: its reader thread must stop reading before the channel is closed
+    process.kill()
+
+
 class LocalSandbox:
     """A running sandbox. Create with `LocalSandbox.create`; use as a context manager.
 
-    Thread-safe in the sense that concurrent calls are serialised (the agent does one thing at a
-    time); use a `SandboxPool` for parallelism.
+    Thread-safe. Programs, commands and file operations are serialised (the agent's fork-server
+    does one at a time, and each call's timeout starts when its turn comes); `ping` and
+    `processes` (background processes, E2B's commands) work concurrently with them. Use a
+    `SandboxPool` for parallel programs.
+
+    guest_dir: the directory inside the sandbox that holds vmpool's guest files (the agent).
     """
 
     def __init__(self, driver_name: str, isolation: str, process: SandboxProcess,
@@ -56,8 +68,9 @@ class LocalSandbox:
         self._reuse_after_timeout = reuse_after_timeout
         self._isolation = isolation
         self._process = process
-        self._finalizer = weakref.finalize(self, process.kill)  # GC and interpreter exit
+        self._serial = threading.Lock()  # one serial op (program, command, file op) at a time
         self._client = AgentClient(process, "sandbox %s" % self.sandbox_id)
+        self._finalizer = weakref.finalize(self, _teardown, process, self._client)  # GC, exit
         try:
             hello = self._client.handshake(start_timeout)
         except BaseException:
@@ -65,8 +78,10 @@ class LocalSandbox:
             raise
         self.agent_version = hello["agent_version"]
         self.python_version = hello["python"]
+        self.guest_dir = hello["guest_dir"]
         self.commands = Commands(self)
         self.files = Files(self)
+        self.processes = Processes(self)
 
     @classmethod
     def create(cls, driver: str | Driver = "auto", *, python: str | None = None,
@@ -168,19 +183,47 @@ class LocalSandbox:
         return "<LocalSandbox %s %s (%s)>" % (self.sandbox_id, state, self._isolation)
 
     def _call(self, op: str, timeout: float, **fields: Any) -> dict[str, Any]:
-        if not self._process.alive():
-            self.kill()
-            raise SandboxError("sandbox %s is not running (killed or exited)" % self.sandbox_id)
+        """One request and its reply. Serial ops wait for their turn first (so that `timeout`
+        is theirs alone). Kills the sandbox when its state is in doubt: SandboxError (dead,
+        hung or broken), or a serial op abandoned midway (e.g. Ctrl-C), which the agent goes on
+        running while nobody waits (the next one's timeout would not hold). A concurrent op
+        abandoned midway harms nothing: its reply is dropped by id."""
+        self._check_running()
+        serial = op in SERIAL_OPS
         try:
+            if serial:
+                with self._serial:
+                    return self._client.call(op, timeout, **fields)
             return self._client.call(op, timeout, **fields)
         except SandboxError:
             self.kill()  # unknown state: never reuse it
             raise
         except (OSError, ValueError):
-            raise  # a failed file operation or an oversized request: the channel is in sync
+            raise  # a failed file or process operation, or an oversized request: all in sync
         except BaseException:
-            self.kill()  # e.g. Ctrl-C mid-request: the reply would desynchronise the channel
+            if serial or self._client.broken:
+                self.kill()
             raise
+
+    def _submit(self, op: str, timeout: float, on_event: EventCallback,
+                on_done: Callable[[], None], **fields: Any) -> Call:
+        """Send a concurrent, streaming request (events to `on_event`, on the reader thread)
+        and return its `Call` at once; `timeout` bounds the sending."""
+        self._check_running()
+        try:
+            return self._client.submit(op, timeout, on_event=on_event, on_done=on_done, **fields)
+        except SandboxError:
+            self.kill()
+            raise
+        except BaseException:
+            if self._client.broken:
+                self.kill()
+            raise
+
+    def _check_running(self) -> None:
+        if not self._process.alive():
+            self.kill()
+            raise SandboxError("sandbox %s is not running (killed or exited)" % self.sandbox_id)
 
 
 class Commands:

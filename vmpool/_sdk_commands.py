@@ -14,7 +14,7 @@ from typing import Any, Literal, overload
 
 from ._errors import CommandExitException, InvalidArgumentException, SandboxException
 from ._service_client import EventStream, ServiceClient, sandbox_route
-from ._service_types import ProcessInfo
+from ._processes import ProcessInfo
 from ._types import CommandResult
 
 __all__ = ["CommandHandle", "SandboxCommands"]
@@ -166,7 +166,9 @@ class SandboxCommands:
                                                 "the output of command %d" % pid))
 
     def list(self, request_timeout: float | None = None) -> list[ProcessInfo]:
-        """The processes running in the sandbox (commands and anything they left running)."""
+        """The commands running in the sandbox: `ProcessInfo` with `pid`, `cmd` (the command
+        line as given to `run`; E2B's has "/bin/bash" there and the line in `args`), `tag` and
+        `cwd`."""
         answer = self._client.call("GET", self._route())
         return [ProcessInfo.model_validate(process) for process in answer["processes"]]
 

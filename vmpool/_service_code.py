@@ -27,15 +27,13 @@ import queue
 import secrets
 import shlex
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._errors import InvalidArgumentException, NotFoundException, TimeoutException
+from ._processes import ProcessHandle
 from ._sandbox import LocalSandbox
 from ._service_commands import KERNEL_TAG
 from ._service_stream import Stream
-
-if TYPE_CHECKING:
-    from ._processes import ProcessHandle
 
 __all__ = ["CodeRunner"]
 

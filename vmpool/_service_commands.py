@@ -17,21 +17,17 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._errors import NotFoundException, SandboxException
+from ._processes import ProcessHandle, ProcessInfo, ProcessResult
 from ._sandbox import LocalSandbox
 from ._service_stream import Stream
-from ._service_types import ProcessInfo
-
-if TYPE_CHECKING:
-    from ._processes import ProcessHandle, ProcessResult
 
 __all__ = ["CommandTable", "KERNEL_TAG", "exit_error"]
 
 log = logging.getLogger("vmpool.service")
 
-SHELL = ("/bin/bash", "-l", "-c")  # how the agent runs a command, as ProcessInfo reports it
 WAIT_SLICE_S = 0.5  # how long a command's waiter blocks before it checks for a pause
 KERNEL_TAG = "vmpool-code-kernel"  # the code kernel's bridge: internal, not listed as a command
 
@@ -202,9 +198,8 @@ class CommandTable:
         return stream
 
     def list(self) -> list[ProcessInfo]:
-        """The processes running in the sandbox (the code kernel excepted)."""
-        return [ProcessInfo(pid=p.pid, tag=p.tag, cmd=SHELL[0], args=[*SHELL[1:], p.cmd], cwd=p.cwd)
-                for p in self._local.processes.list() if p.running and p.tag != KERNEL_TAG]
+        """The commands running in the sandbox (the code kernel excepted)."""
+        return [p for p in self._local.processes.list() if p.running and p.tag != KERNEL_TAG]
 
     def kill(self, pid: int) -> bool:
         """SIGKILL the process `pid` (its process group); False if there is none."""

@@ -1,6 +1,6 @@
-"""What the vmpool service and the SDK exchange about sandboxes: their info, their state, the
-query that lists them and the processes running in them. The same models are the service's
-JSON answers and the objects SDK users get (with E2B's field names).
+"""What the vmpool service and the SDK exchange about sandboxes: their info, their state and
+the query that lists them. The same models are the service's JSON answers and the objects SDK
+users get (with E2B's field names). Processes are `vmpool.ProcessInfo` (`vmpool._processes`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["FileType", "ProcessInfo", "SandboxInfo", "SandboxQuery", "SandboxState"]
+__all__ = ["FileType", "SandboxInfo", "SandboxQuery", "SandboxState"]
 
 
 class FileType(str, enum.Enum):
@@ -71,15 +71,3 @@ class SandboxQuery:
     started_after: datetime | None = None
     template: str | None = None
 
-
-class ProcessInfo(BaseModel):
-    """A process running in a sandbox, as `commands.list` reports it (E2B's `ProcessInfo`)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    pid: int
-    tag: str | None = None
-    cmd: str
-    args: list[str] = Field(default_factory=list)
-    envs: dict[str, str] = Field(default_factory=dict)
-    cwd: str | None = None

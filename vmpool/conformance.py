@@ -1,5 +1,6 @@
 """The conformance suite every vmpool driver must pass: program outcomes, limits, isolation
-between programs and from the host, files/commands, lifecycle and failure handling.
+between programs and from the host, files/commands, background processes, lifecycle and
+failure handling.
 
 Run it for a driver by importing it into a test module and naming the driver::
 
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
 import tarfile
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,13 +35,14 @@ import pytest
 from ._agent_fs import unpack_tar
 from ._driver import get_driver
 from ._errors import ProtocolError, SandboxError
-from ._protocol import b64encode
+from ._protocol import PROTOCOL_VERSION, b64encode
+from ._processes import ProcessInfo
 from ._sandbox import LocalSandbox
 from ._types import ExecResult, Limits
 
 __all__ = ["TestAgentIsOutOfReach", "TestFileSystem", "TestFilesAndCommands", "TestIsolation", "TestLifecycle",
-           "TestLimits", "TestProgramOutcomes", "fresh_sandbox", "sandbox", "sandbox_factory",
-           "shared_sandbox"]
+           "TestLimits", "TestProcesses", "TestProgramOutcomes", "fresh_sandbox", "sandbox",
+           "sandbox_factory", "shared_sandbox"]
 
 SandboxFactory = Callable[..., LocalSandbox]
 
@@ -730,9 +734,250 @@ class TestLifecycle:
         if not get_driver(vmpool_driver).takes_agent_args:
             pytest.skip("the %s driver's agent starts before the host asks (snapshot), so it "
                         "cannot be started with --fake-protocol" % vmpool_driver)
-        with pytest.raises(ProtocolError, match="v999.*v1"):
+        with pytest.raises(ProtocolError, match="v999.*v%d" % PROTOCOL_VERSION):
             sandbox_factory(agent_args=["--fake-protocol", "999"])
 
     def test_identity(self, sandbox: LocalSandbox, vmpool_driver: str) -> None:
         assert sandbox.driver == vmpool_driver and sandbox.isolation
         assert sandbox.sandbox_id.startswith(vmpool_driver)
+
+
+@pytest.mark.sandbox
+class TestProcesses:
+    """Background processes (`LocalSandbox.processes`, E2B's commands): streamed output, stdin,
+    signals, timeouts, and their life beside programs. Each test ends what it started (the
+    `no_leftovers` fixture makes sure), so that the shared sandbox's other tests find no
+    process they did not expect."""
+
+    @pytest.fixture(autouse=True)
+    def no_leftovers(self, sandbox: LocalSandbox) -> Iterator[None]:
+        yield
+        if sandbox.is_running():
+            for info in sandbox.processes.list():
+                sandbox.processes.kill(info.pid)
+                try:
+                    sandbox.processes.connect(info.pid).wait(60)  # collect its exit
+                except ProcessLookupError:
+                    pass  # collected by its handle meanwhile
+
+    def test_output_and_exit_code(self, sandbox: LocalSandbox) -> None:
+        handle = sandbox.processes.start("echo hello; echo oops >&2; exit 7")
+        result = handle.wait(60)
+        assert (result.exit_code, result.stdout, result.stderr, result.timed_out) == (7, "hello\n", "oops\n", False)
+        assert (result.pid, handle.exit_code, handle.stdout, handle.stderr) == (handle.pid, 7, "hello\n", "oops\n")
+        assert 0 < result.duration_s < 60 and not result.output_truncated
+
+    def test_output_arrives_while_it_runs(self, sandbox: LocalSandbox) -> None:
+        seen: list[str] = []
+        first = threading.Event()
+
+        def on_stdout(text: str) -> None:
+            seen.append(text)
+            first.set()
+
+        handle = sandbox.processes.start("echo a; sleep 3; echo b", on_stdout=on_stdout)
+        assert first.wait(60)
+        assert "".join(seen) == "a\n" and handle.exit_code is None
+        assert handle.wait(60).stdout == "".join(seen) == "a\nb\n"
+
+    def test_utf8_is_decoded_across_chunks(self, sandbox: LocalSandbox) -> None:
+        pieces: list[str] = []
+        handle = sandbox.processes.start("python3 -c \"import sys; sys.stdout.write('€' * 100000)\"",
+                                         on_stdout=pieces.append)
+        result = handle.wait(120)
+        assert result.stdout == "€" * 100000 == "".join(pieces)  # 3 bytes each: chunks split them
+
+    def test_stdin_round_trip_through_cat(self, sandbox: LocalSandbox) -> None:
+        handle = sandbox.processes.start("cat", stdin=True)
+        handle.send_stdin("line one\n")
+        assert handle.read_line(60) == "line one"
+        handle.send_stdin("é two\n".encode())
+        assert handle.read_line(60) == "é two"
+        big = "x" * 3_000_000
+        sandbox.processes.send_stdin(handle.pid, big + "\nlast")
+        assert handle.read_line(120) == big
+        handle.close_stdin()
+        assert handle.wait(60).exit_code == 0
+        assert handle.read_line(1) == "last" and handle.read_line(1) is None
+        with pytest.raises(ProcessLookupError):
+            handle.send_stdin("too late")
+        without = sandbox.processes.start("sleep 60")
+        with pytest.raises(BrokenPipeError):
+            without.send_stdin("nobody reads this")
+
+    def test_kill(self, sandbox: LocalSandbox) -> None:
+        handle = sandbox.processes.start("sleep 600")
+        assert handle.kill() is True
+        assert handle.wait(60).exit_code == -signal.SIGKILL
+        assert handle.kill() is False and sandbox.processes.kill(handle.pid) is False
+
+    def test_signals_reach_the_process_group(self, sandbox: LocalSandbox) -> None:
+        handle = sandbox.processes.start("trap 'echo terminated; exit 42' TERM; echo ready; "
+                                         "while true; do sleep 0.1; done")
+        assert handle.read_line(60) == "ready"
+        handle.signal("SIGTERM")
+        result = handle.wait(60)
+        assert (result.exit_code, result.stdout) == (42, "ready\nterminated\n")
+        sleeper = sandbox.processes.start("sleep 600")
+        sleeper.signal(signal.SIGINT)
+        assert sleeper.wait(60).exit_code == -signal.SIGINT
+        with pytest.raises(ProcessLookupError):
+            sleeper.signal("SIGTERM")
+
+    def test_timeout_kills_the_group(self, sandbox: LocalSandbox) -> None:
+        handle = sandbox.processes.start("sleep 600 & echo $!; sleep 600", timeout=1)
+        background = int(handle.read_line(60) or "0")
+        result = handle.wait(60)
+        assert (result.timed_out, result.exit_code) == (True, -signal.SIGKILL)
+        assert 0.9 <= result.duration_s < 30
+        probe = run(sandbox, """
+            import time
+            for _ in range(100):
+                try:
+                    state = open("/proc/%d/stat").read().rsplit(")", 1)[1].split()[0]
+                except OSError:
+                    break
+                if state == "Z":
+                    break
+                time.sleep(0.05)
+            else:
+                print("alive")
+            """ % background)
+        assert (probe.status, probe.stdout) == ("ok", ""), probe
+
+    def test_envs_and_environment(self, sandbox: LocalSandbox) -> None:
+        home = run(sandbox, "import os; print(os.environ['HOME'])").stdout.strip()
+        handle = sandbox.processes.start('echo "$VMPOOL_A|$VMPOOL_B|$HOME"; python3 -c "print(1 + 1)"',
+                                         envs={"VMPOOL_A": "1", "VMPOOL_B": "two words"})
+        assert handle.wait(60).stdout == "1|two words|%s\n2\n" % home
+
+    def test_cwd(self, sandbox: LocalSandbox) -> None:
+        directory = "/tmp/proc-cwd-%s" % uuid.uuid4().hex[:8]
+        sandbox.files.make_dir(directory)
+        assert sandbox.processes.start("pwd", cwd=directory).wait(60).stdout == directory + "\n"
+        relative = directory.removeprefix("/tmp/")
+        assert sandbox.processes.start("pwd", cwd=relative).wait(60).stdout == directory + "\n"
+        home = run(sandbox, "import os; print(os.environ['HOME'])").stdout.strip()
+        default = sandbox.processes.start("pwd").wait(60).stdout.strip()
+        assert default == (home if sandbox.files.exists(home) else "/tmp")
+        with pytest.raises(FileNotFoundError):
+            sandbox.processes.start("true", cwd=directory + "/missing")
+
+    def test_list(self, sandbox: LocalSandbox) -> None:
+        tagged = sandbox.processes.start("sleep 600", tag="tagged", cwd="/tmp")
+        plain = sandbox.processes.start("sleep 601", cwd="/tmp")
+        listed = {info.pid: info for info in sandbox.processes.list()}
+        assert listed[tagged.pid] == ProcessInfo(pid=tagged.pid, cmd="sleep 600", tag="tagged", cwd="/tmp", running=True)
+        assert listed[plain.pid] == ProcessInfo(pid=plain.pid, cmd="sleep 601", tag=None, cwd="/tmp", running=True)
+        tagged.kill()
+        tagged.wait(60)
+        assert [info.pid for info in sandbox.processes.list()] == [plain.pid]  # its exit was collected
+
+    def test_processes_outlive_programs_whose_leftovers_are_swept(self, sandbox: LocalSandbox) -> None:
+        # the background process, a child in its session and one that left it (setsid) survive;
+        # what a program leaves behind (in a session of its own too) does not
+        handle = sandbox.processes.start("sleep 600 & echo $!; setsid sleep 600 & echo $!; sleep 600")
+        child, detached = int(handle.read_line(60) or "0"), int(handle.read_line(60) or "0")
+        started = run(sandbox, "import subprocess\nprint(subprocess.Popen(['sleep', '600'], start_new_session=True).pid)")
+        assert started.status == "ok", started
+        leftover = int(started.stdout)
+        probe = "import os\nprint([os.path.exists('/proc/%%d' %% pid) for pid in %r])" % (
+            [leftover, handle.pid, child, detached],)
+        for _ in range(3):
+            assert run(sandbox, probe).stdout == "[False, True, True, True]\n"
+            assert sandbox.commands.run("true").exit_code == 0
+        assert handle.exit_code is None
+        assert [info.running for info in sandbox.processes.list() if info.pid == handle.pid] == [True]
+        handle.kill()
+        assert handle.wait(60).exit_code == -signal.SIGKILL
+        assert run(sandbox, "pass").status == "ok"  # its sweep takes the detached sleep: it lost its parent
+        assert live_processes(sandbox) == []
+
+    def test_requests_are_answered_while_a_process_floods(self, sandbox: LocalSandbox) -> None:
+        received = [0]
+        flowing = threading.Event()
+
+        def count(text: str) -> None:
+            received[0] += len(text)
+            if received[0] > 1_000_000:
+                flowing.set()
+
+        handle = sandbox.processes.start("yes vmpool-flood", on_stdout=count, timeout=300)
+        assert flowing.wait(120)
+        at_start, started = received[0], time.monotonic()
+        sandbox.ping(timeout=30)
+        path = "/tmp/flood-%s" % uuid.uuid4().hex[:8]
+        sandbox.files.write(path, "written during the flood")
+        assert sandbox.files.read(path) == "written during the flood"
+        assert run(sandbox, "print('ran during the flood')").stdout == "ran during the flood\n"
+        assert time.monotonic() - started < 60
+        assert handle.exit_code is None and received[0] > at_start  # it flooded meanwhile
+        assert handle.kill()
+        result = handle.wait(120)
+        assert result.exit_code == -signal.SIGKILL and result.stdout.startswith("vmpool-flood\n")
+
+    def test_20_mb_of_output_arrive_complete(self, sandbox: LocalSandbox) -> None:
+        handle = sandbox.processes.start("seq -w 1 2500000")
+        result = handle.wait(600)
+        assert (result.exit_code, len(result.stdout), result.output_truncated) == (0, 20_000_000, False)
+        assert result.stdout == "".join("%07d\n" % number for number in range(1, 2_500_001))
+
+    def test_connect_to_a_running_process(self, sandbox: LocalSandbox) -> None:
+        handle = sandbox.processes.start("cat", stdin=True)
+        other = sandbox.processes.connect(handle.pid)
+        assert other.pid == handle.pid and other.exit_code is None
+        handle.send_stdin("shared\n")
+        assert other.read_line(60) == "shared" and handle.read_line(60) == "shared"
+        other.close_stdin()
+        assert other.wait(60).exit_code == 0 == handle.wait(60).exit_code
+        with pytest.raises(ProcessLookupError):
+            sandbox.processes.connect(handle.pid)  # its exit has been collected
+        with pytest.raises(ProcessLookupError):
+            sandbox.processes.connect(2**22 + 7)
+
+    def test_programs_run_while_a_process_streams(self, sandbox: LocalSandbox) -> None:
+        lines: list[str] = []
+        handle = sandbox.processes.start("for i in $(seq 1 40); do echo $i; sleep 0.1; done",
+                                         on_stdout=lines.append)
+        handle.read_line(60)
+        before = len("".join(lines).splitlines())
+        for number in range(4):
+            result = run(sandbox, "import time; time.sleep(0.3); print(%d)" % number)
+            assert (result.status, result.stdout) == ("ok", "%d\n" % number), result
+        assert len("".join(lines).splitlines()) > before  # output kept arriving during the programs
+        assert handle.wait(120).stdout == "".join("%d\n" % number for number in range(1, 41))
+
+    def test_guest_dir(self, sandbox: LocalSandbox) -> None:
+        assert sandbox.guest_dir.startswith("/")
+        assert sandbox.files.exists(sandbox.guest_dir + "/_agent.py")
+
+    def test_killing_the_sandbox_ends_everything(self, fresh_sandbox: LocalSandbox) -> None:
+        root = getattr(fresh_sandbox._process, "pid", None)  # a host process tree (bwrap), if any
+        handle = fresh_sandbox.processes.start("sleep 600 & sleep 600")
+        assert handle.exit_code is None
+        tree = _host_descendants(root) if root is not None else []
+        fresh_sandbox.kill()
+        with pytest.raises(SandboxError):
+            handle.wait(30)
+        assert handle.exit_code is None and not fresh_sandbox.is_running()
+        with pytest.raises(SandboxError):
+            fresh_sandbox.processes.list()
+        assert [pid for pid in tree if os.path.exists("/proc/%d" % pid)] == []
+
+
+def _host_descendants(root: int) -> list[int]:
+    """Host pids of every process below `root`."""
+    parents: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = Path("/proc/%s/stat" % name).read_bytes()
+            except OSError:
+                continue
+            parents[int(name)] = int(stat[stat.rindex(b")") + 2:].split()[1])
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found

@@ -1,10 +1,14 @@
 """The guest agent spoken to directly over pipes, outside any sandbox (never with --exclusive,
-which would sweep host processes; the agent refuses that flag here, which is tested too)."""
+which would sweep host processes; the agent refuses that flag here, which is tested too).
+Background processes started here are host processes: every test gives them a timeout or
+ends them, and the fixture closes the agent's pipes, on which it kills those left."""
 
+import base64
 import json
 import os
 import subprocess
 import sys
+import time
 import tty
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,32 +30,59 @@ class Agent:
         self.hello = self.read()
 
     def send_raw(self, line: bytes) -> dict[str, Any]:
+        self.write_raw(line)
+        return self.read()
+
+    def write_raw(self, line: bytes) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(line + b"\n")
         self.proc.stdin.flush()
-        return self.read()
 
     def send(self, **message: Any) -> dict[str, Any]:
         return self.send_raw(json.dumps(message).encode())
+
+    def write(self, **message: Any) -> None:
+        self.write_raw(json.dumps(message).encode())
 
     def read(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
         reply: dict[str, Any] = json.loads(self.proc.stdout.readline())
         return reply
 
+    def until(self, request_id: int) -> list[dict[str, Any]]:
+        """Messages read up to and including the reply to `request_id`."""
+        messages = [self.read()]
+        while messages[-1].get("id") != request_id or "ok" not in messages[-1]:
+            messages.append(self.read())
+        return messages
+
+    def close(self) -> None:
+        """EOF on both pipes: the agent kills its background processes and exits."""
+        for stream in (self.proc.stdout, self.proc.stdin):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
 
 @pytest.fixture
 def agent() -> Iterator[Agent]:
     running = Agent()
     yield running
-    running.proc.kill()
-    running.proc.wait()
+    running.close()
 
 
 def test_hello(agent: Agent) -> None:
     assert agent.hello["op"] == "hello" and agent.hello["id"] == 0
     assert agent.hello["protocol"] == vmpool.PROTOCOL_VERSION
     assert agent.hello["pid"] == agent.proc.pid
+    assert agent.hello["guest_dir"] == str(AGENT.parent)
 
 
 @pytest.mark.parametrize("line", [
@@ -200,3 +231,212 @@ def test_huge_and_non_finite_time_limits(agent: Agent) -> None:
         assert reply["ok"] is False and reply["error"]["kind"] == "bad_request", reply
         assert "wall_time_s" in reply["error"]["message"]
     assert agent.send(id=3, op="ping")["ok"] is True
+
+
+# -- protocol v2: concurrency, events and background processes -------------------------------
+
+
+def start(agent: Agent, request_id: int, cmd: str, **fields: Any) -> int:
+    """Start a background process; its pid (from its ``start`` event)."""
+    fields.setdefault("timeout_s", 30)
+    agent.write(id=request_id, op="process_start", cmd=cmd, **fields)
+    event = agent.read()
+    assert (event["id"], event["event"]) == (request_id, "start"), event
+    pid: int = event["pid"]
+    return pid
+
+
+def output(messages: list[dict[str, Any]], request_id: int, stream: str) -> bytes:
+    return b"".join(base64.b64decode(m["data_b64"]) for m in messages
+                    if m.get("id") == request_id and m.get("event") == stream)
+
+
+def gone(pid: int) -> bool:
+    try:
+        stat = Path("/proc/%d/stat" % pid).read_bytes()
+    except OSError:
+        return True
+    return stat[stat.rindex(b")") + 2:].startswith(b"Z")
+
+
+def test_process_events_precede_its_reply(agent: Agent) -> None:
+    pid = start(agent, 1, "echo out; echo err >&2; printf 'é' >&2; exit 3", tag="t")
+    messages = agent.until(1)
+    assert [m.get("event") for m in messages[:-1]] and all(m["id"] == 1 for m in messages)
+    assert output(messages, 1, "stdout") == b"out\n"
+    assert output(messages, 1, "stderr") == "err\né".encode()
+    assert messages[-1]["ok"] is True
+    result = messages[-1]["result"]
+    assert (result["pid"], result["exit_code"], result["timed_out"]) == (pid, 3, False)
+    assert 0 < result["duration_s"] < 20
+    assert agent.send(id=2, op="process_list") == {"id": 2, "ok": True, "result": {"processes": []}}
+
+
+def test_replies_come_out_of_order(agent: Agent) -> None:
+    # a program occupies the fork-server; ping and the process ops are answered meanwhile
+    agent.write(id=1, op="run_program", code="import time; time.sleep(1.5); print('slept')", limits=LIMITS)
+    agent.write(id=2, op="ping")
+    agent.write(id=3, op="process_list")
+    agent.write(id=4, op="read_file", path="/nonexistent/vmpool-test")  # serial: after the program
+    replies = [agent.read() for _ in range(4)]
+    assert [reply["id"] for reply in replies] == [2, 3, 1, 4]
+    assert replies[2]["result"]["stdout"] == "slept\n"
+    assert replies[3]["error"]["errno"] == 2
+
+
+def test_serial_ops_keep_their_order(agent: Agent) -> None:
+    agent.write(id=1, op="run_program", code="import time; time.sleep(0.3)", limits=LIMITS)
+    agent.write(id=2, op="write_file", path="/tmp/vmpool-test-order-%d" % os.getpid(),
+                data_b64=base64.b64encode(b"written").decode())
+    agent.write(id=3, op="read_file", path="/tmp/vmpool-test-order-%d" % os.getpid())
+    agent.write(id=4, op="remove", path="/tmp/vmpool-test-order-%d" % os.getpid())
+    replies = [agent.read() for _ in range(4)]
+    assert [reply["id"] for reply in replies] == [1, 2, 3, 4]
+    assert base64.b64decode(replies[2]["result"]["data_b64"]) == b"written"
+
+
+def test_program_runs_while_a_process_streams(agent: Agent) -> None:
+    start(agent, 1, "for i in 1 2 3 4 5; do echo $i; sleep 0.2; done")
+    reply = agent.send(id=2, op="run_program", code="print('program')", limits=LIMITS)
+    while reply.get("id") != 2:  # output events of the process may come first
+        reply = agent.read()
+    assert reply["result"]["stdout"] == "program\n"
+    messages = agent.until(1)
+    assert output(messages, 1, "stdout") in {b"1\n2\n3\n4\n5\n"[i:] for i in range(0, 10, 2)}
+    assert messages[-1]["result"]["exit_code"] == 0
+
+
+@pytest.mark.parametrize("fields", [
+    {}, {"cmd": 5}, {"cmd": "true", "envs": []}, {"cmd": "true", "envs": {"A=B": "x"}},
+    {"cmd": "true", "envs": {"A": 1}}, {"cmd": "true", "timeout_s": -1}, {"cmd": "true", "timeout_s": "1"},
+    {"cmd": "true", "timeout_s": float("inf")}, {"cmd": "true", "stdin": "yes"}, {"cmd": "true", "tag": 5},
+    {"cmd": "true", "cwd": 7}, {"cmd": "a\0b"},
+])
+def test_bad_process_starts_are_refused(agent: Agent, fields: dict[str, Any]) -> None:
+    reply = agent.send(id=1, op="process_start", **fields)
+    assert (reply["id"], reply["ok"], reply["error"]["kind"]) == (1, False, "bad_request"), reply
+    assert agent.send(id=2, op="ping") == {"id": 2, "ok": True, "result": {}}
+
+
+@pytest.mark.parametrize("message", [
+    {"op": "process_signal", "pid": "PID", "signal": "SIGFOO"}, {"op": "process_signal", "pid": "PID", "signal": 0},
+    {"op": "process_signal", "pid": "1", "signal": "SIGTERM"}, {"op": "process_input", "pid": "PID", "data_b64": "!"},
+    {"op": "process_connect"}, {"op": "process_close_stdin", "pid": True},
+])
+def test_bad_process_requests_are_refused(agent: Agent, message: dict[str, Any]) -> None:
+    pid = start(agent, 1, "sleep 30")
+    fields = {key: (pid if value == "PID" else value) for key, value in message.items()}
+    reply = agent.send(id=2, **fields)
+    assert (reply["id"], reply["error"]["kind"]) == (2, "bad_request"), reply
+    assert agent.send(id=3, op="process_signal", pid=pid, signal="SIGKILL")["ok"] is True
+    assert agent.until(1)[-1]["result"]["exit_code"] == -9
+
+
+def test_unknown_pids_are_esrch(agent: Agent) -> None:
+    for request_id, message in enumerate([
+            {"op": "process_connect"}, {"op": "process_input", "data_b64": ""},
+            {"op": "process_close_stdin"}, {"op": "process_signal", "signal": 9}], start=1):
+        reply = agent.send(id=request_id, pid=2**22 + 1, **message)
+        assert (reply["error"]["kind"], reply["error"]["errno"]) == ("os_error", 3), reply
+
+
+def test_a_missing_cwd_is_enoent(agent: Agent) -> None:
+    reply = agent.send(id=1, op="process_start", cmd="true", cwd="/nonexistent/vmpool")
+    assert (reply["id"], reply["error"]["kind"], reply["error"]["errno"]) == (1, "os_error", 2), reply
+
+
+def test_stdin_signals_and_timeouts(agent: Agent) -> None:
+    cat = start(agent, 1, "cat", stdin=True)
+    assert agent.send(id=2, op="process_input", pid=cat, data_b64=base64.b64encode(b"hello\n").decode())["ok"]
+    echoed = agent.read()
+    assert (echoed["id"], echoed["event"], base64.b64decode(echoed["data_b64"])) == (1, "stdout", b"hello\n")
+    assert agent.send(id=3, op="process_close_stdin", pid=cat)["ok"] is True
+    assert agent.until(1)[-1]["result"]["exit_code"] == 0
+
+    sleeper = start(agent, 4, "sleep 30")
+    reply = agent.send(id=5, op="process_input", pid=sleeper, data_b64="")
+    assert reply["error"]["errno"] == 32  # EPIPE: started without stdin
+    assert agent.send(id=6, op="process_signal", pid=sleeper, signal="SIGTERM")["ok"] is True
+    assert agent.until(4)[-1]["result"]["exit_code"] == -15
+
+    # the timeout kills the whole group, not just the shell
+    start(agent, 7, "sleep 30 & echo $!; wait", timeout_s=0.5)
+    messages = agent.until(7)
+    result = messages[-1]["result"]
+    assert (result["timed_out"], result["exit_code"]) == (True, -9)
+    assert 0.4 < result["duration_s"] < 10
+    background = int(output(messages, 7, "stdout"))
+    deadline = time.monotonic() + 5
+    while not gone(background) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(background)
+
+
+def test_envs_cwd_and_list(agent: Agent, tmp_path: Path) -> None:
+    pid = start(agent, 1, 'echo "$GREETING $HOME"; pwd; sleep 30', envs={"GREETING": "hi"},
+                cwd=str(tmp_path), tag="mine")
+    expected = "hi %s\n%s\n" % (os.environ["HOME"], tmp_path)
+    messages: list[dict[str, Any]] = []
+    while len(output(messages, 1, "stdout")) < len(expected.encode()):
+        messages.append(agent.read())
+    assert output(messages, 1, "stdout") == expected.encode()
+    assert agent.send(id=2, op="process_list")["result"]["processes"] == [{
+        "pid": pid, "cmd": 'echo "$GREETING $HOME"; pwd; sleep 30', "tag": "mine", "cwd": str(tmp_path),
+        "running": True}]
+    agent.write(id=3, op="process_signal", pid=pid, signal="SIGKILL")
+    assert agent.until(1)[-1]["result"]["exit_code"] == -9
+
+
+def test_connect_subscribes_a_second_listener(agent: Agent) -> None:
+    pid = start(agent, 1, "cat", stdin=True)
+    agent.write(id=2, op="process_connect", pid=pid)
+    assert agent.read() == {"id": 2, "event": "start", "pid": pid}
+    agent.send(id=3, op="process_input", pid=pid, data_b64=base64.b64encode(b"both\n").decode())
+    agent.send(id=4, op="process_close_stdin", pid=pid)
+    messages = agent.until(1)
+    messages += agent.until(2) if not any(m.get("id") == 2 and "ok" in m for m in messages) else []
+    for request_id in (1, 2):
+        assert output(messages, request_id, "stdout") == b"both\n"
+        assert [m["result"]["exit_code"] for m in messages if m.get("id") == request_id and "ok" in m] == [0]
+    assert agent.send(id=5, op="process_list")["result"]["processes"] == []  # its exit was collected
+
+
+def _peak_rss_kb_of(pid: int) -> int:
+    return _peak_rss_kb(pid)
+
+
+def test_a_flood_neither_blocks_requests_nor_grows_the_agent(agent: Agent) -> None:
+    # 100 MB of output: while the host does not read, the agent stops reading the process
+    # (backpressure) instead of buffering; a ping is answered in the middle of the flood
+    before = _peak_rss_kb_of(agent.proc.pid)
+    start(agent, 1, "head -c 100000000 /dev/zero", timeout_s=120)
+    time.sleep(1.0)
+    assert _peak_rss_kb_of(agent.proc.pid) - before < 16 * 1024
+    agent.write(id=2, op="ping")
+    received, ping_seen, messages = 0, False, 0
+    while True:
+        message = agent.read()
+        messages += 1
+        if message.get("id") == 2:
+            ping_seen = True
+            assert message["ok"] is True
+        elif message.get("event") == "stdout":
+            chunk = base64.b64decode(message["data_b64"])
+            assert len(chunk) <= 64 * 1024
+            received += len(chunk)
+        elif "ok" in message:
+            assert ping_seen, "the ping waited for the whole flood"
+            assert message["result"]["exit_code"] == 0
+            break
+    assert received == 100_000_000
+    assert _peak_rss_kb_of(agent.proc.pid) - before < 32 * 1024
+
+
+def test_shutdown_kills_background_processes(agent: Agent) -> None:
+    pid = start(agent, 1, "sleep 30")
+    agent.write(id=2, op="shutdown")
+    assert agent.proc.wait(timeout=10) == 0
+    deadline = time.monotonic() + 5
+    while not gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(pid)

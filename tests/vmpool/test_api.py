@@ -19,11 +19,12 @@ from vmpool._bwrap import BwrapDriver
 
 PUBLIC = {
     "LocalSandbox", "SandboxPool", "Limits", "ExecResult", "ExecStatus", "CommandResult", "EntryInfo",
+    "ProcessHandle", "ProcessInfo", "ProcessResult",
     "VmpoolError", "SandboxError", "DriverUnavailableError", "ProtocolError",
     "Driver", "get_driver", "resolve_driver", "list_drivers", "PROTOCOL_VERSION",
     "TemplateSpec", "TemplateError", "BuiltTemplate", "build_template", "ensure_template", "template_names",
     # the E2B-style SDK
-    "Sandbox", "SandboxInfo", "SandboxQuery", "SandboxState", "SandboxPaginator", "CommandHandle", "ProcessInfo", "FileType",
+    "Sandbox", "SandboxInfo", "SandboxQuery", "SandboxState", "SandboxPaginator", "CommandHandle", "FileType",
     "SandboxException", "TimeoutException", "InvalidArgumentException", "NotEnoughSpaceException",
     "NotFoundException", "SandboxNotFoundException", "FileNotFoundException", "CommandExitException",
     # the code interpreter's results (E2B's names)

@@ -31,13 +31,35 @@ def test_replies() -> None:
 
 
 def test_hello_shape() -> None:
-    hello = proto.hello("1.0", "3.11.2", 2)
+    hello = proto.hello("1.0", "3.11.2", 2, "/opt/vmpool")
     assert proto.check_hello(json.loads(proto.encode(dict(hello)))) == hello
-    assert hello["protocol"] == proto.PROTOCOL_VERSION == 1
+    assert hello["protocol"] == proto.PROTOCOL_VERSION == 2 and hello["guest_dir"] == "/opt/vmpool"
     with pytest.raises(proto.MessageError):
         proto.check_hello({"op": "hello", "protocol": "1"})
     with pytest.raises(proto.MessageError):
         proto.check_hello({"id": 1, "ok": True})
+    without_dir = {key: value for key, value in hello.items() if key != "guest_dir"}
+    with pytest.raises(proto.MessageError, match="guest_dir"):
+        proto.check_hello(without_dir)
+
+
+def test_hello_of_another_version_is_returned_for_the_host_to_refuse() -> None:
+    # a v1 agent's hello has no guest_dir: the host must still learn its version to name it
+    old = {"id": 0, "op": "hello", "protocol": 1, "agent_version": "0.1.0", "python": "3.11.2", "pid": 2}
+    assert proto.check_hello(old)["protocol"] == 1
+
+
+def test_events_belong_to_a_request() -> None:
+    message = proto.event(7, "stdout", data_b64=proto.b64encode(b"x"))
+    assert message == {"id": 7, "event": "stdout", "data_b64": "eA=="}
+    assert "ok" not in message and proto.decode(proto.encode(message)) == message
+
+
+def test_ops_are_either_serial_or_concurrent() -> None:
+    assert not set(proto.SERIAL_OPS) & set(proto.PROCESS_OPS)
+    assert set(proto.OPS) == {"ping"} | set(proto.SERIAL_OPS) | set(proto.PROCESS_OPS)
+    assert "run_program" in proto.SERIAL_OPS and "ping" not in proto.SERIAL_OPS
+    assert proto.CHUNK_BYTES * 4 // 3 + 1024 < proto.MAX_LINE_BYTES  # an output event fits a line
 
 
 def test_check_limits() -> None:
