@@ -3,6 +3,7 @@ service, on the bwrap driver (test_sdk_microvm.py runs the same on microVMs)."""
 
 from __future__ import annotations
 
+import socket
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from vmpool import (
-    EntryInfo, FileNotFoundException, InvalidArgumentException, NotFoundException, Sandbox,
+    CommandExitException, EntryInfo, FileNotFoundException, InvalidArgumentException, NotFoundException, Sandbox,
     SandboxException, SandboxInfo, SandboxNotFoundException, SandboxQuery, SandboxState,
 )
 
@@ -160,10 +161,24 @@ def test_one_user(tag: dict[str, str]) -> None:
 
 
 def test_internet_access_can_be_refused(tag: dict[str, str]) -> None:
-    probe = "import socket; socket.create_connection(('1.1.1.1', 53), timeout=3); print('reached')"
+    probe = "python3 -c \"import socket; socket.create_connection(('1.1.1.1', 53), timeout=3)\""
     with Sandbox.create(template="code-interpreter", metadata=tag, allow_internet_access=False) as sandbox:
         assert sandbox.get_info().allow_internet_access is False
-        sandbox.files.write("probe.py", probe)
-        assert sandbox.files.exists("/home/user/probe.py")
+        with pytest.raises(CommandExitException):
+            sandbox.commands.run(probe)
+    with Sandbox.create(template="code-interpreter", metadata=tag) as sandbox:
+        assert sandbox.get_info().allow_internet_access is True
+        if reachable(("1.1.1.1", 53)):  # the control: the same probe gets out when allowed
+            assert sandbox.commands.run(probe).exit_code == 0
     with Sandbox.create(template="base", metadata=tag) as sandbox:
         assert sandbox.get_info().allow_internet_access is False  # base has no network at all
+        with pytest.raises(CommandExitException):
+            sandbox.commands.run(probe)
+
+
+def reachable(address: tuple[str, int]) -> bool:
+    try:
+        socket.create_connection(address, timeout=3).close()
+    except OSError:
+        return False
+    return True
