@@ -152,12 +152,6 @@ class _Bridge:
             if isinstance(route, Stream):
                 route.put({"type": "stream_error", "error": {"type": "sandbox_error", "message": why}}, last=True)
 
-    def kill(self) -> None:
-        self.end_runs("the sandbox was killed")
-        try:
-            self.handle.kill()
-        except Exception:  # the sandbox is going away anyway
-            pass
 
 
 class CodeRunner:
@@ -248,9 +242,9 @@ class CodeRunner:
         return {"pid": bridge.handle.pid, "defaults": dict(bridge.defaults)}
 
     def close(self) -> None:
-        """The sandbox is going away: end the runs in flight, kill the bridge."""
+        """The sandbox is being killed: end the runs in flight (the bridge dies with it)."""
         with self._lock:
             bridge, self._bridge = self._bridge, None
         if bridge is not None:
-            bridge.kill()
+            bridge.end_runs("the sandbox was killed")
 
