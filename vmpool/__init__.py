@@ -21,7 +21,7 @@ from ._code import (
 from ._driver import Driver, get_driver, list_drivers, resolve_driver
 from ._errors import (
     CommandExitException, DriverUnavailableError, FileNotFoundException, InvalidArgumentException,
-    NotEnoughSpaceException, NotFoundException, ProtocolError, SandboxError, SandboxException,
+    NotEnoughSpaceException, NotFoundException, PausedStateError, ProtocolError, SandboxError, SandboxException,
     SandboxNotFoundException, TemplateError, TimeoutException, VmpoolError,
 )
 from ._pool import SandboxPool
@@ -66,6 +66,7 @@ __all__ = [
     "NotEnoughSpaceException",
     "NotFoundException",
     "OutputMessage",
+    "PausedStateError",
     "PieChart",
     "PieData",
     "PointData",

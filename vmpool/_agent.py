@@ -265,10 +265,13 @@ class Agent:
             workspace = files.Workspace(files.TMP_DIR, self.runs, clean_tmp=self.exclusive)
         except OSError as exc:
             raise procs.AgentFailure("cannot create a scratch directory: %s" % exc) from exc
+        # Only between programs: while background processes run, the home is theirs too.
+        home = files.HomeGuard(os.environ.get("HOME") if self.exclusive and not self.session.spared() else None)
         try:
             return run.run_program(code, limits, workspace.path, self.sweep if self.exclusive else None)
         finally:
             workspace.cleanup()
+            home.cleanup()
 
     def run_command(self, message: Dict[str, Any]) -> Dict[str, Any]:
         command = proto.field(message, "command", str)

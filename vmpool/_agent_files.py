@@ -44,6 +44,46 @@ def read_file(path: str, limit: int) -> bytes:
     return data
 
 
+HOME_GUARD_MAX_ENTRIES = 20000  # a bigger home (pip installs of a session) is not guarded
+
+
+class HomeGuard:
+    """What a program may not leave behind in the sandbox user's home (exclusive mode, when
+    the home is not /tmp): every path below it that did not exist before the program is deleted
+    afterwards, so a program cannot hand files (a .pth in the user site, a planted module) to
+    the next program. Contents of files that existed before are not restored: a template's home
+    starts with directories only. Homes of more than HOME_GUARD_MAX_ENTRIES entries are left
+    alone (an interactive session's home, where programs are not the unit of isolation)."""
+
+    def __init__(self, home: Optional[str]) -> None:
+        self.home = home if home and home != TMP_DIR and os.path.isdir(home) else None
+        self.before = self._entries() if self.home else None
+
+    def _entries(self) -> Optional[Set[str]]:
+        assert self.home is not None
+        entries: Set[str] = set()
+        for top, dirs, names in os.walk(self.home):  # symlinked directories are not entered
+            for name in (*dirs, *names):
+                entries.add(os.path.join(top, name))
+            if len(entries) > HOME_GUARD_MAX_ENTRIES:
+                return None
+        return entries
+
+    def cleanup(self) -> None:
+        if self.home is None or self.before is None:
+            return
+        _make_traversable(self.home)
+        for top, dirs, names in os.walk(self.home):
+            for name in dirs:
+                _make_traversable(os.path.join(top, name))
+            for name in list(dirs) + names:
+                path = os.path.join(top, name)
+                if path not in self.before:
+                    _rmtree(path)
+                    if name in dirs:
+                        dirs.remove(name)
+
+
 def _rmtree(path: str) -> None:
     """Delete what a program left, even parts it made unreadable. Never follows symlinks."""
     if os.path.islink(path) or not os.path.isdir(path):

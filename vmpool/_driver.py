@@ -14,7 +14,8 @@ import abc
 import importlib
 import importlib.metadata
 from dataclasses import dataclass
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 from ._errors import DriverUnavailableError
 
@@ -92,6 +93,9 @@ class Driver(abc.ABC):
       trusted for the next sample, whatever the agent's sweep found);
     - `takes_agent_args`: False if `StartOptions.agent_args` cannot be honoured (the agent is
       already running when `start` is called, e.g. restored from a snapshot);
+    - `keeps_memory`: True if `pause` and `resume` can save and restore a running sandbox
+      whole (memory, processes, files); drivers without it are paused by `LocalSandbox.pause`
+      saving the sandbox's writable directories through the agent (files only);
     - `isolation()`: describe the isolation level for humans and reports, including the
       version of the underlying tool, e.g. ``"namespaces+seccomp (bubblewrap 0.8.0)"``;
     - `start(options)`: launch one sandbox running the vmpool agent (the files in
@@ -105,6 +109,7 @@ class Driver(abc.ABC):
     name: ClassVar[str] = ""
     reuse_after_timeout: ClassVar[bool] = True
     takes_agent_args: ClassVar[bool] = True
+    keeps_memory: ClassVar[bool] = False
 
     @abc.abstractmethod
     def available(self) -> str | None:
@@ -121,6 +126,31 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def start(self, options: StartOptions) -> SandboxProcess:
         """Start one sandbox; raise DriverUnavailableError if this host cannot."""
+
+    def pause(self, process: SandboxProcess, directory: Path) -> dict[str, Any]:
+        """Drivers that `keeps_memory`: save the running sandbox `process` whole into
+        `directory` (existing, empty, private), then end it as `SandboxProcess.kill` does.
+
+        Called only while no request to the agent is in flight. Returns what `resume` needs
+        to check that it can continue the sandbox (JSON-able; ``"template": {"name", "hash"}``
+        names the template it runs, if any), which the caller stores in ``state.json``.
+        Raises SandboxError if the sandbox is gone or broke (it is then killed), OSError if
+        saving failed while the sandbox still runs; its agent then greets the channel with a
+        new hello, to be read as after `start`.
+        """
+        raise DriverUnavailableError("the %s driver cannot save a sandbox's memory" % self.name)
+
+    def resume(self, directory: Path, options: StartOptions, saved: dict[str, Any]) -> SandboxProcess:
+        """Drivers that `keeps_memory`: continue the sandbox `pause` saved into `directory`,
+        started with `options`; `saved` is what `pause` returned. Like `start`, the agent's
+        hello is read by the caller and nothing is left running if this raises.
+
+        Raises PausedStateError if the saved sandbox cannot run here as it was (another
+        template build, emulator version or machine configuration), SandboxError if it does
+        not come up, DriverUnavailableError if the driver cannot run here at all. Never
+        changes `directory`.
+        """
+        raise DriverUnavailableError("the %s driver cannot resume a sandbox's memory" % self.name)
 
 
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:

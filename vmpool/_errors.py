@@ -3,6 +3,9 @@
     VmpoolError                  anything vmpool itself reports
     ├── DriverUnavailableError   the requested driver cannot run on this host (tool missing, no
     │                            KVM, not implemented yet); the message says what to install/do
+    ├── PausedStateError         a paused sandbox's directory cannot be resumed: not one, written
+    │                            by another vmpool format, or saved from a template build, QEMU
+    │                            or machine configuration this host no longer has
     ├── SandboxError             the sandbox machinery failed: agent died, sandbox killed or gone,
     │   │                        agent did not answer in time. The sandbox is unusable afterwards
     │   │                        (vmpool kills it); a pool replaces it. Retrying the *program* in a
@@ -40,8 +43,9 @@ from __future__ import annotations
 
 __all__ = [
     "CommandExitException", "DriverUnavailableError", "FileNotFoundException", "InvalidArgumentException",
-    "NotEnoughSpaceException", "NotFoundException", "ProtocolError", "SandboxError", "SandboxException",
-    "SandboxNotFoundException", "TemplateError", "TemplateSpecError", "TimeoutException", "VmpoolError",
+    "NotEnoughSpaceException", "NotFoundException", "PausedStateError", "ProtocolError", "SandboxError",
+    "SandboxException", "SandboxNotFoundException", "TemplateError", "TemplateSpecError", "TimeoutException",
+    "VmpoolError",
 ]
 
 
@@ -51,6 +55,11 @@ class VmpoolError(Exception):
 
 class DriverUnavailableError(VmpoolError):
     """The requested sandbox driver cannot be used here; the message says why and what to do."""
+
+
+class PausedStateError(VmpoolError):
+    """A paused sandbox (`LocalSandbox.pause`) cannot be resumed from its directory; the
+    message says why. The directory is left as it is."""
 
 
 class SandboxError(VmpoolError):

@@ -17,7 +17,9 @@ Runs inside the guest (stdlib only) after the initramfs ``/init`` has mounted th
   ``{"id": n, "op": "sync", "entropy_b64": ..., "time_ns": ..., "tmp_size_mb": ...}`` mixes the
   host's entropy into the kernel's pool and forces a reseed, sets the clock and resizes /tmp.
   The host sends it after every snapshot restore, so clones of one snapshot share neither
-  their random state nor a stale clock;
+  their random state nor a stale clock. ``{"id": n, "op": "await_detached", "timeout_s": s}``
+  answers once the agent has seen its host leave (`agent_detached`): the host asks before it
+  freezes a VM to pause it, so that the agent greets whoever resumes it with a hello;
 - reaps every orphan; when the agent exits the VM is powered off (the host then sees QEMU exit
   and discards it): nothing is restarted.
 """
@@ -31,13 +33,15 @@ import select
 import signal
 import subprocess
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 SANDBOX_UID = 65534
 DEFAULT_TMP_MB = 256
 AGENT_DIR = "/opt/vmpool"
 AGENT_ARGV = AGENT_DIR + "/agent-argv.json"
 TEMPLATE_INFO = "/etc/vmpool/template.json"
+# The kernel functions (virtio_console) a thread waits in while it reads or writes a port.
+PORT_WAITS = ("port_fops_read", "port_fops_write", "wait_port_writable")
 RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07): reseed the kernel CRNG from its input pool now
 MS_NOSUID, MS_NODEV, MS_REMOUNT = 2, 4, 32
 LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2 = 0xFEE1DEAD, 672274793
@@ -174,13 +178,52 @@ def sync(request: Dict[str, Any]) -> Dict[str, Any]:
     return done
 
 
+def _thread_waits(pid: int) -> Optional[List[str]]:
+    """(state, wchan) of each thread of `pid`, or None if a thread is runnable: its next step
+    is unknown."""
+    waits: List[str] = []
+    task_dir = "/proc/%d/task" % pid
+    for tid in os.listdir(task_dir):
+        try:
+            with open("%s/%s/stat" % (task_dir, tid), "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[1].split()[0].decode()
+            with open("%s/%s/wchan" % (task_dir, tid)) as handle:
+                wchan = handle.read().strip()
+        except (OSError, IndexError):
+            continue  # the thread ended meanwhile
+        if state not in ("S", "D"):
+            return None
+        waits.append(wchan)
+    return waits
+
+
+def agent_detached(pid: int, timeout_s: float) -> Dict[str, Any]:
+    """Wait until every thread of the agent sleeps somewhere else than on its port.
+
+    The host calls this after closing its connection while the agent was idle, blocked reading
+    the port. The guest kernel then wakes the agent with EOF, and the agent polls for the next
+    host (`_agent.Channel.wait_for_host`). Were the VM frozen before that, a host connecting
+    after the resume would find it still blocked in the read (the disconnect and the reconnect
+    both happened while it waited), and no hello would come.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        waits = _thread_waits(pid)
+        if waits is not None and not any(wait in PORT_WAITS for wait in waits):
+            return {"detached": True}
+        if time.monotonic() >= deadline:
+            return {"detached": False, "waits": waits}
+        time.sleep(0.005)
+
+
 class Control:
     """The root-only control port: like the agent's channel, it reads EOF while no host is
     connected, so it polls for one."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, agent_pid: int) -> None:
         self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY)
         self.buffer = b""
+        self.agent_pid = agent_pid
 
     def serve(self) -> None:
         while True:
@@ -207,6 +250,9 @@ class Control:
             request_id = request.get("id")
             if request.get("op") == "sync":
                 return {"id": request_id, "ok": True, "result": sync(request)}
+            if request.get("op") == "await_detached":
+                timeout = float(request.get("timeout_s") or 10.0)
+                return {"id": request_id, "ok": True, "result": agent_detached(self.agent_pid, timeout)}
             raise ValueError("unknown op %r" % request.get("op"))
         except Exception as exc:
             return {"id": request_id, "ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}
@@ -240,7 +286,7 @@ def main() -> None:
         if isinstance(info.get("start"), str) and info["start"]:
             start_command(info["start"], env)
         agent_pid = start_agent(find_port("agent"), env, cwd)
-        Control(find_port("control")).serve()
+        Control(find_port("control"), agent_pid).serve()
     except BaseException as exc:
         log("fatal: %s: %s" % (type(exc).__name__, exc))
         power_off()

@@ -13,6 +13,9 @@ time over a root-only control port, and the guest forces its kernel's random gen
 (Debian's cloud kernel has no vmgenid driver to do it), so clones share neither random state
 nor a stale clock.
 
+Pause and resume (`Driver.pause`, `Driver.resume`; `vmpool._vm_pause`): the running VM is
+migrated to a file and later restored from it like a snapshot, processes and files included.
+
 Lifecycle: QEMU runs confined (`vmpool._qemu`), dies with the host process (bubblewrap's
 ``--die-with-parent``), and leftovers of a host that could not clean up (its run folders, and
 QEMUs whose owner is gone) are reaped when the driver starts in a new process
@@ -21,6 +24,7 @@ QEMUs whose owner is gone) are reaped when the driver starts in a new process
 
 Modules: this one is the driver; `vmpool._vm_machine` boots, snapshots and restores VMs;
 `vmpool._vm_accel` decides the accelerator; `vmpool._vm_host` keeps run folders and reaps;
+`vmpool._vm_pause` pauses and resumes;
 `vmpool._qemu` builds QEMU's command line and confinement; `vmpool._initramfs` and
 `vmpool._guest_init` are what the guest boots.
 """
@@ -31,8 +35,9 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
-from . import _qemu
+from . import _qemu, _vm_pause
 from ._bwrap import _bwrap_path, _probe
 from ._driver import Driver, SandboxProcess, StartOptions
 from ._errors import DriverUnavailableError, TemplateError
@@ -41,7 +46,7 @@ from ._template_build import check_can_build
 from ._templates import BuiltTemplate, cache_dir, cached, ensure_built, load_spec
 from ._vm_accel import accelerator
 from ._vm_host import reap_once
-from ._vm_machine import Machine, SnapshotRejected
+from ._vm_machine import Machine, MicroVMProcess, SnapshotRejected
 
 __all__ = ["MicroVMDriver", "snapshot_path"]
 
@@ -59,6 +64,7 @@ class MicroVMDriver(Driver):
     name = "microvm"
     reuse_after_timeout = False
     takes_agent_args = False
+    keeps_memory = True
 
     def __init__(self, template: str = DEFAULT_TEMPLATE) -> None:
         self.template = template
@@ -94,10 +100,15 @@ class MicroVMDriver(Driver):
         kind = "KVM" if accel.hardware else "TCG emulation"
         return "microVM (QEMU %s, %s, %s; %s)" % (version, kind, accel.machine, accel.reason)
 
-    def start(self, options: StartOptions) -> SandboxProcess:
+    def _usable(self) -> tuple[str, str]:
+        """QEMU and bwrap; DriverUnavailableError if this driver cannot run here."""
         reason = self.available()
         if reason is not None or self.qemu is None or self.bwrap is None:
             raise DriverUnavailableError(reason or "QEMU or bubblewrap is missing")
+        return self.qemu, self.bwrap
+
+    def start(self, options: StartOptions) -> SandboxProcess:
+        qemu, bwrap = self._usable()
         if options.agent_args:
             raise DriverUnavailableError(
                 "the microvm driver cannot pass agent arguments (%s): its agent is already running "
@@ -116,7 +127,7 @@ class MicroVMDriver(Driver):
                 "tmp_size_mb=%d does not fit template %r: its VM has %d MiB of RAM, and /tmp (a "
                 "tmpfs) may take at most half of it" % (options.tmp_size_mb, template.name, memory))
         try:
-            vm = _machine(self.qemu, self.bwrap, template)
+            vm = _machine(qemu, bwrap, template)
             snapshot = vm.snapshot()
         except OSError as exc:  # e.g. a cache folder another user (root, through sudo) owns
             raise DriverUnavailableError("cannot write the microvm cache in %s: %s" % (cache_dir(), exc)) from exc
@@ -128,6 +139,17 @@ class MicroVMDriver(Driver):
         except FileNotFoundError:  # pruned meanwhile by a process with another agent or image
             pass
         return vm.restore(vm.snapshot(), options)
+
+    def pause(self, process: SandboxProcess, directory: Path) -> dict[str, Any]:
+        if not isinstance(process, MicroVMProcess):
+            raise TypeError("not a sandbox of the microvm driver: %r" % process)
+        return _vm_pause.pause(process, directory)
+
+    def resume(self, directory: Path, options: StartOptions, saved: dict[str, Any]) -> SandboxProcess:
+        qemu, bwrap = self._usable()
+        reap_once()
+        template = _vm_pause.saved_template(saved)
+        return _vm_pause.resume(_machine(qemu, bwrap, template), directory, options, saved)
 
 
 _machines: dict[tuple[str, str, str, int], Machine] = {}

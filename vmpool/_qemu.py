@@ -43,6 +43,7 @@ VM_ROOT = "/vm"  # where the VM's files appear inside QEMU's mount namespace
 # cold boot: every clone of a snapshot shares that kernel layout.
 KERNEL_ARGS = ("console=ttyS0 quiet reboot=t panic=-1 8250.nr_uarts=1 i8042.noaux i8042.nomux "
                "i8042.nopnp i8042.dumbkbd random.trust_cpu=on")
+MIGRATION_BANDWIDTH = 1 << 40  # bytes/s: unthrottled (see QMP.migrate_to_fd)
 TCG_TB_MIB = 128  # TCG's translated-code cache per VM (QEMU's default, 1 GiB, costs host RSS)
 
 
@@ -132,8 +133,8 @@ def qemu_argv(qemu: str, accel: Accelerator, memory_mib: int, vcpus: int, networ
     """The QEMU command line of one VM (paths as QEMU sees them inside its confinement).
 
     The same line boots a VM and restores a snapshot of one (plus ``-incoming``): device
-    configuration must match exactly between the two. The VM that is snapshotted also gets
-    `qmp_argv`; restored VMs have no monitor at all.
+    configuration must match exactly between the two. Every VM also gets `qmp_argv`, which
+    is not part of that configuration (a monitor is no device).
     """
     run = VmLayout.guest_path
     argv = [qemu, "-name", owner_tag, "-nodefaults", "-no-user-config", "-display", "none",
@@ -164,6 +165,9 @@ def qemu_argv(qemu: str, accel: Accelerator, memory_mib: int, vcpus: int, networ
 
 
 def qmp_argv() -> list[str]:
+    """A QMP monitor on a unix socket in the VM's run folder (which only the host user and
+    QEMU's uid can enter): how the host stops, snapshots and pauses the VM. QEMU's ``-sandbox``
+    filter allows it: migrating to an fd the host passes over it is plain I/O."""
     return ["-qmp", "unix:%s,server=on,wait=off" % VmLayout.guest_path("qmp.sock")]
 
 
@@ -228,7 +232,8 @@ def read_line(sock: socket.socket, buffer: bytearray, deadline: float, what: str
 
 
 class QMP:
-    """A blocking QMP (QEMU Machine Protocol) connection: enough to snapshot a VM."""
+    """A blocking QMP (QEMU Machine Protocol) connection: enough to stop, resume and migrate a
+    VM. Events QEMU sends meanwhile are skipped."""
 
     def __init__(self, path: Path, timeout: float, alive: Any = None) -> None:
         deadline = time.monotonic() + timeout
@@ -254,6 +259,28 @@ class QMP:
                 return reply["return"]
             if "error" in reply:
                 raise SandboxError("QMP %s failed: %s" % (command, reply["error"].get("desc", reply)))
+
+    def migrate_to_fd(self, fd: int, deadline: float) -> None:
+        """Write the VM's state into `fd` (a file) and wait until it is complete; SandboxError
+        (the migration cancelled) if it fails or is not done by `deadline` (monotonic). A
+        running VM keeps running during and after it; stop it first for a consistent state."""
+        # QEMU throttles migrations to 128 MiB/s by default, for the network; a file takes
+        # what the disk gives (measured: 312 MB in 0.25 s instead of 2.4 s)
+        unthrottled: dict[str, Any] = {"max-bandwidth": MIGRATION_BANDWIDTH}
+        self.execute("migrate-set-parameters", **unthrottled)
+        self.execute("getfd", fds=(fd,), fdname="migration")
+        self.execute("migrate", uri="fd:migration")
+        while True:
+            state = self.execute("query-migrate")
+            status = state.get("status")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise SandboxError("saving the VM failed: %s" % state.get("error-desc", "migration " + status))
+            if time.monotonic() > deadline:
+                self.execute("migrate_cancel")
+                raise SandboxError("saving the VM did not finish in time (migration %s)" % status)
+            time.sleep(0.02)
 
     def close(self) -> None:
         self._sock.close()

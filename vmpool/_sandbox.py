@@ -5,25 +5,31 @@ process (the sandbox dies with it). evalkit runs its programs through it. `vmpoo
 E2B-style SDK, manages `LocalSandbox` objects inside the vmpool service.
 
 Lifecycle: `LocalSandbox.create` starts it and waits for the agent's hello; `kill` (also on leaving a
-``with`` block, on garbage collection and at interpreter exit) tears it down. Any machinery
-failure kills the sandbox and raises `SandboxError`, so a broken sandbox is never reused.
+``with`` block, on garbage collection and at interpreter exit) tears it down; `pause` saves it
+into a directory and ends it, and `LocalSandbox.resume` starts it again from there, in any
+process (`vmpool._persist`). Any machinery failure kills the sandbox and raises `SandboxError`,
+so a broken sandbox is never reused.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from . import _persist
 from ._client import AgentClient, Call, EventCallback
 from ._driver import Driver, SandboxProcess, StartOptions, get_driver, resolve_driver
 from ._errors import DriverUnavailableError, ProtocolError, SandboxError
 from ._files import Files
+from ._persist import StartRecord
 from ._processes import Processes
 from ._protocol import SERIAL_OPS
 from ._types import CommandResult, ExecResult, Limits
@@ -59,6 +65,8 @@ class LocalSandbox:
 
     guest_dir: the directory inside the sandbox that holds vmpool's guest files (the agent).
     """
+
+    _start_record: StartRecord | None = None  # how `create`/`resume` started it, for `pause`
 
     def __init__(self, driver_name: str, isolation: str, process: SandboxProcess,
                  start_timeout: float, reuse_after_timeout: bool = True) -> None:
@@ -109,7 +117,42 @@ class LocalSandbox:
         options = StartOptions(python=python, tmp_size_mb=tmp_size_mb, agent_args=tuple(agent_args),
                                template=template, network=network)
         process = instance.start(options)  # first: starting may settle the isolation (microvm)
-        return cls(name, instance.isolation(), process, start_timeout, instance.reuse_after_timeout)
+        sandbox = cls(name, instance.isolation(), process, start_timeout, instance.reuse_after_timeout)
+        sandbox._start_record = StartRecord(instance, options)
+        return sandbox
+
+    def pause(self, directory: str | os.PathLike[str]) -> None:
+        """Save the sandbox into `directory` (created with mode 0700, with its parents; it must
+        not exist) and end it, as `kill` does. `resume` continues it, in this or another process.
+
+        What is kept depends on the driver (`Driver.keeps_memory`): the microvm driver keeps
+        the whole VM, so processes still run after `resume`, with their memory, and every
+        file is there; other drivers (bwrap) keep only files: /tmp and /home/user (where it
+        exists) as tar archives (no single file beyond ~48 MiB, and neither FIFOs nor device
+        nodes; directories and links lose their times), and a resumed sandbox is a new one
+        with those files and none of the processes. The directory's ``state.json`` describes
+        it (see `vmpool._persist`).
+
+        Call it while no other call to this sandbox is running. Raises SandboxError (and the
+        sandbox is killed) if it is dead or broke; OSError if the state could not be saved
+        (FileExistsError for an existing `directory`, EFBIG for a file beyond the limit, EINVAL
+        for a FIFO, a full disk) while the sandbox keeps running; ValueError if it was not started by `create` or
+        `resume`. Nothing is left in `directory` on failure.
+        """
+        _persist.pause(self, Path(directory))
+
+    @classmethod
+    def resume(cls, directory: str | os.PathLike[str], *, start_timeout: float = 30.0) -> LocalSandbox:
+        """The sandbox `pause` saved into `directory`, running again with the same driver,
+        template and options, and a new `sandbox_id`; `directory` is deleted once it runs.
+
+        Raises PausedStateError, before starting anything, if `directory` holds no complete
+        pause this vmpool can resume (another state format, missing or damaged files) or one
+        made with a template build, QEMU version or VM configuration this host does not have
+        any more; FileNotFoundError if it does not exist; DriverUnavailableError or
+        SandboxError if the sandbox cannot start. `directory` is kept whenever this raises.
+        """
+        return _persist.resume(cls, Path(directory), start_timeout)
 
     @property
     def driver(self) -> str:

@@ -2,11 +2,14 @@
 
 `Machine.snapshot` boots a VM cold (first use), waits for the agent's hello, disconnects so
 that the agent waits for its next host, and migrates the running VM to a file in the cache,
-keyed by everything that must match on restore (template, initramfs, QEMU version, command
-line). On a KVM host that first boot is also the proof that KVM works (`vmpool._vm_accel`).
+keyed by everything that must match on restore (`Machine.identity`: template build, initramfs,
+QEMU version, command line). On a KVM host that first boot is also the proof that KVM works
+(`vmpool._vm_accel`).
 `Machine.restore` starts QEMU with ``-incoming fd:N`` on that file, sends the guest init the
 sync request (entropy, time, /tmp size; see `vmpool._guest_init`) and connects to the agent,
 which greets the new host with a hello. A snapshot QEMU cannot load raises `SnapshotRejected`.
+Every VM has a QMP monitor (``qmp.sock`` in its run folder), which pausing one uses
+(`vmpool._vm_pause`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from . import _qemu
 from ._bwrap import BwrapProcess, _run_as, _runtime_binds
@@ -66,24 +70,43 @@ class MicroVMProcess(BwrapProcess):
     lifecycle is `BwrapProcess`'s); the agent's channel is a unix socket to QEMU. The control
     socket stays connected for the VM's life, so the guest init sleeps instead of polling."""
 
-    def __init__(self, popen: Popen, stderr_file: object, run_dir: Path) -> None:
+    def __init__(self, popen: Popen, stderr_file: object, run_dir: Path, machine: Machine) -> None:
         super().__init__(popen, stderr_file)  # type: ignore[arg-type]
         self.run_dir = run_dir
+        self.machine = machine  # what started it, with the configuration a pause must record
         self.sock: socket.socket | None = None
         self.control: socket.socket | None = None
+        self._control_id = 0
 
     def attach(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self.sock = sock
 
+    def control_request(self, op: str, deadline: float, **fields: Any) -> dict[str, Any]:
+        """One request to the guest init over the control port (see `vmpool._guest_init`),
+        connected on first use; the reply's result. SandboxError if the guest init reports a
+        failure or does not answer by `deadline` (monotonic)."""
+        if self.control is None:
+            self.control = _qemu.connect_unix(self.run_dir / "control.sock", deadline, self.alive)
+        self._control_id += 1
+        self.control.sendall(json.dumps({"id": self._control_id, "op": op, **fields}).encode() + b"\n")
+        reply = json.loads(_qemu.read_line(self.control, bytearray(), deadline, "the guest init"))
+        if not reply.get("ok") or not isinstance(reply.get("result"), dict):
+            raise SandboxError("the guest init failed %s: %s" % (op, reply.get("error", reply)))
+        result: dict[str, Any] = reply["result"]
+        return result
+
+    def _connected(self) -> socket.socket:
+        if self.sock is None:  # between the agent's hosts (a pause) or killed
+            raise ConnectionResetError("not connected to the agent")
+        return self.sock
+
     def _wait(self, event: int, deadline: float) -> bool:
-        assert self.sock is not None
         poller = select.poll()
-        poller.register(self.sock, event)
+        poller.register(self._connected(), event)
         return bool(poller.poll(_wait_s(deadline) * 1000))
 
     def send(self, data: bytes, timeout: float) -> None:
-        assert self.sock is not None
         deadline = _deadline(timeout)
         view = memoryview(data)
         while view:
@@ -91,18 +114,17 @@ class MicroVMProcess(BwrapProcess):
                 raise TimeoutError("the agent did not read its input for %.0fs" % timeout)
             if self._wait(select.POLLOUT, deadline):
                 try:
-                    view = view[self.sock.send(view):]
+                    view = view[self._connected().send(view):]
                 except BlockingIOError:
                     continue
 
     def receive(self, timeout: float) -> bytes:
-        assert self.sock is not None
         deadline = _deadline(timeout)
         while not self._wait(select.POLLIN, deadline):
             if time.monotonic() >= deadline:
                 raise TimeoutError("no answer from the agent within %.0fs" % timeout)
         try:
-            return self.sock.recv(1 << 20)
+            return self._connected().recv(1 << 20)
         except ConnectionResetError:
             return b""
 
@@ -145,12 +167,16 @@ class Machine:
         self.accel = accel
         self.argv = _qemu.qemu_argv(self.qemu, accel, vm.memory_mib, vm.vcpus, self.network, owner_tag())
 
+    def identity(self) -> dict[str, Any]:
+        """Everything a saved VM state depends on (JSON-able): the template build, its root
+        image (this very file: a rebuild with --force differs), the initramfs (the guest files),
+        the QEMU version and the command line, without the binary and the owner tag."""
+        image = os.stat(self.template.rootfs)
+        return {"template": self.template.hash, "image": [image.st_ino, image.st_size, image.st_mtime_ns],
+                "initrd": self.initrd.name, "qemu": _qemu.qemu_version(self.qemu), "argv": self.argv[3:]}
+
     def snapshot_path(self) -> Path:
-        image = os.stat(self.template.rootfs)  # this very build: a rebuild (--force) differs
-        shape = {"format": SNAPSHOT_FORMAT, "template": self.template.hash,
-                 "image": [image.st_ino, image.st_size, image.st_mtime_ns],
-                 "initrd": self.initrd.name, "qemu": _qemu.qemu_version(self.qemu),
-                 "argv": self.argv[3:]}  # without the binary and the owner tag
+        shape = {"format": SNAPSHOT_FORMAT, **self.identity()}
         key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
         return cache_dir() / "snapshots" / ("%s-%s.vmstate" % (self.template.name, key))
 
@@ -158,15 +184,16 @@ class Machine:
         uid = _run_as()
         run_dir = new_run_dir(uid)
         layout = _qemu.VmLayout(Path(self.template.kernel), self.initrd, Path(self.template.rootfs), run_dir)
-        argv = _qemu.confine_argv(self.bwrap, _runtime_binds(), layout, self.argv + extra,
-                                  kvm=self.accel.hardware, network=self.network)
+        qemu = self.argv + _qemu.qmp_argv() + extra
+        argv = _qemu.confine_argv(self.bwrap, _runtime_binds(), layout, qemu, kvm=self.accel.hardware,
+                                  network=self.network)
         groups = [_qemu.kvm_group()] if self.accel.hardware and uid is not None else []
         try:
             popen, stderr_file = spawn(argv, pass_fds=pass_fds, user=uid, groups=groups)
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
-        return MicroVMProcess(popen, stderr_file, run_dir)
+        return MicroVMProcess(popen, stderr_file, run_dir, self)
 
     def snapshot(self) -> Path:
         """The snapshot of an idle VM of this shape, made now if it is not cached."""
@@ -192,23 +219,14 @@ class Machine:
     def _make_snapshot(self, path: Path, timeout: float) -> None:
         started = time.monotonic()
         log.info("booting template %s to snapshot it (%s)", self.template.name, self.accel.name)
-        vm = self._launch(_qemu.qmp_argv())
+        vm = self._launch([])
         fd, partial = tempfile.mkstemp(prefix=".%s." % path.name, dir=path.parent)
         try:
             deadline = time.monotonic() + timeout
             self._first_hello(vm, deadline)
             time.sleep(0.3)  # let the guest see the disconnect before its state is frozen
             qmp = _qemu.QMP(vm.run_dir / "qmp.sock", 60.0, vm.alive)
-            qmp.execute("getfd", fds=(fd,), fdname="snapshot")
-            qmp.execute("migrate", uri="fd:snapshot")
-            while True:
-                state = qmp.execute("query-migrate")
-                if state.get("status") == "completed":
-                    break
-                if state.get("status") in ("failed", "cancelled") or time.monotonic() > deadline:
-                    raise SandboxError("snapshotting the VM failed: migration %s (%s)"
-                                       % (state.get("status"), state.get("error-desc", "no details")))
-                time.sleep(0.05)
+            qmp.migrate_to_fd(fd, deadline)
             qmp.close()
             os.chmod(partial, 0o644)
             os.replace(partial, path)
@@ -247,7 +265,10 @@ class Machine:
         if hello.get("op") != "hello":
             raise SandboxError("unexpected first message from the agent: %.200r" % hello)
 
-    def restore(self, snapshot: Path, options: StartOptions) -> MicroVMProcess:
+    def restore(self, snapshot: Path, options: StartOptions, stopped: bool = False) -> MicroVMProcess:
+        """A VM restored from `snapshot`, synced (see `_sync`) and connected to its agent.
+        `stopped`: the state was saved from a stopped VM (a pause), which QEMU leaves stopped
+        once it has loaded it; continue it then."""
         fd = os.open(snapshot, os.O_RDONLY)
         info = os.fstat(fd)
         try:
@@ -256,6 +277,8 @@ class Machine:
             os.close(fd)
         try:
             deadline = time.monotonic() + RESTORE_TIMEOUT_S
+            if stopped:
+                self._continue(vm, deadline)
             self._sync(vm, deadline, options)
             vm.attach(_qemu.connect_unix(vm.run_dir / "agent.sock", deadline, vm.alive))
             return vm
@@ -275,16 +298,25 @@ class Machine:
             raise
 
     @staticmethod
+    def _continue(vm: MicroVMProcess, deadline: float) -> None:
+        """Wait until QEMU has loaded the incoming state, then start the VM's CPUs."""
+        qmp = _qemu.QMP(vm.run_dir / "qmp.sock", max(deadline - time.monotonic(), 1.0), vm.alive)
+        try:
+            while (status := qmp.execute("query-status").get("status")) == "inmigrate":
+                if time.monotonic() > deadline:
+                    raise SandboxError("QEMU did not load the saved VM in time")
+                time.sleep(0.005)
+            if status != "running":
+                qmp.execute("cont")
+        finally:
+            qmp.close()
+
+    @staticmethod
     def _sync(vm: MicroVMProcess, deadline: float, options: StartOptions) -> None:
         """Fresh entropy, clock and /tmp size for a restored guest; refused unless the guest
         kernel's random generator was reseeded."""
-        vm.control = _qemu.connect_unix(vm.run_dir / "control.sock", deadline, vm.alive)
-        request = {"id": 1, "op": "sync", "entropy_b64": base64.b64encode(os.urandom(64)).decode(),
-                   "time_ns": time.time_ns(), "tmp_size_mb": options.tmp_size_mb}
-        vm.control.sendall(json.dumps(request).encode() + b"\n")
-        reply = json.loads(_qemu.read_line(vm.control, bytearray(), deadline, "the guest init"))
-        if not reply.get("ok"):
-            raise SandboxError("the restored guest could not be prepared: %s" % reply.get("error"))
-        if reply.get("result", {}).get("reseeded") is not True:
+        result = vm.control_request("sync", deadline, time_ns=time.time_ns(), tmp_size_mb=options.tmp_size_mb,
+                                    entropy_b64=base64.b64encode(os.urandom(64)).decode())
+        if result.get("reseeded") is not True:
             raise SandboxError("the restored guest did not reseed its random generator: %s"
-                               % reply.get("result", {}).get("reseed_error", "no reason given"))
+                               % result.get("reseed_error", "no reason given"))

@@ -20,7 +20,7 @@ from vmpool._bwrap import BwrapDriver
 PUBLIC = {
     "LocalSandbox", "SandboxPool", "Limits", "ExecResult", "ExecStatus", "CommandResult", "EntryInfo",
     "ProcessHandle", "ProcessInfo", "ProcessResult",
-    "VmpoolError", "SandboxError", "DriverUnavailableError", "ProtocolError",
+    "VmpoolError", "SandboxError", "DriverUnavailableError", "ProtocolError", "PausedStateError",
     "Driver", "get_driver", "resolve_driver", "list_drivers", "PROTOCOL_VERSION",
     "TemplateSpec", "TemplateError", "BuiltTemplate", "build_template", "ensure_template", "template_names",
     # the E2B-style SDK

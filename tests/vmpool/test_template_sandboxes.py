@@ -126,6 +126,25 @@ def test_bwrap_home_is_writable_and_kept_between_commands(base: BuiltTemplate) -
         assert _shell(sandbox, "touch /usr/x 2>&1 || touch /etc/x 2>&1 || echo read-only").endswith("read-only\n")
 
 
+def test_a_program_leaves_nothing_in_the_home_for_the_next_program(base: BuiltTemplate) -> None:
+    plant = ("import os, site\n"
+             "open(os.path.expanduser('~/planted.py'), 'w').write('x = 1')\n"
+             "os.makedirs(os.path.expanduser('~/.cache/deep'), exist_ok=True)\n"
+             "open(os.path.join(site.getusersitepackages(), 'evil.pth'), 'w').write('import os')\n")
+    look = ("import os, site\n"
+            "print(sorted(os.listdir(os.path.expanduser('~'))), os.listdir(site.getusersitepackages()))\n")
+    with LocalSandbox.create("bwrap", template="base") as sandbox:
+        assert sandbox.run_program(plant).status == "ok"
+        assert _run(sandbox, look) == "['.local'] []\n"  # the user site itself stays
+        # A background process's files are its own: the home is not cleaned while one runs.
+        process = sandbox.processes.start("echo session > ~/kept.txt; sleep 60")
+        try:
+            assert sandbox.run_program(plant).status == "ok"
+            assert "planted.py" in _run(sandbox, look)
+        finally:
+            process.kill()
+
+
 def test_the_user_site_exists_at_start_and_is_on_sys_path(base: BuiltTemplate) -> None:
     assert base.user_site == USER_SITE
     with LocalSandbox.create("bwrap", template="base") as sandbox:
