@@ -153,7 +153,7 @@ def _build_argv(bwrap: str, python: str, options: StartOptions, template: BuiltT
     argv = _Argv(bwrap)
     argv.add("--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
              "--cap-drop", "ALL", "--hostname", "vmpool")
-    network = template is not None and template.spec.vm.network
+    network = template is not None and template.spec.vm.network and options.network is not False
     if network:
         argv.add("--share-net")
     if _bwrap_version(bwrap) >= (0, 8, 0):

@@ -12,6 +12,8 @@
     vmpool bench [--driver all|NAME] [--repeat N] [--programs N] [--concurrency 4,8]
                                         time starts, programs and concurrent starts, and measure
                                         host memory per sandbox, for each driver side by side
+    vmpool serve [--socket PATH]        run the sandbox service of the E2B-style SDK
+                                        (`vmpool.Sandbox`) in the foreground, with logs
 
 Exit status of ``vmpool run``: 0 the program ended ``ok``; 1 it ended otherwise; 2 the sandbox
 itself failed (or its driver cannot run here); 3 bad arguments (a missing, unreadable or
@@ -24,7 +26,9 @@ failure.
 or cannot run here (not root, a tool missing), 3 bad arguments (an unknown template, an invalid
 spec), 130 interrupted. ``vmpool template list`` exits 3 if a spec is invalid, else 0.
 ``vmpool bench`` exits 0 measured, 2 a sandbox failed or a driver named cannot run here, 3 bad
-arguments, 130 interrupted.
+arguments, 130 interrupted. ``vmpool serve`` exits 0 when stopped by SIGTERM or SIGINT (its
+running sandboxes killed, paused ones kept), 2 if it cannot serve (another service listens on
+the socket, its folder is not private), 3 bad arguments.
 """
 
 from __future__ import annotations
@@ -296,6 +300,30 @@ def bench_command(driver: str, repeat: int, programs: int, concurrency: tuple[in
             click.echo("\n".join(render(measured[name])))
     if "microvm" in measured and "bwrap" in measured:
         click.echo("\n".join(render_ratios(measured["microvm"], measured["bwrap"])))
+
+
+@cli.command("serve", cls=_StrictCommand)
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="unix socket to listen on (default: $VMPOOL_SERVICE, else "
+                   "$XDG_RUNTIME_DIR/vmpool/service.sock, else /tmp/vmpool-UID/service.sock)")
+def serve_command(socket_path: Path | None) -> None:
+    """Run the vmpool service in the foreground: the sandboxes of the E2B-style SDK
+    (`vmpool.Sandbox`) live in it, so they outlive the processes that create them and any
+    process of this user can connect to them. Logs go to stderr.
+
+    \b
+    SIGTERM or SIGINT (Ctrl-C) stops it: running sandboxes are killed, paused ones stay on disk.
+
+    \b
+    Exit status:
+      0  stopped by SIGTERM or SIGINT
+      2  cannot serve: another service listens on the socket, or its folder is not private
+      3  bad arguments (one line on stderr)
+    """
+    from ._service_main import serve
+
+    with _failures_exit(EXIT_SANDBOX_FAILED):
+        serve(socket_path)
 
 
 def main() -> None:

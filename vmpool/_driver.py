@@ -38,12 +38,15 @@ class StartOptions:
     tmp_size_mb: size of the sandbox's writable /tmp.
     agent_args: extra agent command-line flags (diagnostics and tests, e.g. ``--fake-protocol``).
     template: the image to boot, for drivers that have templates (None: the driver's default).
+    network: False gives the sandbox no network even if its template has one; None: as the
+    template says (a template never gets a network it does not ask for).
     """
 
     python: str | None = None
     tmp_size_mb: int = 256
     agent_args: tuple[str, ...] = ()
     template: str | None = None
+    network: bool | None = None
 
 
 class SandboxProcess(abc.ABC):
@@ -99,7 +102,7 @@ class Driver(abc.ABC):
       `vmpool._guest.GUEST_FILES`, started with `vmpool._guest.agent_command`) and return its
       `SandboxProcess` (the agent's hello is read by the caller). The sandbox must not outlive
       the host process (even when the host is SIGKILLed), must have no network (unless its
-      template asks for one), must not see
+      template asks for one and `StartOptions.network` is not False), must not see
       host files beyond the runtime, and `start` must not leave a process behind if it raises.
     """
 

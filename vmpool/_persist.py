@@ -77,6 +77,7 @@ class SavedOptions(BaseModel):
     python: str | None
     tmp_size_mb: int
     agent_args: list[str]
+    network: bool | None = None  # False: kept off although the template has one
 
 
 class SavedFile(BaseModel):
@@ -156,7 +157,7 @@ def pause(sandbox: LocalSandbox, directory: Path) -> None:
         state = PausedState(
             format=STATE_FORMAT, vmpool_version=vmpool_version(), driver=sandbox.driver, template=template,
             options=SavedOptions(python=record.options.python, tmp_size_mb=record.options.tmp_size_mb,
-                                 agent_args=list(record.options.agent_args)),
+                                 agent_args=list(record.options.agent_args), network=record.options.network),
             saved=saved, files=files, links=links, sandbox_id=sandbox.sandbox_id, started_at=record.started_at,
             paused_at=datetime.now(timezone.utc), pause_s=round(time.monotonic() - begun, 3),
             driver_state=driver_state)
@@ -272,7 +273,7 @@ def resume(cls: type[LocalSandbox], directory: Path, start_timeout: float) -> Lo
                 % (template.name, template.hash[:16]))
     options = StartOptions(python=state.options.python, tmp_size_mb=state.options.tmp_size_mb,
                            agent_args=tuple(state.options.agent_args),
-                           template=template.name if template else None)
+                           template=template.name if template else None, network=state.options.network)
     if state.saved == "memory":
         if not driver.keeps_memory:
             raise PausedStateError("the %s driver cannot resume a saved memory" % state.driver)
@@ -281,7 +282,7 @@ def resume(cls: type[LocalSandbox], directory: Path, start_timeout: float) -> Lo
     else:
         sandbox = cls.create(driver, python=options.python, tmp_size_mb=options.tmp_size_mb,
                              start_timeout=start_timeout, agent_args=options.agent_args,
-                             template=options.template)
+                             template=options.template, network=options.network)
         try:
             _persist_files.restore(sandbox, directory, [(saved.name, saved.restores or "") for saved in state.files],
                                    [(link.path, link.target) for link in state.links])

@@ -94,13 +94,15 @@ class LocalSandbox:
     @classmethod
     def create(cls, driver: str | Driver = "auto", *, python: str | None = None,
                tmp_size_mb: int = 256, start_timeout: float = 30.0,
-               agent_args: Sequence[str] = (), template: str | None = None) -> LocalSandbox:
+               agent_args: Sequence[str] = (), template: str | None = None,
+               network: bool | None = None) -> LocalSandbox:
         """Start a sandbox and wait until its agent said hello.
 
         driver: "auto" (strongest usable isolation), a registered driver name, or a `Driver`.
         python: interpreter inside the sandbox (driver default: /usr/bin/python3 for bwrap).
         tmp_size_mb: size of the writable /tmp. agent_args: extra agent flags (tests).
         template: the VM template (microvm driver; default "base", built on first use).
+        network: False: no network even if the template has one (None: as the template says).
         Raises DriverUnavailableError if the driver cannot run here, SandboxError/ProtocolError
         if the sandbox does not come up properly (nothing is left running then).
         """
@@ -113,7 +115,7 @@ class LocalSandbox:
             name = resolve_driver(driver)
             instance = get_driver(name)
         options = StartOptions(python=python, tmp_size_mb=tmp_size_mb, agent_args=tuple(agent_args),
-                               template=template)
+                               template=template, network=network)
         process = instance.start(options)  # first: starting may settle the isolation (microvm)
         sandbox = cls(name, instance.isolation(), process, start_timeout, instance.reuse_after_timeout)
         sandbox._start_record = StartRecord(instance, options)

@@ -80,8 +80,9 @@ class ExecResult(BaseModel):
 
 
 class CommandResult(BaseModel):
-    """What a shell command run with `LocalSandbox.commands.run` produced. Like `ExecResult`, every
-    outcome of the command (failure, timeout) is a result, never an exception."""
+    """What a shell command produced. From `LocalSandbox.commands.run`, like `ExecResult`, every
+    outcome of the command (failure, timeout) is a result, never an exception; the SDK's
+    `Sandbox.commands.run` returns it for exit code 0 and raises E2B's exceptions otherwise."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -92,6 +93,9 @@ class CommandResult(BaseModel):
     output_truncated: bool = Field(False, description=(
         "output exceeded the cap: only its first bytes are kept; the command was not stopped for it"))
     duration_s: float = 0.0
+    error: str | None = Field(None, description=(
+        'how a failed command ended, in E2B\'s words ("exit status 1", "signal: SIGKILL"); '
+        "None for success. Set by the SDK (`vmpool.Sandbox.commands`)"))
 
 
 FileType = Literal["file", "dir", "symlink"]

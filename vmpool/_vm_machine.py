@@ -180,13 +180,15 @@ class Machine:
         key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
         return cache_dir() / "snapshots" / ("%s-%s.vmstate" % (self.template.name, key))
 
-    def _launch(self, extra: list[str], pass_fds: tuple[int, ...] = ()) -> MicroVMProcess:
+    def _launch(self, extra: list[str], pass_fds: tuple[int, ...] = (), network: bool | None = None) -> MicroVMProcess:
         uid = _run_as()
         run_dir = new_run_dir(uid)
         layout = _qemu.VmLayout(Path(self.template.kernel), self.initrd, Path(self.template.rootfs), run_dir)
         qemu = self.argv + _qemu.qmp_argv() + extra
+        # network=False: the same devices (a snapshot must match), but QEMU's user-mode network
+        # sits in an empty network namespace, so nothing the guest sends gets anywhere
         argv = _qemu.confine_argv(self.bwrap, _runtime_binds(), layout, qemu, kvm=self.accel.hardware,
-                                  network=self.network)
+                                  network=self.network and network is not False)
         groups = [_qemu.kvm_group()] if self.accel.hardware and uid is not None else []
         try:
             popen, stderr_file = spawn(argv, pass_fds=pass_fds, user=uid, groups=groups)
@@ -272,7 +274,7 @@ class Machine:
         fd = os.open(snapshot, os.O_RDONLY)
         info = os.fstat(fd)
         try:
-            vm = self._launch(["-incoming", "fd:%d" % fd], pass_fds=(fd,))
+            vm = self._launch(["-incoming", "fd:%d" % fd], pass_fds=(fd,), network=options.network)
         finally:
             os.close(fd)
         try:

@@ -23,6 +23,14 @@ PUBLIC = {
     "VmpoolError", "SandboxError", "DriverUnavailableError", "ProtocolError", "PausedStateError",
     "Driver", "get_driver", "resolve_driver", "list_drivers", "PROTOCOL_VERSION",
     "TemplateSpec", "TemplateError", "BuiltTemplate", "build_template", "ensure_template", "template_names",
+    # the E2B-style SDK
+    "Sandbox", "SandboxInfo", "SandboxQuery", "SandboxState", "SandboxPaginator", "CommandHandle", "FileType",
+    "SandboxException", "TimeoutException", "InvalidArgumentException", "NotEnoughSpaceException",
+    "NotFoundException", "SandboxNotFoundException", "FileNotFoundException", "CommandExitException",
+    # the code interpreter's results (E2B's names)
+    "Execution", "ExecutionError", "Result", "Logs", "OutputMessage", "Context", "Chart", "ChartType",
+    "ScaleType", "BarChart", "BarData", "LineChart", "PointData", "ScatterChart", "PieChart", "PieData",
+    "BoxAndWhiskerChart", "BoxAndWhiskerData", "SuperChart",
 }
 
 
@@ -36,6 +44,18 @@ def test_all_is_the_public_api() -> None:
 def test_exception_tree() -> None:
     assert issubclass(SandboxError, VmpoolError) and issubclass(DriverUnavailableError, VmpoolError)
     assert issubclass(ProtocolError, SandboxError)  # a broken conversation is a machinery failure
+    # the SDK's exceptions carry E2B's names and shape
+    assert issubclass(vmpool.SandboxException, VmpoolError)
+    for name in ("TimeoutException", "InvalidArgumentException", "NotEnoughSpaceException",
+                 "NotFoundException", "CommandExitException"):
+        assert issubclass(getattr(vmpool, name), vmpool.SandboxException)
+    assert issubclass(vmpool.SandboxNotFoundException, vmpool.NotFoundException)
+    assert issubclass(vmpool.FileNotFoundException, vmpool.NotFoundException)
+    assert issubclass(vmpool.FileNotFoundException, FileNotFoundError)  # like LocalSandbox.files
+    exit_error = vmpool.CommandExitException("out", "boom", 3, "exit status 3")
+    assert (exit_error.stdout, exit_error.stderr, exit_error.exit_code, exit_error.error) == (
+        "out", "boom", 3, "exit status 3")
+    assert str(exit_error) == "Command exited with code 3 and error:\nboom"
 
 
 def test_registry() -> None:

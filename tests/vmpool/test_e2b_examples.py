@@ -41,10 +41,6 @@ from typing import Any
 import pytest
 
 pytestmark = [pytest.mark.slow]
-try:  # TRANSITIONAL (issue 4): skipped only until the SDK is exported; remove before closing it
-    from vmpool import Sandbox as _Sdk  # noqa: F401
-except ImportError:
-    pytestmark.append(pytest.mark.skip(reason="vmpool.Sandbox (the E2B-style SDK) is not built yet"))
 
 HOME = "/home/user"  # E2B's working and home directory: relative sandbox paths resolve here
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
