@@ -194,7 +194,7 @@ EXIT_BUILD_FAILED = EXIT_SANDBOX_FAILED  # the machinery failed, not the user's 
 
 @cli.group("template")
 def template_group() -> None:
-    """Build and list the VM templates the microvm driver boots (vmpool/templates/*.yaml)."""
+    """Build and list the sandbox templates both drivers start from (vmpool/templates/*.yaml)."""
 
 
 @template_group.command("list", cls=_StrictCommand)
@@ -209,13 +209,13 @@ def template_list_command() -> None:
             spec = load_spec(name)
             digest, built = spec_hash(spec)[:16], cached(spec)
         except TemplateSpecError as exc:
-            click.echo("%-12s %-16s  invalid: %s" % (name, "-", exc))
+            click.echo("%-18s %-16s  invalid: %s" % (name, "-", exc))
             invalid = True
             continue
         if built is None:
-            click.echo("%-12s %s  not built" % (name, digest))
+            click.echo("%-18s %s  not built" % (name, digest))
         else:
-            click.echo("%-12s %s  built  %5d MiB  %s" % (name, digest, built.disk_usage() // 2**20, built.dir))
+            click.echo("%-18s %s  built  %5d MiB  %s" % (name, digest, built.disk_usage() // 2**20, built.dir))
     sys.exit(EXIT_BAD_ARGUMENTS if invalid else EXIT_OK)
 
 

@@ -101,7 +101,8 @@ class LocalSandbox:
         driver: "auto" (strongest usable isolation), a registered driver name, or a `Driver`.
         python: interpreter inside the sandbox (driver default: /usr/bin/python3 for bwrap).
         tmp_size_mb: size of the writable /tmp. agent_args: extra agent flags (tests).
-        template: the VM template (microvm driver; default "base", built on first use).
+        template: the template to start from, built on first use (microvm default "base"; bwrap
+            default: none, the host's /usr and python).
         network: False: no network even if the template has one (None: as the template says).
         Raises DriverUnavailableError if the driver cannot run here, SandboxError/ProtocolError
         if the sandbox does not come up properly (nothing is left running then).
