@@ -258,7 +258,7 @@ def _supervise(pid: int, capture: Capture, deadline: float) -> str:
     watched with a pidfd, not pipe EOF, because a daemonized grandchild may keep the pipes open.
     The deadline is checked before every poll and each pump reads one bounded chunk, so a
     flood of output (always ready to read) cannot keep the loop from timing the child out."""
-    pidfd = _pidfd_open(pid)
+    pidfd = pidfd_open(pid)
     poller = select.poll()
     for fd in capture.open:
         poller.register(fd, select.POLLIN)
@@ -276,14 +276,14 @@ def _supervise(pid: int, capture: Capture, deadline: float) -> str:
                 capture.pump(fd)
                 if fd not in capture.open:
                     poller.unregister(fd)
-            if pidfd < 0 and _has_exited(pid):
+            if pidfd < 0 and has_exited(pid):
                 return "exited"
     finally:
         if pidfd >= 0:
             os.close(pidfd)
 
 
-def _pidfd_open(pid: int) -> int:
+def pidfd_open(pid: int) -> int:
     opener = getattr(os, "pidfd_open", None)  # Python >= 3.9 on Linux >= 5.3
     if opener is None:
         return -1
@@ -293,8 +293,9 @@ def _pidfd_open(pid: int) -> int:
         return -1
 
 
-def _has_exited(pid: int) -> bool:
-    """Polling fallback without pidfd; WNOWAIT leaves the child for wait4 to collect."""
+def has_exited(pid: int) -> bool:
+    """Polling fallback without pidfd; WNOWAIT leaves the zombie (and its group id) for its
+    reaper (wait4 here, the pump of a background process) to collect."""
     try:
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError:

@@ -50,9 +50,11 @@ from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 if __package__:  # imported as vmpool._agent_process (tests, type checking)
     from . import _agent_channel as channel
+    from . import _agent_child as child
     from . import _protocol as proto
 else:  # a top-level module inside the sandbox, imported by _agent.py next to its siblings
     import _agent_channel as channel  # type: ignore[no-redef]
+    import _agent_child as child  # type: ignore[no-redef]
     import _protocol as proto  # type: ignore[no-redef]
 
 BASH = "/bin/bash"
@@ -199,7 +201,7 @@ class Process:
         poller = select.poll()
         for fd in list(self.streams) + [self.wake_r]:
             poller.register(fd, select.POLLIN)
-        pidfd = _pidfd_open(self.pid)
+        pidfd = child.pidfd_open(self.pid)
         if pidfd >= 0:
             poller.register(pidfd, select.POLLIN)
         deadline = self.started + self.timeout_s if self.timeout_s > 0 else math.inf
@@ -223,7 +225,7 @@ class Process:
                         _drain(self.wake_r)
                     elif fd == self.stdin_fd:
                         self._feed_stdin(events)
-                if exited or (pidfd < 0 and _has_exited(self.pid)):
+                if exited or (pidfd < 0 and child.has_exited(self.pid)):
                     return timed_out
         finally:
             if pidfd >= 0:
@@ -383,21 +385,3 @@ def _drain(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
-
-
-def _pidfd_open(pid: int) -> int:
-    opener = getattr(os, "pidfd_open", None)  # Python >= 3.9 on Linux >= 5.3
-    if opener is None:
-        return -1
-    try:
-        return int(opener(pid))
-    except OSError:
-        return -1
-
-
-def _has_exited(pid: int) -> bool:
-    """Without pidfds; WNOWAIT leaves the zombie (and its group id) for the pump to reap."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
