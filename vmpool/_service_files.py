@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._errors import InvalidArgumentException
 from ._files import Files
 
-__all__ = ["FILE_OPS", "HOME", "file_call"]
+__all__ = ["FILE_OPS", "HOME", "decode_b64", "file_call"]
 
 HOME = "/home/user"  # the sandbox user's home in every template, as E2B's
 _PATH_FIELDS = ("path", "old_path", "new_path", "remote_dir")
@@ -83,7 +83,8 @@ class _Dirs(_Args):
     remote_dir: str
 
 
-def _data(text: str) -> bytes:
+def decode_b64(text: str) -> bytes:
+    """A request's base64 payload; InvalidArgumentException (400) if it is not base64."""
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -102,12 +103,12 @@ def _read(files: Files, a: _Path) -> dict[str, Any]:
 
 
 def _write(files: Files, a: _Write) -> dict[str, Any]:
-    files.write(a.path, _data(a.data_b64))
+    files.write(a.path, decode_b64(a.data_b64))
     return files.get_info(a.path).model_dump(mode="json")
 
 
 def _write_files(files: Files, a: _WriteFiles) -> dict[str, Any]:
-    files.write_files([{"path": entry.path, "data": _data(entry.data_b64)} for entry in a.files])
+    files.write_files([{"path": entry.path, "data": decode_b64(entry.data_b64)} for entry in a.files])
     return {"entries": [files.get_info(entry.path).model_dump(mode="json") for entry in a.files]}
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._errors import InvalidArgumentException
-from ._service_files import file_call
+from ._service_files import decode_b64, file_call
 from ._service_types import SandboxInfo, SandboxQuery, SandboxState
 
 if TYPE_CHECKING:
@@ -72,13 +72,6 @@ class CodeRequest(_Body):
 class ContextRequest(_Body):
     language: str | None = None
     cwd: str | None = None
-
-
-def _b64(text: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidArgumentException("data_b64 is not base64: %s" % exc) from None
 
 
 def _pid(text: str) -> int:
@@ -187,7 +180,7 @@ def _command_kill(h: Handler, sandbox_id: str, pid: str, query: dict[str, str]) 
 
 
 def _command_stdin(h: Handler, sandbox_id: str, pid: str, query: dict[str, str]) -> None:
-    data = _b64(h.body(StdinRequest).data_b64)
+    data = decode_b64(h.body(StdinRequest).data_b64)
     h.server.manager.running(sandbox_id).commands.send_stdin(_pid(pid), data)
     h.reply({})
 
