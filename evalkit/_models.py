@@ -33,6 +33,9 @@ class ModelProvider(ABC):
     """
 
     Options: ClassVar[type[ProviderOptions]]
+    generative: ClassVar[bool] = False
+    """True for providers that ask a model for completions (`evalkit._api.ApiProvider`): the
+    run generates their samples as it goes instead of calling `samples`."""
 
     def __init__(self, options: ProviderOptions) -> None:
         self.options = options
@@ -89,6 +92,8 @@ class SamplesFileProvider(ModelProvider):
 _BUILTIN: dict[str, str] = {
     "reference": "evalkit._models:ReferenceProvider",
     "samples": "evalkit._models:SamplesFileProvider",
+    "openai": "evalkit._openai:OpenAIProvider",
+    "anthropic": "evalkit._anthropic:AnthropicProvider",
 }
 
 

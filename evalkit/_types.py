@@ -35,6 +35,8 @@ class Sample(BaseModel):
     task_id: str
     sample_idx: int = Field(ge=0)
     completion: str
+    prompt: str | None = Field(None, description="the rendered prompt the model was given (model APIs only)")
+    response: str | None = Field(None, description="the model's raw reply, before code extraction (model APIs only)")
 
     @property
     def key(self) -> tuple[str, int]:
@@ -58,6 +60,8 @@ class SampleResult(BaseModel):
     task_id: str
     sample_idx: int
     completion: str
+    prompt: str | None = Field(None, description="the rendered prompt the model was given (model APIs only)")
+    response: str | None = Field(None, description="the model's raw reply, before code extraction (model APIs only)")
     status: Status
     passed: bool
     duration_s: float = Field(description="wall time of the program in the sandbox")
