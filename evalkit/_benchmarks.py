@@ -26,6 +26,9 @@ class Benchmark(ABC):
     """
 
     name: str
+    chat_template: str = "Complete this function:\n```python\n{{ prompt }}```\n"  # TEMPORARY
+    completion_template: str = "{{ prompt }}"
+    completion_stop: tuple[str, ...] = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 
     @abstractmethod
     def problems(self) -> list[Problem]:

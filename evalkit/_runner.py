@@ -1,10 +1,12 @@
 """One evaluation run, end to end: the Python API behind ``evalkit run``, ``resume`` and ``report``.
 
-    config ─► problems ─► samples (the plan) ─► programs ─► Ray scheduler ─► journal
-                                                                            └► parquet, summary.json, report.html
+    config ─► problems ─► samples (the plan) ─► programs ─► Feed ─► Ray scheduler ─► journal
+                              └► model API (generation stage) ──┘                  └► parquet, summary.json, report.html
 
-A run folder is self-contained: the plan (every sample with its completion) is written when the
-run starts, so resuming or re-reporting needs neither the samples file nor the model.
+A run folder is self-contained: the plan (every sample with its completion, or for a model API
+its rendered prompt) is written when the run starts, and a model's completions are journaled as
+they arrive, so resuming or re-reporting needs neither the samples file nor the model for what
+the run already has.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from typing import Any
 from ._benchmarks import Benchmark, get_benchmark
 from ._config import EvalConfig, load_config
 from ._errors import ConfigError, EvalkitError, InfraError, RunInterrupted, RunStoreError
-from ._models import make_provider
+from ._api import ApiProvider
+from ._feed import Feed
+from ._generation import GenerationStage, api_key, cache_folder, completion_stops, planned_samples
+from ._models import ModelProvider, make_provider
 from ._progress import Progress
 from ._report import render_report
 from ._scoring import score
@@ -50,51 +55,71 @@ class RunOutcome:
     exit_code: int
 
 
-def run(config: EvalConfig | str | Path, *, progress: bool = True, resume: bool = False) -> RunOutcome:
+def run(config: EvalConfig | str | Path, *, progress: bool = True, resume: bool = False, use_cache: bool = True) -> RunOutcome:
     """Evaluate ``config`` in a new run folder under its ``output_dir``.
 
     With ``resume=True``, continue instead the newest unfinished run of the same config whose
-    plan (every sample and completion) and problems are exactly what this config gives now;
-    start a new run if there is none.
+    plan (every sample and completion, or prompt) and problems are exactly what this config
+    gives now; start a new run if there is none. ``use_cache=False``: ask a model API for every
+    completion even if the completion cache has it (fresh completions still go to the cache).
     """
     if not isinstance(config, EvalConfig):
         config = load_config(config)
     RunStore.prepare(config)
     benchmark, problems = _problems(config)
-    samples = _samples(config, benchmark, problems)
+    provider = _provider(config)
+    samples = _plan(config, benchmark, problems, provider)
     digest = problems_digest(problems)
     if resume:
         previous = _resumable(config, samples, digest)
         if previous is not None:
             _log.info("resuming %s", previous)
-            return _continue(previous, progress)
+            return _continue(previous, progress, use_cache)
+    if isinstance(provider, ApiProvider):
+        api_key(config, provider)  # a missing key is a config error, before anything starts
     driver, isolation = _check_sandbox(config)
-    with _scheduler(config, driver, needed=True) as (scheduler, start_s):
-        store = RunStore.create(config)  # only once Ray is up: a failed start leaves no folder
-        try:
-            store.write_plan(samples)
-            store.write_meta(planned_samples=len(samples), scheduler_start_s=start_s, problems_sha256=digest)
-            _log.info("run folder: %s", store.path)
-            return _execute(store, config, benchmark, problems, samples, samples, scheduler, driver, isolation, progress, Counter())
-        finally:
-            store.release()
+    if not provider.generative:
+        with _scheduler(config, driver, needed=True) as (scheduler, start_s):
+            store = RunStore.create(config)  # only once Ray is up: a failed start leaves no folder
+            try:
+                _start_store(store, samples, digest, start_s)
+                with _work(store, config, benchmark, problems, provider, samples, driver, use_cache) as (feed, stage):
+                    return _execute(store, config, benchmark, samples, feed, stage, scheduler, driver, isolation, progress, Counter())
+            finally:
+                store.release()
+    store = RunStore.create(config)  # before Ray: the model's first completions arrive while Ray starts
+    try:
+        _start_store(store, samples, digest, 0.0)
+        with _work(store, config, benchmark, problems, provider, samples, driver, use_cache) as (feed, stage):
+            with _scheduler(config, driver, needed=True) as (scheduler, start_s):
+                store.write_meta(scheduler_start_s=start_s)
+                return _execute(store, config, benchmark, samples, feed, stage, scheduler, driver, isolation, progress, Counter())
+    finally:
+        store.release()
 
 
-def resume(run_dir: str | Path, *, progress: bool = True) -> RunOutcome:
-    """Finish a run from its plan and journal: samples with a verdict are not run again;
+def _start_store(store: RunStore, samples: Sequence[Sample], digest: str, start_s: float) -> None:
+    store.write_plan(samples)
+    store.write_meta(planned_samples=len(samples), scheduler_start_s=start_s, problems_sha256=digest)
+    _log.info("run folder: %s", store.path)
+
+
+def resume(run_dir: str | Path, *, progress: bool = True, use_cache: bool = True) -> RunOutcome:
+    """Finish a run from its plan and journals: samples with a verdict are not run again;
     missing and ``infra_error`` ones are (so this also retries the infrastructure failures of
-    a finished run). A finished run with nothing left to run is only re-reported.
+    a finished run). A model API is asked only for completions that ``completions.jsonl`` lacks.
+    A finished run with nothing left to run is only re-reported.
 
     Raises `RunStoreError` if another process is running it, or if its problems changed.
     """
-    return _continue(run_dir, progress)
+    return _continue(run_dir, progress, use_cache)
 
 
-def _continue(run_dir: str | Path, progress: bool) -> RunOutcome:
+def _continue(run_dir: str | Path, progress: bool, use_cache: bool) -> RunOutcome:
     store = RunStore.open(run_dir)
     store.acquire()
     try:
-        samples = store.plan()
+        samples = current_samples(store)
         finished = {r.key: r.status for r in _planned_results(store, samples) if r.status != "infra_error"}
         todo = [s for s in samples if s.key not in finished]
         if store.meta().get("state") == "finished" and not todo:
@@ -104,23 +129,68 @@ def _continue(run_dir: str | Path, progress: bool) -> RunOutcome:
         config = store.config()
         benchmark, problems = _problems(config)
         _check_unchanged(store, samples, problems)
+        provider = _provider(config)
         driver, isolation = _check_sandbox(config)
-        with _scheduler(config, driver, needed=bool(todo)) as (scheduler, start_s):
-            store.write_meta(scheduler_start_s=start_s)
-            return _execute(store, config, benchmark, problems, samples, todo, scheduler, driver, isolation, progress,
-                            Counter(finished.values()))
+        with _work(store, config, benchmark, problems, provider, todo, driver, use_cache) as (feed, stage):
+            with _scheduler(config, driver, needed=bool(todo)) as (scheduler, start_s):
+                store.write_meta(scheduler_start_s=start_s)
+                return _execute(store, config, benchmark, samples, feed, stage, scheduler, driver, isolation, progress,
+                                Counter(finished.values()))
     finally:
         store.release()
+
+
+def current_samples(store: RunStore) -> list[Sample]:
+    """A run's samples: its plan, with each model-API sample's completion (and raw reply) filled
+    in from ``completions.jsonl`` once received."""
+    plan = store.plan()
+    generated = store.completions()
+    return [generated[s.key].sample() if s.key in generated else s for s in plan]
+
+
+@contextlib.contextmanager
+def _work(
+    store: RunStore,
+    config: EvalConfig,
+    benchmark: Benchmark,
+    problems: list[Problem],
+    provider: ModelProvider,
+    todo: Sequence[Sample],
+    driver: str,
+    use_cache: bool,
+) -> Iterator[tuple[Feed, GenerationStage | None]]:
+    """The feed of ``todo``'s requests: at once for samples with a completion, and, for a model
+    API, as the generation stage receives the others."""
+    generated = store.completions() if isinstance(provider, ApiProvider) else {}
+    ready = [s for s in todo if not isinstance(provider, ApiProvider) or s.key in generated]
+    requests = _requests(benchmark, problems, ready)
+    if not isinstance(provider, ApiProvider):
+        yield Feed.of(requests), None
+        return
+    missing = [s for s in todo if s.key not in generated]
+    stage = GenerationStage(
+        provider, benchmark, problems, store.completions_journal,
+        key=api_key(config, provider) if missing else None,
+        stops=completion_stops(provider, benchmark),
+        driver=driver,
+        cache_dir=cache_folder(provider),
+        read_cache=use_cache,
+    )
+    for request in requests:
+        stage.feed.put(request)
+    if missing:
+        _log.info("asking %s for %d completion(s)%s", provider.endpoint(), len(missing), f"; {len(ready)} already received" if ready else "")
+    with stage:
+        stage.start(missing)
+        yield stage.feed, stage
 
 
 def report(run_dir: str | Path) -> RunOutcome:
     """Re-score and re-render a run folder from its plan and journal, without running anything."""
     store = RunStore.open(run_dir)
     config = store.config()
-    samples = store.plan()
-    results = _planned_results(store, samples)
-    meta = store.meta()
-    summary = _finish(store, config, samples, results, meta.get("driver", "?"), meta.get("isolation", "?"), meta)
+    samples = current_samples(store)
+    summary = _finish(store, config, samples, store.meta())
     return RunOutcome(store.path, summary, _exit_code(summary))
 
 
@@ -178,8 +248,18 @@ def _problems(config: EvalConfig) -> tuple[Benchmark, list[Problem]]:
         raise ConfigError(f"{config.where('benchmark', 'ids')}: {exc}") from None
 
 
-def _samples(config: EvalConfig, benchmark: Benchmark, problems: list[Problem]) -> list[Sample]:
-    provider = make_provider(config.model.model_dump())
+def _provider(config: EvalConfig) -> ModelProvider:
+    try:
+        return make_provider(config.model.model_dump())
+    except ConfigError as exc:
+        raise ConfigError(f"{config.where('model', 'provider')}: {exc}") from None
+
+
+def _plan(config: EvalConfig, benchmark: Benchmark, problems: list[Problem], provider: ModelProvider) -> list[Sample]:
+    """Every sample the run evaluates: with completions (a file, the reference), or with the
+    prompts a model API will be asked (completions come during the run)."""
+    if isinstance(provider, ApiProvider):
+        return planned_samples(config, benchmark, problems, provider)
     try:
         return provider.samples(problems, config.sampling.n, all_task_ids=[p.task_id for p in benchmark.problems()])
     except ConfigError as exc:  # SamplesError names its own file and line
@@ -231,9 +311,9 @@ def _execute(
     store: RunStore,
     config: EvalConfig,
     benchmark: Benchmark,
-    problems: list[Problem],
     samples: Sequence[Sample],
-    todo: Sequence[Sample],
+    feed: Feed,
+    stage: GenerationStage | None,
     scheduler: Any,
     driver: str,
     isolation: str,
@@ -251,15 +331,16 @@ def _execute(
 
     try:
         try:
-            if todo:
+            if not feed.exhausted:
                 with store.journal() as journal:
-                    for result in scheduler.run(_requests(benchmark, problems, todo)):
+                    for result in scheduler.run(feed):
                         journal.append(result)
                         progress.update(result.status)
         finally:
             progress.close()
+            _save_generation_counts(store, stage)
         store.write_meta(state="finished", duration_s=elapsed(), finished=now())
-        summary = _finish(store, config, samples, _planned_results(store, samples), driver, isolation, store.meta())
+        summary = _finish(store, config, current_samples(store), store.meta())
     except InfraError as exc:
         store.write_meta(state="failed", duration_s=elapsed())
         raise InfraError(f"{exc}; the {progress.done} finished results are kept; continue with: evalkit resume {store.path}") from exc
@@ -273,23 +354,51 @@ def _execute(
     return RunOutcome(store.path, summary, _exit_code(summary))
 
 
-def _finish(
-    store: RunStore,
-    config: EvalConfig,
-    samples: Sequence[Sample],
-    results: list[SampleResult],
-    driver: str,
-    isolation: str,
-    meta: dict[str, Any],
-) -> dict[str, Any]:
+def _save_generation_counts(store: RunStore, stage: GenerationStage | None) -> None:
+    """Add what the generation stage did in this session to run.json's running totals."""
+    if stage is None:
+        return
+    totals: dict[str, Any] = store.meta().get("generation") or {}
+    counts = stage.counts
+    for name, value in (("from_api", counts.from_api), ("from_cache", counts.from_cache), ("failed", counts.failed)):
+        totals[name] = int(totals.get(name, 0)) + value
+    api = dict(totals.get("api") or {})
+    for name, value in counts.api.items():
+        api[name] = int(api.get(name, 0)) + value
+    totals["api"] = api
+    store.write_meta(generation=totals)
+
+
+def _generation_summary(store: RunStore, results: list[SampleResult], meta: dict[str, Any]) -> dict[str, Any] | None:
+    """What the model API did for the run, from ``completions.jsonl`` and run.json's totals."""
+    generated = list(store.completions().values())
+    totals = meta.get("generation")
+    if not generated and totals is None:
+        return None
+    return {
+        "completions": len(generated),
+        "from_api": sum(g.source == "api" for g in generated),
+        "from_cache": sum(g.source == "cache" for g in generated),
+        "truncated": sum(g.finish_reason in ("length", "max_tokens") for g in generated),
+        "input_tokens": sum(g.input_tokens or 0 for g in generated if g.source == "api"),
+        "output_tokens": sum(g.output_tokens or 0 for g in generated if g.source == "api"),
+        "failed_samples": sum(r.status == "infra_error" and (r.error or "").startswith("model API") for r in results),
+        "api": dict((totals or {}).get("api") or {}),
+    }
+
+
+def _finish(store: RunStore, config: EvalConfig, samples: Sequence[Sample], meta: dict[str, Any]) -> dict[str, Any]:
+    results = _planned_results(store, samples)
     summary = score(results, config.sampling.k)
     with_verdict = {r.key for r in results if r.status != "infra_error"}
+    model_name = (config.model.model_extra or {}).get("name")
+    summary["generation"] = _generation_summary(store, results, meta)
     summary["run"] = {
         "name": config.name,
         "benchmark": meta.get("benchmark", config.benchmark.name or config.benchmark.path),
-        "model": config.model.provider,
-        "driver": driver,
-        "isolation": isolation,
+        "model": config.model.provider if model_name is None else f"{config.model.provider}:{model_name}",
+        "driver": meta.get("driver", "?"),
+        "isolation": meta.get("isolation", "?"),
         "started": meta.get("created"),
         "finished": meta.get("finished"),
         "state": meta.get("state"),

@@ -1,8 +1,8 @@
 """Fanning samples out to sandboxes with Ray (the only module that imports Ray).
 
 Each worker is a Ray actor that owns one sandbox (`SampleExecutor`). The driver cuts the
-requests into batches, keeps at most ``max_in_flight`` batches submitted, gives each to the
-least-busy worker, and yields results in completion order. A batch whose worker dies (the
+requests into batches as they arrive from a `Feed`, keeps at most ``max_in_flight`` batches
+submitted, gives each to the least-busy worker, and yields results in completion order. A batch whose worker dies (the
 actor process crashed, the node went away) is resubmitted, up to ``max_retries`` times, then
 its samples become ``infra_error``.
 """
@@ -21,6 +21,7 @@ from typing import Any
 from ._config import SandboxConfig, SchedulerConfig
 from ._errors import InfraError
 from ._executor import SampleExecutor, infra_error
+from ._feed import Feed
 from ._types import ExecRequest, SampleResult
 
 _log = logging.getLogger("evalkit")
@@ -115,22 +116,50 @@ class RayScheduler:
                 hint = " (ray:// addresses need Ray's client: pip install 'ray[client]')" if (address or "").startswith("ray://") else ""
                 raise InfraError(f"cannot start or join Ray ({address or 'a local instance'}): {exc}{hint}") from exc
 
-    def run(self, requests: Sequence[ExecRequest]) -> Iterator[SampleResult]:
-        """Yield one result per request, in the order they finish."""
+    def run(self, requests: Feed | Sequence[ExecRequest]) -> Iterator[SampleResult]:
+        """Yield one result per request, in the order they finish.
+
+        ``requests`` may be a `Feed` that a producer is still filling: requests are batched as
+        they arrive (a partial batch goes out whenever a worker is free), verdicts already in
+        the feed are passed through, and a producer's error is raised once everything taken
+        before it has finished.
+        """
+        feed = requests if isinstance(requests, Feed) else Feed.of(requests)
         size = self.config.batch_size
-        queue: deque[tuple[list[ExecRequest], int]] = deque(
-            (list(requests[i : i + size]), 0) for i in range(0, len(requests), size)
-        )
+        waiting: deque[ExecRequest] = deque()
+        retries: deque[tuple[list[ExecRequest], int]] = deque()
         pending: dict[Any, tuple[int, list[ExecRequest], int]] = {}
         load = [0] * len(self._workers)
-        while queue or pending:
-            while queue and len(pending) < self.max_in_flight:
-                batch, attempts = queue.popleft()
+        failure: BaseException | None = None
+        while True:
+            if failure is None and not feed.exhausted and len(waiting) < size * self.max_in_flight:
+                idle = not (pending or retries or waiting)
+                try:
+                    taken = feed.take(size * self.max_in_flight, timeout=1.0 if idle else 0.0)
+                except Exception as exc:  # the producer failed: finish what was taken, then raise
+                    failure, taken = exc, []
+                for item in taken:
+                    if isinstance(item, SampleResult):
+                        yield item
+                    else:
+                        waiting.append(item)
+            while (retries or waiting) and len(pending) < self.max_in_flight:
+                if retries:
+                    batch, attempts = retries.popleft()
+                else:
+                    batch, attempts = [waiting.popleft() for _ in range(min(size, len(waiting)))], 0
                 worker = min(range(len(load)), key=load.__getitem__)
                 pending[self._workers[worker].run.remote(batch, attempts)] = (worker, batch, attempts)
                 load[worker] += 1
+            if not pending:
+                if failure is not None:
+                    raise failure
+                if feed.exhausted and not waiting and not retries:
+                    return
+                continue
+            more_coming = failure is None and not feed.exhausted
             try:
-                ready, _ = self._ray.wait(list(pending), num_returns=1)
+                ready, _ = self._ray.wait(list(pending), num_returns=1, timeout=0.05 if more_coming else None)
             except self._ray.exceptions.RaySystemError as exc:
                 raise InfraError(f"Ray stopped working mid-run: {exc}") from exc
             for ref in ready:
@@ -139,7 +168,7 @@ class RayScheduler:
                 try:
                     results: list[SampleResult] = self._ray.get(ref)
                 except (self._ray.exceptions.RayError, OSError) as exc:
-                    yield from self._retry_or_fail(queue, batch, attempts + 1, exc)
+                    yield from self._retry_or_fail(retries, batch, attempts + 1, exc)
                     continue
                 yield from results
 
@@ -151,7 +180,7 @@ class RayScheduler:
         reason = f"{type(cause).__name__}: {text[0] if text else ''}"
         if attempts <= self.config.max_retries:
             _log.warning("a worker failed (%s); retrying %d sample(s)", reason, len(batch))
-            queue.appendleft((batch, attempts))
+            queue.append((batch, attempts))
             return
         for request in batch:
             yield infra_error(request, self.driver, f"worker failed {attempts} time(s); last: {reason}", attempts)

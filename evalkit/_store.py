@@ -3,15 +3,18 @@
     <output_dir>/<name>-<YYYYmmdd-HHMMSS>/
         run.json          format version, evalkit version, state (running, interrupted, failed, finished)
         config.yaml       the resolved config
-        plan.jsonl        every sample the run evaluates (task_id, sample_idx, completion), fixed at creation
+        plan.jsonl        every sample the run evaluates (task_id, sample_idx, completion), fixed at creation;
+                          for a model-API run, the rendered prompt of each sample (its completion comes later)
+        completions.jsonl model-API runs: one line per completion received, appended as it arrives
         samples.jsonl     the journal: one line per finished sample, appended and flushed as it arrives
         samples.parquet   one row per sample, written from the journal at the end
         summary.json      metrics (pass@k), counts per status, run metadata
         report.html       the report
 
-The plan and the journal are the source of truth: everything else is derived from them and can
-be rebuilt (`evalkit report`), and `evalkit resume` needs neither the samples file nor the
-model again. A partial last line of the journal (a crash mid-write) is ignored when reading.
+The plan, the completions and the journal are the source of truth: everything else is derived
+from them and can be rebuilt (`evalkit report`), and `evalkit resume` needs neither the samples
+file nor the model for what they hold (it never asks a model API again for a completion in
+``completions.jsonl``). A partial last line of either journal (a crash mid-write) is ignored.
 """
 
 from __future__ import annotations
@@ -21,30 +24,34 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Generic, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ._config import EvalConfig, parse_config
 from ._errors import ConfigError, RunStoreError
-from ._types import Sample, SampleResult, task_order
+from ._types import Generation, Sample, SampleResult, task_order
 from ._version import __version__
 
 RUN_FORMAT_VERSION = 1
 _FSYNC_INTERVAL_S = 1.0
 
 
-class Journal:
-    """Appends results to ``samples.jsonl``: flushed per line, fsynced at most once a second."""
+_Record = TypeVar("_Record", bound=BaseModel)
 
-    def __init__(self, path: Path) -> None:
-        _end_with_newline(path)
+
+class Journal(Generic[_Record]):
+    """Appends records (results, completions) to a JSONL file: flushed per line, fsynced at most
+    once a second. One writer per file."""
+
+    def __init__(self, path: Path, record: type[_Record]) -> None:
+        _end_with_newline(path, record)
         self._file: IO[str] = open(path, "a", encoding="utf-8")
         self._last_sync = time.monotonic()
 
-    def append(self, result: SampleResult) -> None:
+    def append(self, result: _Record) -> None:
         self._file.write(result.model_dump_json() + "\n")
         self._file.flush()
         if time.monotonic() - self._last_sync > _FSYNC_INTERVAL_S:
@@ -57,7 +64,7 @@ class Journal:
             os.fsync(self._file.fileno())
             self._file.close()
 
-    def __enter__(self) -> Journal:
+    def __enter__(self) -> Journal[_Record]:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -201,28 +208,21 @@ class RunStore:
         self.release()
         return False
 
-    def journal(self) -> Journal:
-        return Journal(self.path / "samples.jsonl")
+    def journal(self) -> Journal[SampleResult]:
+        return Journal(self.path / "samples.jsonl", SampleResult)
+
+    def completions_journal(self) -> Journal[Generation]:
+        return Journal(self.path / "completions.jsonl", Generation)
+
+    def completions(self) -> dict[tuple[str, int], Generation]:
+        """The completions a model-API run has received, by sample (the last line of a sample wins)."""
+        return {g.key: g for g in _read_jsonl(self.path / "completions.jsonl", Generation)}
 
     def results(self) -> list[SampleResult]:
         """The journal's results, one per sample: for a sample recorded twice (a retried
         infra_error), the last verdict; an infra_error never replaces a verdict."""
-        path = self.path / "samples.jsonl"
-        if not path.exists():
-            return []
         latest: dict[tuple[str, int], SampleResult] = {}
-        # bytes split on b"\n" only: a record holds raw U+2028, U+0085 ... (str.splitlines() splits
-        # on them), and a crash can cut the last line inside a multi-byte character
-        lines = path.read_bytes().removesuffix(b"\n").split(b"\n")
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                result = SampleResult.model_validate_json(line)
-            except ValidationError as exc:
-                if lineno == len(lines):  # a crash mid-write leaves a partial last line
-                    continue
-                raise RunStoreError(f"{path}, line {lineno}: not a valid result ({exc.errors()[0]['msg']})") from exc
+        for result in _read_jsonl(self.path / "samples.jsonl", SampleResult):
             previous = latest.get(result.key)
             if result.status == "infra_error" and previous is not None and previous.status != "infra_error":
                 continue  # a verdict stands: a later infrastructure failure on the same sample says nothing new
@@ -256,7 +256,26 @@ def _order(result: SampleResult) -> tuple[str, int, str, int]:
     return (*task_order(result.task_id), result.sample_idx)
 
 
-def _end_with_newline(path: Path) -> None:
+def _read_jsonl(path: Path, record: type[_Record]) -> Iterator[_Record]:
+    """The records of a journal; a partial last line (a crash mid-write) is skipped, any other
+    invalid line is a `RunStoreError` naming it."""
+    if not path.exists():
+        return
+    # bytes split on b"\n" only: a record holds raw U+2028, U+0085 ... (str.splitlines() splits
+    # on them), and a crash can cut the last line inside a multi-byte character
+    lines = path.read_bytes().removesuffix(b"\n").split(b"\n")
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield record.model_validate_json(line)
+        except ValidationError as exc:
+            if lineno == len(lines):
+                continue
+            raise RunStoreError(f"{path}, line {lineno}: not a valid {record.__name__} record ({exc.errors()[0]['msg']})") from exc
+
+
+def _end_with_newline(path: Path, record: type[BaseModel]) -> None:
     """Before appending to a journal, settle a last line that lacks its newline (a crash mid-write).
 
     Appended after it, the next record would fuse with it into a corrupt line in the middle of
@@ -283,7 +302,7 @@ def _end_with_newline(path: Path) -> None:
         if not tail:
             return
         try:
-            SampleResult.model_validate_json(tail)
+            record.model_validate_json(tail)
         except ValidationError:
             handle.truncate(start)
         else:

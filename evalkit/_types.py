@@ -43,6 +43,30 @@ class Sample(BaseModel):
         return (self.task_id, self.sample_idx)
 
 
+class Generation(BaseModel):
+    """One completion a model API produced for a sample: a line of the run folder's ``completions.jsonl``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: str
+    sample_idx: int = Field(ge=0)
+    prompt: str
+    response: str = Field(description="the raw reply text")
+    completion: str = Field(description="the code evaluated: extracted from a chat reply, or the text cut at the stop sequences")
+    finish_reason: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    source: Literal["api", "cache"] = Field("api", description="asked of the API by this run, or reused from the completion cache")
+    latency_s: float = Field(0.0, description="wall time of the request that produced it, retries included")
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.task_id, self.sample_idx)
+
+    def sample(self) -> Sample:
+        return Sample(task_id=self.task_id, sample_idx=self.sample_idx, completion=self.completion, prompt=self.prompt, response=self.response)
+
+
 class ExecRequest(BaseModel):
     """A sample with the program the benchmark assembled for it, ready for a sandbox."""
 

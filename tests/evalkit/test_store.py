@@ -17,7 +17,7 @@ from evalkit import EvalConfig, RunStore, RunStoreError, SampleResult, parse_con
 
 # README, "run folder": the columns of samples.parquet
 PARQUET_COLUMNS = [
-    "task_id", "sample_idx", "completion", "status", "passed", "duration_s", "driver", "isolation",
+    "task_id", "sample_idx", "completion", "prompt", "response", "status", "passed", "duration_s", "driver", "isolation",
     "error", "exit_code", "stdout", "stderr", "output_truncated", "cpu_time_s", "max_rss_mb", "attempts",
 ]  # fmt: skip
 
