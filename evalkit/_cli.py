@@ -64,6 +64,15 @@ def _print_outcome(outcome: RunOutcome) -> None:
     click.echo(f"verdicts: {counts}")
     for name, why in summary["skipped_k"].items():
         click.echo(f"{name} not reported: {why}")
+    generation = summary.get("generation")
+    if generation:
+        api = generation.get("api") or {}
+        trouble = ", ".join(f"{api[k]} {label}" for k, label in (("retries", "retried requests"), ("throttled", "throttled (429)")) if api.get(k))
+        click.echo(
+            f"model: {generation['completions']} completions ({generation['from_api']} from the API, {generation['from_cache']} from the cache)"
+            + (f"; {trouble}" if trouble else "")
+            + (f"; {generation['failed_samples']} sample(s) got no completion (infra_error)" if generation["failed_samples"] else "")
+        )
     if summary["counts"]["infra_error"]:
         click.echo(f"{summary['counts']['infra_error']} sample(s) hit infrastructure failures beyond the retry budget (not counted as model failures)")
     click.echo(f"run folder: {outcome.run_dir}")
@@ -83,8 +92,9 @@ def main() -> None:
 @main.command("run", short_help="Evaluate a config (benchmark, model, sandbox).")
 @click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--resume", "resume_latest", is_flag=True, help="Continue this config's newest unfinished run if its settings, samples and problems are unchanged; otherwise start a new one.")
+@click.option("--no-cache", is_flag=True, help="Ask the model API for every completion, even those in the completion cache (fresh ones still go to the cache).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output; only the result lines.")
-def run_command(config: Path, resume_latest: bool, quiet: bool) -> None:
+def run_command(config: Path, resume_latest: bool, no_cache: bool, quiet: bool) -> None:
     """Evaluate the benchmark, model and sandbox described by CONFIG (a YAML file).
 
     \b
@@ -99,19 +109,21 @@ def run_command(config: Path, resume_latest: bool, quiet: bool) -> None:
 
     _setup_logging(quiet)
 
-    _conclude(_guarded(lambda: run(load_config(config), progress=not quiet, resume=resume_latest)))
+    _conclude(_guarded(lambda: run(load_config(config), progress=not quiet, resume=resume_latest, use_cache=not no_cache)))
 
 
 @main.command("resume", short_help="Finish a run folder's missing and infra_error samples.")
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--no-cache", is_flag=True, help="For completions the run lacks, ask the model API even if the completion cache has them.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output; only the result lines.")
-def resume_command(run_dir: Path, quiet: bool) -> None:
+def resume_command(run_dir: Path, no_cache: bool, quiet: bool) -> None:
     """Run what RUN_DIR still lacks: samples without a verdict, and infra_error samples (also in
-    a finished run). With nothing left to run, only re-render the report. Exit codes as for run."""
+    a finished run). A model API is asked only for completions the run folder does not hold.
+    With nothing left to run, only re-render the report. Exit codes as for run."""
     from ._runner import resume
 
     _setup_logging(quiet)
-    _conclude(_guarded(lambda: resume(run_dir, progress=not quiet)))
+    _conclude(_guarded(lambda: resume(run_dir, progress=not quiet, use_cache=not no_cache)))
 
 
 @main.command("report", short_help="Re-score and re-render a run folder, running nothing.")

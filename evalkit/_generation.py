@@ -49,6 +49,8 @@ def planned_samples(config: EvalConfig, benchmark: Benchmark, problems: Sequence
         template, key = benchmark.chat_template, f"{benchmark.name}'s chat template"
     else:
         template, key = benchmark.completion_template, f"{benchmark.name}'s completion template"
+    if config.sampling.n > 1 and not options.temperature:
+        _log.warning("sampling.n is %d but model.temperature is %s: the samples of a problem will be (nearly) the same", config.sampling.n, options.temperature)
     samples: list[Sample] = []
     for problem in problems:
         try:
