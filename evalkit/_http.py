@@ -227,7 +227,8 @@ class ApiClient:
                     retryable=outcome.retryable,
                 ) from outcome.cause
             delay = self._delay(attempt - 1, outcome.retry_after_s)
-            _log.debug("POST %s: %s; retry %d of %d in %.2f s", _without_query(url), outcome.reason, attempt, self._max_retries, delay)
+            what = f"HTTP {outcome.status} ({outcome.kind})" if outcome.status is not None else outcome.kind
+            _log.debug("POST %s: %s: %s; retry %d of %d in %.2f s", _without_query(url), what, outcome.reason, attempt, self._max_retries, delay)
             self.stats.retries += 1
             self.stats.waited_s += delay
             await asyncio.sleep(delay)
