@@ -489,7 +489,7 @@ UNKNOWN_REPLY = "I don't know"
 COMPLETION_TAIL = "\n\ndef unrelated():\n    pass\n"
 
 
-def humaneval_replies(problems: Sequence[Problem], style: Style | Literal["mixed"] = "mixed") -> ReplyFn:
+def humaneval_replies(problems: Sequence[Problem], style: Style | Literal["mixed"] = "mixed") -> Callable[[Kind, str, int], str]:
     """A ``reply`` that answers a HumanEval problem with its reference solution.
 
     The problem is the one whose prompt (stripped) is the longest found in ``prompt_text``;
