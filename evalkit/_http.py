@@ -36,6 +36,7 @@ import email.utils
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from typing import Any, Generic, Literal, TypeVar
 import httpx
 
 from ._api import MalformedReply
-from ._errors import InfraError
+from ._errors import InfraError, UserInputError
 
 T = TypeVar("T")
 
@@ -55,6 +56,7 @@ RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 THROTTLE_STATUSES = frozenset({429, 529})
 _SECRET_HEADER_WORDS = ("authorization", "key", "token", "secret", "cookie")
 _REASON_CHARS = 200
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _DIRECT_HOSTS = ("all://127.0.0.1", "all://localhost", "all://[::1]")
 
 _log = logging.getLogger("evalkit.http")
@@ -141,6 +143,9 @@ class ApiClient:
     ``timeout_s`` bounds each phase of a request (connect, each read, each write, waiting for
     a pooled connection). Use as ``async with ApiClient(...) as client``; `aclose` is
     idempotent.
+
+    Raises `UserInputError` for a header HTTP cannot carry (a key with a line break in it)
+    and, on entering, for a proxy in the environment that httpx cannot use.
     """
 
     def __init__(
@@ -158,7 +163,7 @@ class ApiClient:
         if concurrency < 1 or max_retries < 0 or timeout_s <= 0 or backoff_s < 0:
             raise ValueError("ApiClient needs concurrency >= 1, max_retries >= 0, timeout_s > 0 and backoff_s >= 0")
         self.stats = ApiStats()
-        self._headers = dict(headers)
+        self._headers = _checked_headers(headers)
         self._secrets = _secret_values(self._headers)
         self._timeout_s = timeout_s
         self._max_retries = max_retries
@@ -176,13 +181,16 @@ class ApiClient:
             raise RuntimeError("this ApiClient is closed")
         if self._client is None:
             limits = httpx.Limits(max_connections=self._concurrency, max_keepalive_connections=self._concurrency)
-            self._client = httpx.AsyncClient(
-                headers=self._headers,
-                timeout=httpx.Timeout(self._timeout_s),
-                limits=limits,
-                follow_redirects=False,
-                mounts=dict.fromkeys(_DIRECT_HOSTS),
-            )
+            try:
+                self._client = httpx.AsyncClient(
+                    headers=self._headers,
+                    timeout=httpx.Timeout(self._timeout_s),
+                    limits=limits,
+                    follow_redirects=False,
+                    mounts=dict.fromkeys(_DIRECT_HOSTS),
+                )
+            except (ImportError, ValueError) as exc:
+                raise UserInputError(f"the proxy set in the environment (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY) cannot be used: {exc}") from exc
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -294,6 +302,17 @@ class ApiClient:
 @dataclass(frozen=True)
 class _Parsed(Generic[T]):
     value: T
+
+
+def _checked_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """``headers``, if every name and value is something HTTP can carry; `UserInputError`
+    naming the header otherwise (never its value: it may be the key)."""
+    for name, value in headers.items():
+        bad = next((i for i, char in enumerate(value) if not (char == "\t" or " " <= char <= "~")), None)
+        if bad is not None or not _HEADER_NAME.fullmatch(name):
+            where = f"has a line break, control or non-ASCII character at position {bad}" if bad is not None else "is not a valid header name"
+            raise UserInputError(f"the HTTP header {name!r} {where}; check the API key's environment variable and model.extra_headers")
+    return dict(headers)
 
 
 def _secret_values(headers: Mapping[str, str]) -> list[str]:

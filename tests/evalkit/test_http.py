@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from evalkit import InfraError
+from evalkit import InfraError, UserInputError
 from evalkit._api import MalformedReply
 from evalkit._http import ApiClient, ApiError, Reply, _retry_after
 
@@ -348,6 +348,19 @@ def test_other_hosts_go_through_the_environments_proxy(monkeypatch: pytest.Monke
         error = post_error(client(), "http://models.example/v1/completions")
     assert error.status == 404
     assert [r.path for r in proxy.requests] == ["http://models.example/v1/completions"]
+
+
+def test_an_unusable_proxy_in_the_environment_is_the_users_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "ftp://proxy.example:21")
+    with pytest.raises(UserInputError, match="HTTPS_PROXY or ALL_PROXY"):
+        run(post(client(), "http://127.0.0.1:1/v1/completions"))
+
+
+@pytest.mark.parametrize("key", [KEY + "\n", KEY + "\u2019", "sk-\r\nX-Injected: 1"])
+def test_a_key_http_cannot_carry_is_refused_without_showing_it(key: str) -> None:
+    with pytest.raises(UserInputError, match="'Authorization' has a line break, control or non-ASCII character") as caught:
+        client(key=key)
+    assert key.strip() not in str(caught.value) and "sk-" not in str(caught.value)
 
 
 def test_api_error_survives_pickling() -> None:
