@@ -8,8 +8,9 @@ fix and raising `ApiError` (an `InfraError`) for everything else:
   connection errors and timeouts, a 2xx body that is not JSON, and a reply the provider's
   ``parse`` rejects with `MalformedReply`; at most ``max_retries`` times, so
   ``max_retries + 1`` attempts, then `ApiError` with the last status and reason;
-- raised at once: every other non-2xx status (401/403 ``auth``, 404 ``not_found``, the rest
-  ``bad_request``; a redirect too, since POSTs are not followed).
+- raised at once: every other non-2xx status (401/403 ``auth``, 404 ``not_found``, other 5xx
+  ``server``, the rest ``bad_request``: other 4xx and redirects, which POSTs do not follow),
+  and a URL that cannot be requested (``connection``, not retryable).
 
 Between attempts the client sleeps a full-jitter backoff, ``uniform(0, min(max_backoff_s,
 backoff_s * 2**retry))``, unless the reply said how long to wait (``retry-after-ms``, or
@@ -19,13 +20,16 @@ holds no slot.
 
 Secrets: request headers (the API key) never appear in an exception, a log line or a
 reason; a reason that echoes a secret header's value has it replaced by ``***``. httpx's
-own log lines (``httpx`` INFO, ``httpcore`` DEBUG) name the method, URL and status only. An
-`ApiError` shows the URL without its query string, where some APIs put keys.
+own log lines (``httpx`` INFO, ``httpcore`` DEBUG) name the method, URL and status only.
+`ApiError` and our log lines show the URL without its query string, where some APIs put
+keys (httpx's INFO line shows it whole).
 
 Proxies: the environment is trusted (``HTTP(S)_PROXY``, ``NO_PROXY``, ``SSL_CERT_FILE``), so
 a model API behind a corporate proxy works, except that loopback hosts (``127.0.0.1``,
 ``localhost``, ``[::1]``) are always reached directly: a local model server must not be sent
 to a proxy that cannot reach it, and httpx only skips the proxy for hosts in ``NO_PROXY``.
+
+`merge_body` is the providers' rule for a config's ``extra_body``.
 """
 
 from __future__ import annotations
@@ -247,7 +251,7 @@ class ApiClient:
         except httpx.TimeoutException as exc:
             reason = f"{type(exc).__name__} (timeout_s={self._timeout_s:g})"
             return _Failure(None, "timeout", reason, True, cause=exc)
-        except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.ProxyError, httpx.InvalidURL) as exc:
+        except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as exc:
             return _Failure(None, "connection", self._redact(_transport_reason(exc)), False, cause=exc)
         except httpx.DecodingError as exc:
             return _Failure(None, "malformed", self._redact(_transport_reason(exc)), True, cause=exc)
