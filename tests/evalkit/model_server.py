@@ -355,6 +355,9 @@ class ModelServer:
         }
 
 
+_Response = tuple[int, "dict[str, Any] | str | bytes", Mapping[str, str]]
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "model-server/1"
@@ -369,22 +372,33 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {name.lower(): value for name, value in self.headers.items()}
         number = model._arrive(self.path, body, headers)
         try:
+            response = self._response(model, number, body, headers)
+        finally:
+            # before the reply leaves: a client that has it may send its next request at once
+            model._leave()
+        try:
+            if response is None:
+                self.close_connection = True
+            else:
+                self._send(*response)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _response(self, model: ModelServer, number: int, body: Any, headers: Mapping[str, str]) -> _Response | None:
+        """The status, body and extra headers of the reply; None to drop the connection."""
+        try:
             fault = model.fault(number, self.path, body if isinstance(body, dict) else {}) if model.fault else None
             if fault is not None:
                 model._sleep(fault.delay_s)
                 if fault.close:
-                    self.close_connection = True
-                    return
+                    return None
                 if fault.status is not None:
                     payload = fault.body if fault.body is not None else error_body(self.path, fault.status, fault.message)
-                    self._send(fault.status, payload, fault.headers)
-                    return
+                    return fault.status, payload, fault.headers
             status, answer = model._answer(self.path, body, headers, number)
-            self._send(status, answer, {})
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-        finally:
-            model._leave()
+            return status, answer, {}
+        except Exception as exc:  # a test's reply or fault is broken: say so to the client
+            return 500, error_body(self.path, 500, f"model_server: {exc!r}"), {}
 
     def do_GET(self) -> None:  # noqa: N802
         self._send(404, error_body(self.path, 404, f"Invalid URL (GET {self.path})"), {})

@@ -287,7 +287,7 @@ def test_a_dropped_connection_is_retried(server: ModelServer) -> None:
 
 
 def test_at_most_concurrency_requests_are_in_flight(server: ModelServer) -> None:
-    server.fault = slow(0.15)
+    server.fault = slow(0.25)
     api = client(concurrency=3)
 
     async def many() -> list[Any]:
@@ -361,6 +361,12 @@ def test_a_key_http_cannot_carry_is_refused_without_showing_it(key: str) -> None
     with pytest.raises(UserInputError, match="'Authorization' has a line break, control or non-ASCII character") as caught:
         client(key=key)
     assert key.strip() not in str(caught.value) and "sk-" not in str(caught.value)
+
+
+def test_a_broken_test_reply_is_reported_as_such(server: ModelServer) -> None:
+    server.reply = lambda kind, prompt, index: str(1 / 0)
+    error = post_error(client(max_retries=0), server.url + COMPLETIONS_PATH)
+    assert error.reason == "model_server: ZeroDivisionError('division by zero')"
 
 
 def test_api_error_survives_pickling() -> None:
