@@ -5,6 +5,7 @@
     >>> outcome.summary["metrics"]["pass@1"]
 """
 
+from ._api import ApiOptions, ApiProvider, Completion, GenerationRequest, MalformedReply
 from ._benchmarks import Benchmark, benchmark_names, get_benchmark
 from ._config import (
     BenchmarkConfig,
@@ -25,22 +26,30 @@ from ._errors import (
     SamplesError,
     UserInputError,
 )
+from ._http import ApiError
 from ._models import ModelProvider, ProviderOptions, make_provider, provider_names
 from ._runner import RunOutcome, latest_unfinished, report, resume, run
 from ._samples import read_samples, write_samples
 from ._scoring import pass_at_k, score
 from ._store import RunStore
-from ._types import STATUSES, ExecRequest, Problem, Sample, SampleResult, Status
+from ._types import STATUSES, ExecRequest, Generation, Problem, Sample, SampleResult, Status
 from ._version import __version__
 
 __all__ = [
+    "ApiError",
+    "ApiOptions",
+    "ApiProvider",
     "Benchmark",
     "BenchmarkConfig",
+    "Completion",
     "ConfigError",
     "EvalConfig",
     "EvalkitError",
     "ExecRequest",
+    "Generation",
+    "GenerationRequest",
     "InfraError",
+    "MalformedReply",
     "ModelConfig",
     "ModelProvider",
     "Problem",

@@ -57,9 +57,9 @@ class Feed:
 
     @property
     def exhausted(self) -> bool:
-        """Closed, and every item has been taken."""
+        """Closed, every item taken, and no producer error left for `take` to raise."""
         with self._cond:
-            return self._closed and not self._items
+            return self._closed and not self._items and self._error is None
 
     @property
     def closed(self) -> bool:

@@ -87,7 +87,7 @@ class GenerationCounts:
     from_api: int = 0
     from_cache: int = 0
     failed: int = 0
-    api: dict[str, int] = field(default_factory=dict)
+    api: dict[str, int | float] = field(default_factory=dict)
 
 
 class GenerationStage:

@@ -362,9 +362,9 @@ def _save_generation_counts(store: RunStore, stage: GenerationStage | None) -> N
     counts = stage.counts
     for name, value in (("from_api", counts.from_api), ("from_cache", counts.from_cache), ("failed", counts.failed)):
         totals[name] = int(totals.get(name, 0)) + value
-    api = dict(totals.get("api") or {})
-    for name, value in counts.api.items():
-        api[name] = int(api.get(name, 0)) + value
+    api: dict[str, float] = dict(totals.get("api") or {})
+    for counter, amount in counts.api.items():
+        api[counter] = round(api.get(counter, 0) + amount, 3)
     totals["api"] = api
     store.write_meta(generation=totals)
 

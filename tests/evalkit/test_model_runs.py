@@ -167,11 +167,12 @@ def test_a_slow_reply_past_the_timeout_is_retried(tmp_path: Path, problems: list
 def test_a_wrong_key_stops_the_run_with_exit_3_naming_the_url(tmp_path: Path, problems: list[Problem]) -> None:
     with ModelServer(api_key="the-right-key", reply=humaneval_replies(problems)) as server:
         config = write_config(tmp_path, server, limit=5)
+        url = server.url
         proc = subprocess.run([*EVALKIT, "run", str(config), "-q"], capture_output=True, text=True, timeout=300,
                               env={**os.environ, KEY_ENV: KEY})
         asked = len(server.requests)
     assert proc.returncode == 3, proc.stderr
-    assert f"{server.url}/v1/chat/completions" in proc.stderr and "401" in proc.stderr and KEY_ENV in proc.stderr
+    assert f"{url}/v1/chat/completions" in proc.stderr and "401" in proc.stderr and KEY_ENV in proc.stderr
     assert "Traceback" not in proc.stderr and KEY not in proc.stderr + proc.stdout
     assert asked <= 8  # the concurrent first requests, none retried
     assert_key_not_in(tmp_path / "runs")
@@ -180,7 +181,8 @@ def test_a_wrong_key_stops_the_run_with_exit_3_naming_the_url(tmp_path: Path, pr
 def test_an_unreachable_api_stops_the_run_naming_the_url(tmp_path: Path, problems: list[Problem]) -> None:
     with ModelServer(api_key=KEY, reply=humaneval_replies(problems)) as server:
         config = write_config(tmp_path, server, limit=5, max_retries=1)
-    url = server.url  # the server is gone: nothing listens on its port now
+        url = server.url
+    # the server is gone: nothing listens on its port now
     with pytest.raises(InfraError) as caught:
         evalkit.run(config, progress=False)
     assert "unreachable" in str(caught.value) and f"{url}/v1/chat/completions" in str(caught.value)
@@ -215,10 +217,10 @@ def test_an_interrupted_run_resumes_without_asking_again_for_any_completion_it_h
     interrupted = []
 
     def fault(number: int, path: str, body: dict[str, Any]) -> Fault | None:
-        if number == 6 and not interrupted:
+        if number == 4 and not interrupted:
             interrupted.append(number)
             _thread.interrupt_main()  # Ctrl-C, while completions and verdicts are arriving
-        return None
+        return Fault(delay_s=0.2)
 
     with ModelServer(api_key=KEY, reply=replies, fault=fault) as server:
         config = write_config(tmp_path, server, limit=12, concurrency=1, cache=False)
