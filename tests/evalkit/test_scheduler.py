@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from evalkit import ExecRequest, Sample, SandboxConfig, SchedulerConfig
+from evalkit import ExecRequest, InfraError, Sample, SampleResult, SandboxConfig, SchedulerConfig
 from evalkit._executor import SampleExecutor
+from evalkit._feed import Feed
 from evalkit._scheduler import RayScheduler
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.usefixtures("sandboxes")]
@@ -94,3 +95,26 @@ def test_a_sample_the_harness_cannot_send_fails_alone() -> None:
     assert results[0].status == "infra_error" and "too large" in (results[0].error or "")
     assert results[0].attempts == 1, "a deterministic harness error is not retried"
     assert results[1].status == "passed"
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_session")
+def test_requests_run_as_a_feed_receives_them_and_a_producer_error_comes_after_them() -> None:
+    feed = Feed()
+    scheduler = RayScheduler(SchedulerConfig(workers=2, batch_size=4), SandboxConfig(timeout_s=5), "bwrap")
+    decided = SampleResult(task_id="t", sample_idx=99, completion="", status="infra_error", passed=False, duration_s=0.0, driver="bwrap", error="model API: HTTP 500")
+    try:
+        feed.put(request("t", 0, "x = 0\n"))
+        results = scheduler.run(feed)
+        first = next(results)  # runs while the producer has not finished: the feed is still open
+        assert first.key == ("t", 0) and first.status == "passed" and not feed.closed
+        feed.put(decided)
+        feed.put(request("t", 1, "x = 1\n"))
+        feed.close(InfraError("the model API went away"))
+        rest = []
+        with pytest.raises(InfraError, match="went away"):
+            for result in results:
+                rest.append(result)
+        assert sorted(r.key for r in rest) == [("t", 1), ("t", 99)]  # everything put before the error, then the error
+    finally:
+        scheduler.close()
