@@ -79,13 +79,17 @@ def sanitize(code: str, entry_point: str) -> str:
     Kept statements keep their text and order; comments between them go.
 
     Returns ``code`` unchanged when it does not parse as a module or does not define
-    ``entry_point`` (a function body, a fragment), when nothing would be dropped, and when the
-    trimmed code would not parse or would lose the entry point: correct code is never lost.
+    ``entry_point`` (a function body, a fragment), when nothing would be dropped, when the
+    trimmed code would not parse or would lose the entry point (correct code is never lost),
+    and when the code is nested too deeply to analyse.
     """
     tree = parse_module(code)
     if tree is None or not defines(tree, entry_point):
         return code
-    kept = _needed(tree.body, entry_point)
+    try:
+        kept = _needed(tree.body, entry_point)
+    except RecursionError:  # an expression nested deeper than free_names recurses: leave it be
+        return code
     if len(kept) == len(tree.body):
         return code
     trimmed = _join(code, tree.body, kept)

@@ -332,6 +332,13 @@ def test_sanitize_leaves_code_that_does_not_define_the_entry_point() -> None:
         assert sanitize(code, "f") == code
 
 
+@pytest.mark.parametrize("terms", [300, 1000, 5000])
+def test_deeply_nested_code_is_never_an_error(terms: int) -> None:
+    code = "def f():\n    return " + "+".join(["1"] * terms) + "\n\nprint(f())\n"
+    extracted = extract_code(f"```python\n{code}```", "f")
+    assert extracted in (code, code.split("\n\nprint")[0] + "\n")
+
+
 def test_unfenced_search_is_bounded() -> None:
     prose = "\n".join(f"Line {i} of the explanation (with parentheses, commas and words) goes here." for i in range(400))
     unclosed = "\n".join(f"x{i} = (" for i in range(20000))
