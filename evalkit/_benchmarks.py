@@ -26,9 +26,28 @@ class Benchmark(ABC):
     """
 
     name: str
-    chat_template: str = "Complete this function:\n```python\n{{ prompt }}```\n"  # TEMPORARY
+    chat_template: str = (
+        "Complete the Python function `{{ entry_point }}` below. Reply with the whole function, "
+        "including the imports and any helper functions it uses, in a single ```python code block.\n"
+        "\n"
+        "```python\n"
+        "{{ prompt | trim }}\n"
+        "```\n"
+    )
+    """The jinja2 template (`evalkit._prompts`) of the user message for chat models: the problem's
+    prompt in a fence, with the request for a whole function (`humaneval_program` accepts one)."""
+
     completion_template: str = "{{ prompt }}"
+    """The template of the text completion models continue: the prompt exactly as the benchmark
+    gives it. Never strip it: a prompt's trailing newline and indentation change scores."""
+
     completion_stop: tuple[str, ...] = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
+    """Stop sequences for completion models: a line at column 0 leaves the function body. These
+    are the Codex paper's (``\\nclass``, ``\\ndef``, ``\\n#``, ``\\nif``, ``\\nprint``, used for
+    published HumanEval numbers) with ``if`` and ``print`` narrowed to ``if __name__`` and
+    ``print(``. ``"\\ndef "`` also cuts a helper function a model writes after the body: that
+    is the standard behaviour, kept for comparable scores. Chat replies are not cut; their code
+    is extracted (`evalkit._extract`)."""
 
     @abstractmethod
     def problems(self) -> list[Problem]:

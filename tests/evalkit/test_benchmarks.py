@@ -1,16 +1,21 @@
-"""The benchmark registry, HumanEval's problems and programs, and JSONL problem files."""
+"""The benchmark registry, HumanEval's problems and programs (from continuations and from whole
+functions extracted from chat replies), and JSONL problem files."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from evalkit import Benchmark, BenchmarkConfig, ConfigError, benchmark_names, get_benchmark, load_config
+from evalkit import Benchmark, BenchmarkConfig, ConfigError, Problem, benchmark_names, get_benchmark, load_config
+from evalkit._extract import extract_code
+from evalkit.benchmarks.humaneval import prompt_preamble
+from vmpool import LocalSandbox
 
 
 def run_program(program: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -173,3 +178,106 @@ def test_unknown_benchmark_lists_the_known_names() -> None:
     assert "'humaneval-plus-plus'" in message
     assert all(name in message for name in benchmark_names())
     assert "path" in message
+
+
+# Programs from whole-function completions (chat replies) -----------------------------------
+
+
+def definition_start(problem: Problem) -> int:
+    """Offset of the entry point's ``def`` line in the prompt (HumanEval's are undecorated)."""
+    return [m.start() for m in re.finditer(rf"^def {problem.entry_point}\(", problem.prompt, re.MULTILINE)][-1]
+
+
+def test_a_whole_function_follows_the_prompts_preamble_not_its_stub(humaneval: Benchmark) -> None:
+    (problem,) = humaneval.select(["HumanEval/10"], None)  # make_palindrome, after is_palindrome
+    whole = problem.prompt[definition_start(problem) :] + (problem.canonical_solution or "")
+    program = humaneval.program(problem, whole)
+    preamble = problem.prompt[: definition_start(problem)]
+    assert "def is_palindrome" in preamble and "def make_palindrome" not in preamble
+    assert program == preamble + whole + "\n" + problem.test + "\ncheck(make_palindrome)\n"
+    assert prompt_preamble(problem.prompt, problem.entry_point) == preamble
+
+
+def test_a_continuation_or_other_code_follows_the_whole_prompt(humaneval: Benchmark) -> None:
+    (problem,) = humaneval.select(["HumanEval/10"], None)
+    for completion in ["    return string\n", "", "print('hi')\n", "def other():\n    pass\n", "def make_palindrome(:\n"]:
+        assert humaneval.program(problem, completion).startswith(problem.prompt + completion), repr(completion)
+
+
+def test_prompt_preamble_of_other_prompts() -> None:
+    decorated = "import functools\n\n@functools.cache\n@other\ndef f(n):\n    \"\"\"Doc.\"\"\"\n"
+    assert prompt_preamble(decorated, "f") == "import functools\n\n"
+    no_body = "import math\nBASE = 3\n@functools.cache\ndef f(n):\n"
+    assert prompt_preamble(no_body, "f") == "import math\nBASE = 3\n"
+    assert prompt_preamble("import math\n\nclass Solution:\n    def f(self): ...\n", "f") == "import math\n\nclass Solution:\n    def f(self): ...\n"
+    assert prompt_preamble("Write a function f that adds (two numbers.", "f") == ""
+    two = 'def f(x):\n    """First."""\n\ndef g(x):\n    return f(x)\n\ndef f(x):\n    """Again."""\n'
+    assert prompt_preamble(two, "f") == 'def f(x):\n    """First."""\n\ndef g(x):\n    return f(x)\n\n'
+
+
+def test_future_imports_of_a_whole_function_go_first(humaneval: Benchmark, tmp_path: Path) -> None:
+    (problem,) = humaneval.select(["HumanEval/0"], None)  # its prompt imports typing.List
+    whole = "from __future__ import annotations\n" + problem.prompt[definition_start(problem) :] + (problem.canonical_solution or "")
+    program = humaneval.program(problem, whole)
+    assert program.startswith("from __future__ import annotations\nfrom typing import List\n\n\ndef has_close_elements(")
+    assert program.count("from __future__") == 1
+    assert run_program(program, tmp_path).returncode == 0
+
+
+def test_jsonl_programs_take_whole_functions_too(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "toy.jsonl", [record(0, prompt="import operator\n\ndef add0(a, b):\n    \"\"\"Add.\"\"\"\n")])
+    benchmark = get_benchmark(BenchmarkConfig(path=str(path)))
+    (problem,) = benchmark.problems()
+    program = benchmark.program(problem, "def add0(a, b):\n    return operator.add(a, b)\n")
+    assert program.startswith("import operator\n\ndef add0(a, b):\n    return operator.add(a, b)\n")
+    assert run_program(program, tmp_path).returncode == 0
+
+
+def restated(problem: Problem) -> str:
+    """The prompt restated with the canonical solution: imports, helpers and the function."""
+    return problem.prompt.strip("\n") + "\n" + (problem.canonical_solution or "")
+
+
+def draft(problem: Problem) -> str:
+    """The entry point, unfinished: a wrong solution that parses."""
+    return problem.prompt[definition_start(problem) :] + '    raise NotImplementedError("draft")\n'
+
+
+def replies(problem: Problem) -> dict[str, str]:
+    """Chat-style replies built from the canonical solution, as models write them: each must pass."""
+    solution = problem.canonical_solution or ""
+    full = restated(problem)
+    function = problem.prompt[definition_start(problem) :] + solution  # just the function
+    ep = problem.entry_point
+    return {
+        "prose_and_block": f"Sure! Here is the implementation:\n\n```python\n{full}```\n\nIt handles the edge cases too.",
+        "think_function_demo": (
+            f"<think>\nLet me try a first idea.\n```python\n{draft(problem)}```\nThat is not finished.\n</think>\n\n"
+            f"Usage:\n```python\nprint({ep}())\n```\n\nThe solution:\n```python\nfrom __future__ import annotations\n\n{function}\n\n"
+            f"print({ep}())\nassert {ep} is not None\n\nif __name__ == \"__main__\":\n    print({ep}(input()))\n```\n"
+        ),
+        "unfenced": f"Here is the code:\n{full}\nThis is the whole solution; it's short.\n",
+        "body_only": f"Replace the stub's body with:\n```python\n{solution}```",
+        "think_then_body": f"The opening tag was stripped.\n```python\n{draft(problem)}```\n</think>\nThe body:\n```python\n{solution}```",
+        "tilde_crlf": f"~~~py\n{full}~~~\nDone.\n".replace("\n", "\r\n"),
+        "draft_then_fix": f"```python\n{draft(problem)}```\nOops, fixed:\n```python\n{full}```",
+        "truncated": f"```python\n{full}",
+    }
+
+
+@pytest.mark.sandbox
+@pytest.mark.usefixtures("sandboxes")
+def test_every_problem_passes_from_chat_replies_in_a_sandbox(humaneval: Benchmark) -> None:
+    failures: list[tuple[str, str, str, str | None]] = []
+    with LocalSandbox.create(driver="bwrap") as sandbox:
+        for problem in humaneval.problems():
+            for style, reply in replies(problem).items():
+                result = sandbox.run_program(humaneval.program(problem, extract_code(reply, problem.entry_point)))
+                if result.status != "ok":
+                    failures.append((problem.task_id, style, result.status, result.error))
+            # control: with the draft last, the draft is what runs, and the tests find it wrong
+            fix_then_draft = f"```python\n{restated(problem)}```\nShorter:\n```python\n{draft(problem)}```"
+            result = sandbox.run_program(humaneval.program(problem, extract_code(fix_then_draft, problem.entry_point)))
+            if result.status != "error" or "NotImplementedError: draft" not in (result.error or ""):
+                failures.append((problem.task_id, "fix_then_draft", result.status, result.error))
+    assert failures == []
