@@ -272,9 +272,17 @@ def _check_model(config: EvalConfig, source: Path, lines: _Line) -> None:
     except ConfigError as exc:
         raise ConfigError(f"{_where(source, lines, ('model', 'provider'))}: {exc}") from None
     try:
-        options_model.model_validate(config.model.model_dump())
+        options = options_model.model_validate(config.model.model_dump())
     except ValidationError as exc:
         raise _config_error(exc, source, lines, options_model, ("model",)) from None
+    template = getattr(options, "prompt_template", None)
+    if isinstance(template, str):
+        from ._prompts import check_template
+
+        try:
+            check_template(template, key="model.prompt_template")
+        except ConfigError as exc:
+            raise ConfigError(f"{_where(source, lines, ('model', 'prompt_template'))}: {exc}") from None
 
 
 def _resolve_paths(config: EvalConfig, base: Path, source: Path, lines: _Line) -> EvalConfig:

@@ -280,3 +280,22 @@ def test_the_shipped_api_configs_load_and_name_their_key_variables(repo_root: Pa
     for name, env in (("openai.yaml", "OPENAI_API_KEY"), ("anthropic.yaml", "ANTHROPIC_API_KEY"), ("local-openai.yaml", None)):
         config = evalkit.load_config(repo_root / "configs" / name)
         assert (config.model.model_extra or {}).get("api_key_env") == env, name
+
+
+def test_a_broken_prompt_template_is_a_config_error_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: t\nbenchmark: {name: humaneval}\nmodel:\n  provider: openai\n  name: m\n  prompt_template: 'Solve {{ promt }}'\n")
+    with pytest.raises(ConfigError, match=r"c.yaml, line 6: model.prompt_template: .*promt"):
+        evalkit.load_config(path)
+
+
+def test_a_custom_prompt_template_and_system_prompt_reach_the_model(tmp_path: Path, problems: list[Problem]) -> None:
+    template = "Write {{ entry_point }} ({{ task_id }}) in Python.\n```python\n{{ prompt }}```\n"
+    with ModelServer(api_key=KEY, reply=humaneval_replies(problems, style="full")) as server:
+        outcome = evalkit.run(write_config(tmp_path, server, limit=3, prompt_template=template, system_prompt="You write Python."), progress=False)
+        messages = [r.body["messages"] for r in server.requests]
+    assert outcome.summary["metrics"] == {"pass@1": 1.0}
+    assert all(m[0] == {"role": "system", "content": "You write Python."} for m in messages)
+    assert sorted(m[1]["content"] for m in messages) == sorted(f"Write {p.entry_point} ({p.task_id}) in Python.\n```python\n{p.prompt}```\n" for p in problems[:3])
+    stored = [json.loads(line)["prompt"] for line in (outcome.run_dir / "plan.jsonl").read_text().splitlines()]
+    assert stored == [f"Write {p.entry_point} ({p.task_id}) in Python.\n```python\n{p.prompt}```\n" for p in problems[:3]]
