@@ -87,6 +87,8 @@ def test_a_chat_model_solves_all_of_humaneval_through_prose_replies(tmp_path: Pa
     assert (frame["response"] != frame["completion"]).any()
     lines = (outcome.run_dir / "completions.jsonl").read_text().splitlines()
     assert len(lines) == 164 and {json.loads(line)["source"] for line in lines} == {"api"}
+    report = (outcome.run_dir / "report.html").read_text()
+    assert "Model API" in report and "164 completions: 164 from the API" in report
     assert_key_not_in(outcome.run_dir)
 
 
