@@ -7,7 +7,7 @@ from typing import Any
 
 import jinja2
 
-from ._types import SampleResult, task_order
+from ._types import Problem, SampleResult, task_order
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("evalkit", "templates"),
@@ -20,14 +20,14 @@ _ENV = jinja2.Environment(
 _MAX_FAILURES_SHOWN = 300
 
 
-def render_report(summary: dict[str, Any], results: Sequence[SampleResult]) -> str:
-    """The report page for a run, from its summary and results; pure, re-runs nothing."""
+def render_report(summary: dict[str, Any], results: Sequence[SampleResult], problems: Sequence[Problem] = ()) -> str:
+    """The report page for a run, from its summary, results and problems; pure, re-runs nothing."""
     failures = [r for r in results if not r.passed]
     failures.sort(key=lambda r: (r.status != "infra_error", *task_order(r.task_id), r.sample_idx))
-    problems = summary["problems"]
+    per_problem = summary["problems"]
     rows = [
-        {"task_id": task, **problems[task], "rate": (problems[task]["c"] / problems[task]["n"]) if problems[task]["n"] else None}
-        for task in sorted(problems, key=task_order)
+        {"task_id": task, **per_problem[task], "rate": (per_problem[task]["c"] / per_problem[task]["n"]) if per_problem[task]["n"] else None}
+        for task in sorted(per_problem, key=task_order)
     ]
     return _ENV.get_template("report.html.j2").render(
         summary=summary,

@@ -82,14 +82,14 @@ def run(config: EvalConfig | str | Path, *, progress: bool = True, resume: bool 
         with _scheduler(config, driver, needed=True) as (scheduler, start_s):
             store = RunStore.create(config)  # only once Ray is up: a failed start leaves no folder
             try:
-                _start_store(store, samples, digest, start_s)
+                _start_store(store, samples, problems, digest, start_s)
                 with _work(store, config, benchmark, problems, provider, samples, driver, use_cache) as (feed, stage):
                     return _execute(store, config, benchmark, samples, feed, stage, scheduler, driver, isolation, progress, Counter())
             finally:
                 store.release()
     store = RunStore.create(config)  # before Ray: the model's first completions arrive while Ray starts
     try:
-        _start_store(store, samples, digest, 0.0)
+        _start_store(store, samples, problems, digest, 0.0)
         with _work(store, config, benchmark, problems, provider, samples, driver, use_cache) as (feed, stage):
             with _scheduler(config, driver, needed=True) as (scheduler, start_s):
                 store.write_meta(scheduler_start_s=start_s)
@@ -98,8 +98,9 @@ def run(config: EvalConfig | str | Path, *, progress: bool = True, resume: bool 
         store.release()
 
 
-def _start_store(store: RunStore, samples: Sequence[Sample], digest: str, start_s: float) -> None:
+def _start_store(store: RunStore, samples: Sequence[Sample], problems: Sequence[Problem], digest: str, start_s: float) -> None:
     store.write_plan(samples)
+    store.write_problems(problems)
     store.write_meta(planned_samples=len(samples), scheduler_start_s=start_s, problems_sha256=digest)
     _log.info("run folder: %s", store.path)
 
@@ -138,6 +139,18 @@ def _continue(run_dir: str | Path, progress: bool, use_cache: bool) -> RunOutcom
                                 Counter(finished.values()))
     finally:
         store.release()
+
+
+def run_problems(store: RunStore, config: EvalConfig) -> list[Problem]:
+    """The problems of a run: as stored in its folder, or (a folder from before evalkit stored
+    them) as its benchmark gives them now; [] if neither can be had."""
+    stored = store.problems()
+    if stored is not None:
+        return stored
+    try:
+        return _problems(config)[1]
+    except EvalkitError:
+        return []
 
 
 def current_samples(store: RunStore) -> list[Sample]:
@@ -412,7 +425,7 @@ def _finish(store: RunStore, config: EvalConfig, samples: Sequence[Sample], meta
     }
     store.write_parquet(results)
     store.write_json("summary.json", summary)
-    store.write_text("report.html", render_report(summary, results))
+    store.write_text("report.html", render_report(summary, results, run_problems(store, config)))
     return summary
 
 

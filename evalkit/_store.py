@@ -5,6 +5,7 @@
         config.yaml       the resolved config
         plan.jsonl        every sample the run evaluates (task_id, sample_idx, completion), fixed at creation;
                           for a model-API run, the rendered prompt of each sample (its completion comes later)
+        problems.jsonl    the problems the run checks against (prompt, tests, entry point), as they were
         completions.jsonl model-API runs: one line per completion received, appended as it arrives
         samples.jsonl     the journal: one line per finished sample, appended and flushed as it arrives
         samples.parquet   one row per sample, written from the journal at the end
@@ -32,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 
 from ._config import EvalConfig, parse_config
 from ._errors import ConfigError, RunStoreError
-from ._types import Generation, Sample, SampleResult, task_order
+from ._types import Generation, Problem, Sample, SampleResult, task_order
 from ._version import __version__
 
 RUN_FORMAT_VERSION = 1
@@ -171,6 +172,17 @@ class RunStore:
         if not samples:
             raise RunStoreError(f"{path} holds no samples")
         return list(samples.values())
+
+    def write_problems(self, problems: Iterable[Problem]) -> None:
+        _atomic_write(self.path / "problems.jsonl", "".join(p.model_dump_json() + "\n" for p in problems))
+
+    def problems(self) -> list[Problem] | None:
+        """The problems the run was started with (``problems.jsonl``), or None for a run folder
+        written before evalkit kept them."""
+        path = self.path / "problems.jsonl"
+        if not path.exists():
+            return None
+        return list(_read_jsonl(path, Problem))
 
     def acquire(self) -> None:
         """Claim the run folder for this process; `RunStoreError` if another process holds it.
