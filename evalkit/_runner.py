@@ -410,6 +410,7 @@ def _finish(store: RunStore, config: EvalConfig, samples: Sequence[Sample], meta
         "name": config.name,
         "benchmark": meta.get("benchmark", config.benchmark.name or config.benchmark.path),
         "model": config.model.provider if model_name is None else f"{config.model.provider}:{model_name}",
+        "model_params": _model_params(config),
         "driver": meta.get("driver", "?"),
         "isolation": meta.get("isolation", "?"),
         "started": meta.get("created"),
@@ -427,6 +428,18 @@ def _finish(store: RunStore, config: EvalConfig, samples: Sequence[Sample], meta
     store.write_json("summary.json", summary)
     store.write_text("report.html", render_report(summary, results, run_problems(store, config)))
     return summary
+
+
+def _model_params(config: EvalConfig) -> dict[str, Any]:
+    """The model's options, defaults included, for the report; header values masked (they may
+    hold secrets)."""
+    try:
+        params = _provider(config).options.model_dump(mode="json", exclude={"provider"})
+    except ConfigError:  # a provider plug-in no longer installed: show what the config says
+        params = dict(config.model.model_extra or {})
+    if isinstance(params.get("extra_headers"), dict):
+        params["extra_headers"] = {name: "***" for name in params["extra_headers"]}
+    return params
 
 
 def _exit_code(summary: dict[str, Any]) -> int:
