@@ -15,8 +15,9 @@ fix and raising `ApiError` (an `InfraError`) for everything else:
 Between attempts the client sleeps a full-jitter backoff, ``uniform(0, min(max_backoff_s,
 backoff_s * 2**retry))``, unless the reply said how long to wait (``retry-after-ms``, or
 ``Retry-After`` in seconds or as an HTTP date), which wins, capped at ``max_retry_after_s``.
-At most ``concurrency`` requests are on the wire at once; a request waiting out its backoff
-holds no slot.
+At most ``concurrency`` requests are on the wire at once, fewer while the API throttles
+(`evalkit._throttle.AdaptiveLimit`: halved on a 429/529, grown back one at a time; a
+``Retry-After`` holds every request back); a request waiting out its backoff holds no slot.
 
 Secrets: request headers (the API key) never appear in an exception, a log line or a
 reason; a reason that echoes a secret header's value has it replaced by ``***``. httpx's
@@ -51,6 +52,7 @@ import httpx
 
 from ._api import MalformedReply
 from ._errors import InfraError, UserInputError
+from ._throttle import AdaptiveLimit
 
 T = TypeVar("T")
 
@@ -103,7 +105,8 @@ class ApiStats:
 
     ``requests`` counts every attempt; ``retries`` the attempts after a first; ``throttled``
     the 429/529 replies, ``server_errors`` the other 5xx, ``timeouts`` timeouts and 408s;
-    ``failures`` the `ApiError`\\ s raised; ``waited_s`` the time spent in backoff sleeps.
+    ``failures`` the `ApiError`\\ s raised; ``concurrency_decreases`` how often throttling
+    halved the requests in flight; ``waited_s`` the time spent in backoff sleeps.
     """
 
     requests: int = 0
@@ -114,6 +117,7 @@ class ApiStats:
     timeouts: int = 0
     malformed: int = 0
     failures: int = 0
+    concurrency_decreases: int = 0
     waited_s: float = 0.0
 
     def as_dict(self) -> dict[str, int | float]:
@@ -176,7 +180,7 @@ class ApiClient:
         self._max_retry_after_s = max_retry_after_s
         self._rng = rng or random.Random()
         self._concurrency = concurrency
-        self._slots = asyncio.Semaphore(concurrency)
+        self._limit = AdaptiveLimit(concurrency)
         self._client: httpx.AsyncClient | None = None
         self._closed = False
 
@@ -221,13 +225,16 @@ class ApiClient:
         attempt = 0
         while True:
             attempt += 1
-            async with self._slots:
+            async with self._limit.slot() as epoch:
                 self.stats.requests += 1
                 sent = await self._send(client, url, body)
             outcome = self._interpret(sent, parse) if isinstance(sent, httpx.Response) else sent
             if not isinstance(outcome, _Failure):
+                self._limit.succeeded()
                 return Reply(value=outcome.value, attempts=attempt, elapsed_s=time.monotonic() - started)
             self._count(outcome)
+            if outcome.kind == "throttled":
+                self._slow_down(epoch, outcome.retry_after_s)
             if not outcome.retryable or attempt > self._max_retries:
                 self.stats.failures += 1
                 raise ApiError(
@@ -278,6 +285,13 @@ class ApiClient:
         if status == 404:
             return _Failure(status, "not_found", reason, False)
         return _Failure(status, "server" if status >= 500 else "bad_request", reason, False)
+
+    def _slow_down(self, epoch: int, retry_after_s: float | None) -> None:
+        before = self._limit.limit
+        self._limit.throttled(epoch, retry_after_s)
+        if self._limit.limit < before:
+            self.stats.concurrency_decreases += 1
+            _log.info("the model API is throttling: %d request(s) at once from now on (configured: %d)", self._limit.limit, self._limit.ceiling)
 
     def _count(self, failure: _Failure) -> None:
         stats = self.stats

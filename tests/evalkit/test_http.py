@@ -100,7 +100,7 @@ def test_server_errors_are_retried_until_an_answer(server: ModelServer) -> None:
     assert len(server.requests) == 3
     assert api.stats.as_dict() | {"waited_s": 0} == {
         "requests": 3, "retries": 2, "throttled": 0, "server_errors": 2, "connection_errors": 0,
-        "timeouts": 0, "malformed": 0, "failures": 0, "waited_s": 0,
+        "timeouts": 0, "malformed": 0, "failures": 0, "concurrency_decreases": 0, "waited_s": 0,
     }  # fmt: skip
 
 
@@ -300,13 +300,14 @@ def test_at_most_concurrency_requests_are_in_flight(server: ModelServer) -> None
 
 
 def test_a_request_waiting_out_its_backoff_holds_no_slot(server: ModelServer) -> None:
-    server.fault = lambda number, path, body: Fault(status=429, headers={"Retry-After": "30"}) if body.get("prompt") == "first" else None
+    # a 503's Retry-After delays only its own request (a 429's holds every request back: below)
+    server.fault = lambda number, path, body: Fault(status=503, headers={"Retry-After": "30"}) if body.get("prompt") == "first" else None
     api = client(concurrency=1)
 
     async def two() -> None:
         async with api:
             first = asyncio.create_task(api.post(server.url + COMPLETIONS_PATH, completion_body("first"), choices))
-            while api.stats.throttled == 0:
+            while api.stats.server_errors == 0:
                 await asyncio.sleep(0.01)
             # the first request sleeps 30 s between attempts; the second must not wait for it
             await asyncio.wait_for(api.post(server.url + COMPLETIONS_PATH, completion_body("second"), choices), timeout=10)
@@ -394,3 +395,23 @@ def test_chat_path_answers_through_the_client(server: ModelServer) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
     reply = run(post(client(), server.url + CHAT_PATH, body, parse=lambda r: r["choices"][0]["message"]["content"]))
     assert reply.value == "reply 0 to: hello"
+
+
+def test_a_throttle_holds_every_request_back_until_its_retry_after_and_halves_the_concurrency(server: ModelServer) -> None:
+    server.fault = lambda number, path, body: Fault(status=429, headers={"Retry-After": "0.5"}) if number == 1 else None
+    api = client(concurrency=4)
+
+    async def two() -> float:
+        async with api:
+            first = asyncio.create_task(api.post(server.url + COMPLETIONS_PATH, completion_body("first"), choices))
+            while api.stats.throttled == 0:
+                await asyncio.sleep(0.01)
+            told = time.monotonic()
+            await api.post(server.url + COMPLETIONS_PATH, completion_body("second"), choices)
+            await first
+            return told
+
+    told = run(two())
+    second = next(r for r in server.requests if r.body["prompt"] == "second")
+    assert second.arrived >= told + 0.4  # not sent before the API's Retry-After (less what had passed)
+    assert api.stats.concurrency_decreases == 1 and api._limit.lowest == 2
