@@ -9,11 +9,13 @@ stage (`evalkit._generation`) decides which requests to make, caches and stores 
 
 from __future__ import annotations
 
+import json
 from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ._models import ModelProvider, ProviderOptions
 from ._types import Problem, Sample
@@ -42,6 +44,28 @@ class ApiOptions(ProviderOptions):
     prompt_template: str | None = Field(None, description="jinja2 template of the prompt; None: the benchmark's")
     cache: bool = Field(True, description="reuse completions cached by an earlier run with the same request")
     cache_dir: str | None = Field(None, description="completion cache folder; None: $EVALKIT_CACHE_DIR or ~/.cache/evalkit")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+        except ValueError as exc:
+            raise ValueError(f"must be an http:// or https:// URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. http://localhost:8000/v1")
+        return url
+
+    @field_validator("extra_body")
+    @classmethod
+    def _json_values(cls, extra: dict[str, Any]) -> dict[str, Any]:
+        # YAML can write what JSON cannot (.nan, dates, !!binary, !!set): refuse it here, not mid-run
+        try:
+            json.dumps(extra, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"must hold JSON values only (text, numbers, true/false, null, lists, mappings): {exc}") from None
+        return extra
 
 
 class GenerationRequest(BaseModel):

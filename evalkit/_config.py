@@ -46,7 +46,7 @@ class ModelConfig(BaseModel):
 
 
 class SamplingConfig(_Section):
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, le=10_000)  # beyond, a plan of n samples per problem fills memory before it runs
     k: list[int] = Field(default_factory=lambda: [1])
 
     @field_validator("k")
@@ -70,10 +70,10 @@ class SandboxConfig(_Section):
 
 class SchedulerConfig(_Section):
     address: str | None = None
-    workers: int | None = Field(None, ge=1)
+    workers: int | None = Field(None, ge=1, le=10_000)  # Ray refuses a CPU share below 1/10,000
     batch_size: int = Field(8, ge=1)
     max_in_flight: int | None = Field(None, ge=1)
-    max_retries: int = Field(2, ge=0)
+    max_retries: int = Field(2, ge=0, le=100)
 
 
 class EvalConfig(_Section):
@@ -87,6 +87,14 @@ class EvalConfig(_Section):
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     output_dir: str = "reports"
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _integer_version(cls, value: object) -> object:
+        # strict mode still lets True and 1.0 through a Literal[1], as they equal 1
+        if isinstance(value, bool | float):
+            raise ValueError(f"should be the integer {CONFIG_VERSION}")
+        return value
 
     # Where the config came from, so that later stages (which load data the config names) can
     # still point at the file and line of a key: see `where`.
@@ -217,8 +225,14 @@ def _config_error(
     message = message.removeprefix("value error, ").removeprefix("input ")
     got = err["input"]
     if isinstance(got, str) and err["type"] in ("float_type", "int_type", "float_parsing", "int_parsing"):
-        return ConfigError(f"{where}: '{key}' {message}, got the string {got!r} (YAML reads 1e12 as text: write 1.0e12)")
-    return ConfigError(f"{where}: '{key}' {message}, got {got!r}")
+        return ConfigError(f"{where}: '{key}' {message}, got the string {_shown(got)} (YAML reads 1e12 as text: write 1.0e12)")
+    return ConfigError(f"{where}: '{key}' {message}, got {_shown(got)}")
+
+
+def _shown(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_benchmark(bench: BenchmarkConfig, source: Path, lines: _Line) -> None:
@@ -260,8 +274,15 @@ def _check_runnable(sandbox: SandboxConfig, source: Path, lines: _Line) -> None:
         reason = get_driver(sandbox.driver).available()
         if reason is not None:
             raise ConfigError(f"{_where(source, lines, ('sandbox', 'driver'))}: sandbox driver '{sandbox.driver}' cannot run here: {reason}")
-    if sandbox.python is not None and not (Path(sandbox.python).is_file() and os.access(sandbox.python, os.X_OK)):
+    if sandbox.python is not None and not _is_executable(sandbox.python):
         raise ConfigError(f"{_where(source, lines, ('sandbox', 'python'))}: 'sandbox.python' names {sandbox.python}, which is not an executable file")
+
+
+def _is_executable(path: str) -> bool:
+    try:
+        return Path(path).is_file() and os.access(path, os.X_OK)
+    except (OSError, ValueError):  # a name too long for the file system
+        return False
 
 
 def _check_model(config: EvalConfig, source: Path, lines: _Line) -> None:
@@ -287,8 +308,13 @@ def _check_model(config: EvalConfig, source: Path, lines: _Line) -> None:
 
 def _resolve_paths(config: EvalConfig, base: Path, source: Path, lines: _Line) -> EvalConfig:
     def resolve(value: str, loc: tuple[str, ...]) -> str:
-        path = (base / Path(value).expanduser()).resolve()
-        if not path.is_file():
+        try:
+            path = (base / Path(value).expanduser()).resolve()
+            found = path.is_file()
+        except (OSError, RuntimeError, ValueError) as exc:  # too long a name; ~user of no user
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"{_where(source, lines, loc)}: '{'.'.join(loc)}' names {_shown(value)}, which cannot be a path here ({reason})") from None
+        if not found:
             raise ConfigError(f"{_where(source, lines, loc)}: '{'.'.join(loc)}' names {value}, which is not a file (looked for {path})")
         return str(path)
 

@@ -1,0 +1,417 @@
+"""Fuzzing config files: every bad config ends in one `ConfigError` sentence that names the
+file, the line and the key (exit code 2 from the CLI), quickly, and never in a traceback, a
+hang or a memory blow-up.
+
+The cases come from a small generator over fixed seeds (``random.Random(seed)``), so a failure
+names a seed that reproduces it: wrong types and out-of-range values for every key, unknown
+keys at every level, missing required keys, sections of the wrong type, and random byte-level
+damage to valid configs. Hand-picked cases cover what a generator would rarely hit: alias
+bombs, deep nesting, huge files, binary garbage, pipes, folders and devices as configs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from evalkit import ConfigError, EvalConfig, load_config, parse_config
+
+EVALKIT = [sys.executable, "-m", "evalkit"]
+SEEDS = range(60)
+
+
+@contextmanager
+def timebox(seconds: float) -> Iterator[None]:
+    """Fail the test if the block takes longer than ``seconds`` (SIGALRM: main thread only)."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"took longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def config_error(path: Path, seconds: float = 5.0) -> str:
+    """The message of the `ConfigError` that loading ``path`` raises: one line, naming the file."""
+    with timebox(seconds), pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert str(path) in message, message
+    return message
+
+
+# --- a config as sections of keys, with the line of each key known --------------------------
+
+Entries = dict[str | None, dict[str, str]]  # section (None: top level) -> key -> YAML text of the value
+
+REFERENCE: Entries = {"benchmark": {"name": "humaneval"}, "model": {"provider": "reference"}}
+OPENAI: Entries = {
+    "benchmark": {"name": "humaneval"},
+    "model": {"provider": "openai", "name": "m", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "null"},
+}
+
+
+def render(entries: Entries) -> tuple[str, dict[tuple[str | None, str], int]]:
+    """YAML text of ``entries`` (one key per line, values in flow style) and each key's line."""
+    lines: list[str] = []
+    where: dict[tuple[str | None, str], int] = {}
+    for section, keys in entries.items():
+        if section is None:
+            for key, value in keys.items():
+                lines.append(f"{key}: {value}")
+                where[(None, key)] = len(lines)
+            continue
+        lines.append(f"{section}:")
+        where[(section, "")] = len(lines)
+        for key, value in keys.items():
+            lines.append(f"  {key}: {value}")
+            where[(section, key)] = len(lines)
+    return "".join(line + "\n" for line in lines), where
+
+
+def with_value(base: Entries, section: str | None, key: str, value: str) -> Entries:
+    entries = {name: dict(keys) for name, keys in base.items()}
+    entries.setdefault(section, {})[key] = value
+    return entries
+
+
+# --- what is wrong for each key -------------------------------------------------------------
+
+NOT_INT = ["'3'", "ten", "1.5", "true", "false", "[1]", "{a: 1}", ".nan", ".inf", "2020-01-01", "!!binary aGk=", "1e3"]
+NOT_NUMBER = ["soon", "'3'", "true", "[1]", "{a: 1}", ".nan", ".inf", "-.inf", "2020-01-01", "1e3", "1.0e+12", "0", "-1", "86401"]
+NOT_STR = ["3", "1.5", "true", "[a]", "{a: b}", "2020-01-01", "!!binary aGk="]
+NOT_BOOL = ["'yes'", "1", "0", "[true]", "text"]
+REQUIRED = ["null", "~"]  # wrong for a key that has no null value
+
+
+@dataclass(frozen=True)
+class Key:
+    section: str | None
+    name: str
+    bad: tuple[str, ...]
+    base: str = "reference"
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}" if self.section else self.name
+
+
+KEYS = [
+    Key(None, "version", ("2", "0", "'1'", "1.0", "true", "null", "[1]")),
+    Key(None, "name", (*NOT_STR, *REQUIRED, "'a/b'", "'has space'", "''", "'a b'")),
+    Key(None, "output_dir", (*NOT_STR, *REQUIRED)),
+    Key("benchmark", "limit", (*NOT_INT, "0", "-1")),
+    Key("benchmark", "ids", ("[]", "[1]", "HumanEval/0", "{a: 1}", "[HumanEval/0, [x]]", "[null]")),
+    Key("sampling", "n", (*NOT_INT, *REQUIRED, "0", "-1", "10001", "99999999999999999999999")),
+    Key("sampling", "k", ("[]", "[0]", "[-1]", "['1']", "[1.5]", "[true]", "5", "'1'", "{a: 1}", "null", "[.nan]")),
+    Key("sandbox", "driver", (*NOT_STR, *REQUIRED, "docker", "''")),
+    Key("sandbox", "timeout_s", (*NOT_NUMBER, *REQUIRED)),
+    Key("sandbox", "cpu_time_s", NOT_NUMBER),
+    Key("sandbox", "memory_mb", (*NOT_INT, *REQUIRED, "15", "0", "-512")),
+    Key("sandbox", "max_processes", (*NOT_INT, *REQUIRED, "0", "-1")),
+    Key("sandbox", "max_output_bytes", (*NOT_INT, *REQUIRED, "1023", "0")),
+    Key("sandbox", "python", (*NOT_STR, "/nonexistent/python3", "''", "/etc/passwd")),
+    Key("sandbox", "template", (*NOT_STR, "nosuch")),
+    Key("scheduler", "address", NOT_STR),
+    Key("scheduler", "workers", (*NOT_INT, "0", "10001", "99999999999999999999")),
+    Key("scheduler", "batch_size", (*NOT_INT, *REQUIRED, "0")),
+    Key("scheduler", "max_in_flight", (*NOT_INT, "0")),
+    Key("scheduler", "max_retries", (*NOT_INT, *REQUIRED, "-1", "101", "99999999999999999999")),
+    Key("model", "temperature", ("-0.5", ".nan", ".inf", "hot", "true", "[1]"), "openai"),
+    Key("model", "top_p", ("0", "1.5", ".nan", "'0.9'"), "openai"),
+    Key("model", "max_tokens", ("0", "'100'", "1.5", "-1"), "openai"),
+    Key("model", "concurrency", ("0", "1025", "'8'", *REQUIRED), "openai"),
+    Key("model", "timeout_s", ("0", "3601", ".inf", "soon", *REQUIRED), "openai"),
+    Key("model", "max_retries", ("-1", "101", "1.5", *REQUIRED), "openai"),
+    Key("model", "backoff_s", ("-1", "601", ".nan", *REQUIRED), "openai"),
+    Key("model", "extra_body", ("[1]", "text", "{a: .nan}", "{a: .inf}", "{a: 2020-01-01}", "{a: !!binary aGk=}", "{a: !!set {x: null}}", "{1: 2}"), "openai"),
+    Key("model", "extra_headers", ("{a: 1}", "[a]", "text", "{a: [b]}"), "openai"),
+    Key("model", "stop", ("[1]", "text", "{a: b}", "[null]"), "openai"),
+    Key("model", "base_url", ("'::::'", "ftp://example.com/v1", "localhost:8000/v1", "3", "'http://'", "'http://h:port/v1'", *REQUIRED), "openai"),
+    Key("model", "api", ("chatty", "3", *REQUIRED), "openai"),
+    Key("model", "seed", ("1.5", "'1'", "true"), "openai"),
+    Key("model", "name", ("''", "3", *REQUIRED), "openai"),
+    Key("model", "cache", (*NOT_BOOL, *REQUIRED), "openai"),
+    Key("model", "prompt_template", ("'{{ prompt'", "3", "'{% if %}'"), "openai"),
+    Key("model", "max_n_per_request", ("0", "'20'", *REQUIRED), "openai"),
+]
+SECTIONS = ["benchmark", "model", "sampling", "sandbox", "scheduler"]
+KNOWN_KEYS = {key.name for key in KEYS} | {"provider", "path", "ids", "api_key_env", "system_prompt", "cache_dir"}
+
+
+def assert_names(message: str, path: Path, line: int, *names: str) -> None:
+    assert f"{path}, line {line}:" in message, message
+    assert any(name in message for name in names), (names, message)
+
+
+def test_the_key_table_covers_every_config_key() -> None:
+    from evalkit import BenchmarkConfig, SamplingConfig, SandboxConfig, SchedulerConfig
+
+    covered = {key.dotted for key in KEYS}
+    for section, model in (("benchmark", BenchmarkConfig), ("sampling", SamplingConfig), ("sandbox", SandboxConfig), ("scheduler", SchedulerConfig)):
+        expected = {f"{section}.{name}" for name in model.model_fields} - {"benchmark.name", "benchmark.path"}
+        assert expected <= covered, expected - covered
+    # a key another change adds to EvalConfig must get a row here too
+    top = set(EvalConfig.model_fields) - {"benchmark", "model", "sampling", "sandbox", "scheduler"}
+    assert top <= covered | {"gates", "baseline"}, top - covered
+
+
+@pytest.mark.parametrize("key", KEYS, ids=lambda key: key.dotted + ("" if key.base == "reference" else f"({key.base})"))
+def test_every_bad_value_of_every_key_names_its_line_and_key(tmp_path: Path, key: Key) -> None:
+    base = OPENAI if key.base == "openai" else REFERENCE
+    for i, value in enumerate(key.bad):
+        text, where = render(with_value(base, key.section, key.name, value))
+        path = tmp_path / f"case{i}.yaml"
+        path.write_text(text, encoding="utf-8")
+        message = config_error(path)
+        assert_names(message, path, where[(key.section, key.name)], key.dotted, key.name)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_generated_single_mistakes_name_the_file_line_and_key(tmp_path: Path, seed: int) -> None:
+    """One mistake per config, chosen by the seed: a bad value, an unknown key at some level,
+    a missing required key or a section of the wrong type."""
+    rng = random.Random(seed)
+    kind = rng.choice(["value", "unknown", "missing", "section"])
+    path = tmp_path / "eval.yaml"
+    if kind == "value":
+        key = rng.choice(KEYS)
+        value = rng.choice(key.bad)
+        text, where = render(with_value(OPENAI if key.base == "openai" else REFERENCE, key.section, key.name, value))
+        expected: tuple[int, tuple[str, ...]] = (where[(key.section, key.name)], (key.dotted, key.name))
+    elif kind == "unknown":
+        base = rng.choice([REFERENCE, OPENAI])
+        section = rng.choice([None, *SECTIONS])
+        name = rng.choice(["timout_s", "Timeout_s", "colour", "memory", "workers_", "idz", "prompt", "n_samples", "k2"])
+        assert name not in KNOWN_KEYS
+        text, where = render(with_value(base, section, name, rng.choice(["1", "x", "[1]", "{a: 1}", "null"])))
+        dotted = f"{section}.{name}" if section else name
+        expected = (where[(section, name)], (f"unknown key '{dotted}'",))
+    elif kind == "missing":
+        choice = rng.choice(["benchmark", "model", "model.provider", "model.path", "model.name"])
+        entries: Entries = {name: dict(keys) for name, keys in REFERENCE.items()}
+        if choice in ("benchmark", "model"):
+            del entries[choice]
+            text, where = render(entries)
+            expected = (0, (f"missing required key '{choice}'",))
+        else:
+            entries["model"] = {"samples": {"provider": "samples"}, "openai": {"provider": "openai"}, "reference": {"api": "chat"}}[
+                {"model.path": "samples", "model.name": "openai", "model.provider": "reference"}[choice]
+            ]
+            text, where = render(entries)
+            expected = (where[("model", "")], (f"missing required key '{choice}'",))
+    else:
+        section = rng.choice(SECTIONS)
+        value = rng.choice(["[1]", "3", "null", "text", "true", "[]", "''"])
+        entries = {name: dict(keys) for name, keys in REFERENCE.items() if name != section}
+        entries[None] = {section: value}
+        text, where = render(entries)
+        expected = (where[(None, section)], (f"'{section}'",))
+    path.write_text(text, encoding="utf-8")
+    message = config_error(path)
+    line, names = expected
+    if line:
+        assert_names(message, path, line, *names)
+    else:
+        assert any(name in message for name in names), (names, message)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_generated_combinations_of_mistakes_report_one_of_them(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(1000 + seed)
+    entries: Entries = {name: dict(keys) for name, keys in (OPENAI if seed % 2 else REFERENCE).items()}
+    mistakes: list[tuple[str | None, str]] = []
+    for key in rng.sample([k for k in KEYS if k.base == ("openai" if seed % 2 else "reference")], rng.randint(2, 4)):
+        entries.setdefault(key.section, {})[key.name] = rng.choice(key.bad)
+        mistakes.append((key.section, key.name))
+    text, where = render(entries)
+    path = tmp_path / "eval.yaml"
+    path.write_text(text, encoding="utf-8")
+    message = config_error(path)
+    assert any(f"line {where[m]}:" in message for m in mistakes), (mistakes, message)
+
+
+# --- byte-level damage ----------------------------------------------------------------------
+
+FULL = (
+    "version: 1\nname: fuzz\n"
+    "benchmark:\n  name: humaneval\n  limit: 3\n  ids: [HumanEval/0, HumanEval/1]\n"
+    "model:\n  provider: reference\n"
+    "sampling:\n  n: 2\n  k: [1, 2]\n"
+    "sandbox:\n  driver: auto\n  timeout_s: 5\n  memory_mb: 256\n  max_processes: 4\n"
+    "scheduler:\n  workers: 2\n  batch_size: 4\n  max_retries: 1\n"
+    "output_dir: runs\n"
+)
+API = (
+    "benchmark: {name: humaneval, limit: 2}\n"
+    "model:\n  provider: openai\n  name: m\n  base_url: http://127.0.0.1:9/v1\n  api_key_env: null\n"
+    "  extra_body: {max_tokens: null, reasoning: {effort: low}}\n  stop: ['\\ndef ', '\\nclass ']\n"
+    "  prompt_template: |\n    Solve {{ prompt }}\n  temperature: 0.2\n"
+    "defaults: &d {timeout_s: 3}\n"
+)
+NOISE = [b":", b"-", b"[", b"]", b"{", b"}", b"&", b"*", b"!", b"|", b">", b"\t", b"\x00", b"\xff", b"\xc3", b"'", b'"', b"#",
+         b"%", b"@", b"`", b"\n", b"  ", b"? ", b"<<: *d\n", b"!!python/object:os.system ", b"\xef\xbb\xbf", b"\r", b"\\u", b"1e3"]
+
+
+def damaged(text: str, rng: random.Random) -> bytes:
+    data = bytearray(text.encode())
+    for _ in range(rng.randint(1, 5)):
+        at = rng.randrange(len(data) + 1)
+        op = rng.choice(["insert", "replace", "delete", "dup_line", "truncate"])
+        if op == "insert":
+            data[at:at] = rng.choice(NOISE)
+        elif op == "replace" and at < len(data):
+            data[at] = rng.randrange(256)
+        elif op == "delete":
+            del data[at : at + rng.randint(1, 8)]
+        elif op == "dup_line":
+            lines = bytes(data).split(b"\n")
+            i = rng.randrange(len(lines))
+            lines.insert(rng.randrange(len(lines) + 1), lines[i])
+            data = bytearray(b"\n".join(lines))
+        else:
+            del data[at:]
+    return bytes(data)
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_damaged_configs_load_or_raise_config_error(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    # the API config names a base: mutations may hit its defaults anchor (&d) and merge key (<<)
+    data = damaged(rng.choice([FULL, API.replace("defaults: &d", "sandbox: &d")]), rng)
+    path = tmp_path / "eval.yaml"
+    path.write_bytes(data)
+    with timebox(5):
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            message = str(exc)
+            assert "\n" not in message and str(path) in message, message
+        else:
+            assert isinstance(config, EvalConfig)
+
+
+# --- files that are not a page of YAML ------------------------------------------------------
+
+
+def test_aliases_within_reason_still_work(tmp_path: Path) -> None:
+    path = tmp_path / "eval.yaml"
+    path.write_text(
+        "benchmark: {name: humaneval, ids: &ids [HumanEval/0, HumanEval/1]}\nmodel: {provider: reference}\n"
+        "sandbox: &box {timeout_s: 3, memory_mb: 256}\nscheduler:\n  <<: {workers: 2}\n  batch_size: 4\n"
+    )
+    config = load_config(path)
+    assert config.benchmark.ids == ["HumanEval/0", "HumanEval/1"] and config.sandbox.timeout_s == 3
+    assert (config.scheduler.workers, config.scheduler.batch_size) == (2, 4)
+
+
+def test_a_utf8_byte_order_mark_and_crlf_line_ends_are_fine(tmp_path: Path) -> None:
+    path = tmp_path / "windows.yaml"
+    path.write_bytes(b"\xef\xbb\xbfbenchmark:\r\n  name: humaneval\r\nmodel:\r\n  provider: reference\r\nsampling:\r\n  n: 3\r\n")
+    assert load_config(path).sampling.n == 3
+    path.write_bytes(b"\xef\xbb\xbfbenchmark:\r\n  name: humaneval\r\nmodel:\r\n  provider: reference\r\nsampling:\r\n  n: x\r\n")
+    assert "line 6: 'sampling.n'" in config_error(path)
+
+
+def test_a_quoted_key_that_looks_like_a_number_is_a_name(tmp_path: Path) -> None:
+    path = tmp_path / "eval.yaml"
+    path.write_text("benchmark: {name: humaneval}\nmodel: {provider: reference}\n'1': 2\n")
+    assert "unknown key '1'" in config_error(path)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("missing.jsonl", "which is not a file"),
+        ("'.'", "which is not a file"),
+        ("''", "which is not a file"),
+        ("/dev/null", "which is not a file"),
+        ("/dev/zero", "which is not a file"),
+        ("a" * 5000, "cannot be a path here (File name too long)"),
+        ("~nosuchuser-evalkit/s.jsonl", "cannot be a path here"),
+    ],
+    ids=["missing", "folder", "empty", "devnull", "devzero", "too-long", "no-such-user"],
+)
+@pytest.mark.parametrize("key", ["benchmark.path", "model.path"])
+def test_input_paths_that_name_no_file(tmp_path: Path, key: str, value: str, expected: str) -> None:
+    entries: Entries = {"benchmark": {"name": "humaneval"}, "model": {"provider": "samples", "path": "s.jsonl"}}
+    (tmp_path / "s.jsonl").write_text('{"task_id": "HumanEval/0", "completion": ""}\n')
+    section, name = key.split(".")
+    if key == "benchmark.path":
+        entries["benchmark"] = {"path": value}
+    else:
+        entries["model"]["path"] = value
+    text, where = render(entries)
+    path = tmp_path / "eval.yaml"
+    path.write_text(text)
+    message = config_error(path)
+    assert_names(message, path, where[(section, name)], f"'{key}'")
+    assert expected in message, message
+
+
+def test_a_samples_path_that_is_a_pipe_is_not_opened(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "s.jsonl")
+    path = tmp_path / "eval.yaml"
+    path.write_text("benchmark: {name: humaneval}\nmodel: {provider: samples, path: s.jsonl}\n")
+    assert "'model.path' names s.jsonl, which is not a file" in config_error(path, seconds=3)
+
+
+@pytest.mark.parametrize(
+    ("entry", "key"),
+    [
+        ("sandbox:\n  timeout_s: 0", "sandbox.timeout_s"),
+        ("sandbox:\n  timeout_s: 1.0e+12", "sandbox.timeout_s"),
+        ("sandbox:\n  timeout_s: 1e12", "sandbox.timeout_s"),  # YAML 1.1 reads this as text
+        ("sandbox:\n  cpu_time_s: 1.0e+12", "sandbox.cpu_time_s"),
+        ("sandbox:\n  memory_mb: 1", "sandbox.memory_mb"),
+        ("sandbox:\n  max_processes: 0", "sandbox.max_processes"),
+        ("sandbox:\n  max_output_bytes: 1", "sandbox.max_output_bytes"),
+        ("sampling:\n  n: 100000000", "sampling.n"),
+        ("scheduler:\n  workers: 1000000", "scheduler.workers"),
+        ("scheduler:\n  max_retries: 1000000000", "scheduler.max_retries"),
+        ("scheduler:\n  batch_size: 0", "scheduler.batch_size"),
+    ],
+)
+def test_absurd_limits_are_config_errors(tmp_path: Path, entry: str, key: str) -> None:
+    path = tmp_path / "eval.yaml"
+    path.write_text("benchmark: {name: humaneval}\nmodel: {provider: reference}\n" + entry + "\n")
+    assert f"line 4: '{key}'" in config_error(path)
+
+
+def test_large_but_harmless_limits_are_accepted(tmp_path: Path) -> None:
+    """Memory, processes and output above what a machine has mean "no limit" (vmpool caps
+    output at 8 MiB and treats a limit beyond 2**63 as none); a run with them completes
+    (checked by hand: `evalkit run` with each, 2 HumanEval problems, pass@1 = 1.0)."""
+    path = tmp_path / "eval.yaml"
+    path.write_text(
+        "benchmark: {name: humaneval}\nmodel: {provider: reference}\n"
+        "sandbox: {memory_mb: 100000000000000, max_processes: 100000000000000000000, max_output_bytes: 100000000000000000000000}\n"
+        "sampling: {n: 10000, k: [100000000000000000000]}\nscheduler: {workers: 10000, max_retries: 100}\n"
+    )
+    config = load_config(path)
+    assert config.sandbox.memory_mb == 10**14 and config.sampling.n == 10_000 and config.scheduler.workers == 10_000
+
+
+def test_long_values_are_cut_in_messages(tmp_path: Path) -> None:
+    path = tmp_path / "eval.yaml"
+    path.write_text("benchmark: {name: humaneval}\nmodel: {provider: reference}\nsampling:\n  n: [" + ", ".join(["123456789"] * 20000) + "]\n")
+    message = config_error(path)
+    assert "line 4: 'sampling.n'" in message and message.endswith("...") and len(message) < 400, message
