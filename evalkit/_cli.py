@@ -90,7 +90,7 @@ def main() -> None:
 
 
 @main.command("run", short_help="Evaluate a config (benchmark, model, sandbox).")
-@click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("config", type=click.Path(path_type=Path))  # load_config says what is wrong with it
 @click.option("--resume", "resume_latest", is_flag=True, help="Continue this config's newest unfinished run if its settings, samples and problems are unchanged; otherwise start a new one.")
 @click.option("--no-cache", is_flag=True, help="Ask the model API for every completion, even those in the completion cache (fresh ones still go to the cache).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output; only the result lines.")

@@ -1,15 +1,23 @@
 """The run configuration: a YAML file validated into `EvalConfig`.
 
 Every mistake in a config file becomes a `ConfigError` whose message is one sentence naming
-the file, the line, the key and what was expected. Input paths in a config (``benchmark.path``,
-``model.path``) are relative to the config file's folder; ``output_dir`` is relative to the
-working directory, like the output folder of any command-line tool.
+the file, the line, the key and what was expected. A config is a page of YAML, and what is
+not is refused before it can cost time or memory: a file larger than `MAX_CONFIG_BYTES`, one
+that is not a regular file (a folder, a pipe, a device), and YAML that expands to more than
+`MAX_CONFIG_VALUES` values through aliases (an alias bomb) or nests too deeply. Keys are
+names: a key YAML reads as something else (``1:``, ``on:``, ``null:``) is an error, and so is
+a value holding a NUL character or an unpaired surrogate (``"\\0"``, ``"\\ud800"``).
+
+Input paths in a config (``benchmark.path``, ``model.path``) are relative to the config file's
+folder; ``output_dir`` is relative to the working directory, like the output folder of any
+command-line tool.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +27,15 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from ._errors import ConfigError
 
 CONFIG_VERSION: Literal[1] = 1
+MAX_CONFIG_BYTES = 1_000_000
+"""The largest config file read; hand-written configs are a few hundred bytes."""
+MAX_CONFIG_VALUES = 100_000
+"""Keys, values and list items of a config once its aliases (``*name``) are expanded: a few
+lines of aliases can stand for billions of values (the "billion laughs")."""
 _NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 _Line = dict[tuple[str | int, ...], int]
 
@@ -117,13 +133,34 @@ def load_config(path: str | Path) -> EvalConfig:
     Raises `ConfigError` naming the file, line and key on any problem.
     """
     path = Path(path)
+    return parse_config(_read_config(path), source=path)
+
+
+def _read_config(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"{path} is a folder, not a config file")
+        if not stat.S_ISREG(info.st_mode):  # a pipe or a device may never end, or never start
+            raise ConfigError(f"{path} is not a regular file (a pipe, socket or device), so it cannot be a config file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} holds {info.st_size} bytes, more than the {MAX_CONFIG_BYTES} a config file may (is it the right file?)")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
         raise ConfigError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    return parse_config(text, source=path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # a NUL in the path
+        raise ConfigError(f"cannot read config file {path!r}: {exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:  # it grew since stat
+        raise ConfigError(f"{path} holds more than the {MAX_CONFIG_BYTES} bytes a config file may (is it the right file?)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}; save the file as UTF-8)") from None
 
 
 def parse_config(text: str, source: Path, *, check_inputs: bool = True) -> EvalConfig:
@@ -154,8 +191,11 @@ def parse_config(text: str, source: Path, *, check_inputs: bool = True) -> EvalC
 
 
 def _load_yaml(text: str, source: Path) -> tuple[dict[str, Any], _Line]:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: a config may hold at most {MAX_CONFIG_BYTES} characters, and this one holds {len(text)}")
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        lines = _index_lines(node, source)  # first: it refuses an alias bomb before it is built
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -164,25 +204,67 @@ def _load_yaml(text: str, source: Path) -> tuple[dict[str, Any], _Line]:
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow; it has no mark
         line = text.count("\n", 0, exc.position) + 1
         raise ConfigError(f"{source}, line {line}: invalid YAML: character #x{exc.character:04x} is not allowed") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"{source}: the YAML is nested too deeply (hundreds of levels) to be a config") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a config must be a YAML mapping of keys to values")
-    lines: _Line = {}
-    _index_lines(node, (), lines, source)
     return data, lines
 
 
-def _index_lines(node: yaml.Node | None, prefix: tuple[str | int, ...], out: _Line, source: Path) -> None:
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = (*prefix, str(key_node.value))
-            if key in out:  # YAML forbids it; PyYAML would silently keep the last one
-                raise ConfigError(f"{source}, line {key_node.start_mark.line + 1}: duplicate key '{_dotted(key)}' (first on line {out[key]})")
-            out[key] = key_node.start_mark.line + 1
-            _index_lines(value_node, key, out, source)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            out[(*prefix, i)] = item.start_mark.line + 1
-            _index_lines(item, (*prefix, i), out, source)
+def _index_lines(root: yaml.Node | None, source: Path) -> _Line:
+    """The line of every key and list item, by its path of keys and indexes.
+
+    Raises `ConfigError` for a duplicate key, a key that is not a name, a NUL or an unpaired
+    surrogate in a value, and more than `MAX_CONFIG_VALUES` values (aliases expanded).
+    """
+    out: _Line = {}
+    seen = 0
+
+    def visit(node: yaml.Node, prefix: tuple[str | int, ...]) -> None:
+        nonlocal seen
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{source}: the config expands to more than {MAX_CONFIG_VALUES} values through its aliases (*name); is it an alias bomb?")
+        if isinstance(node, yaml.ScalarNode):
+            _check_text(node, prefix, source)
+        elif isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                line = key_node.start_mark.line + 1
+                if not (isinstance(key_node, yaml.ScalarNode) and key_node.tag in (_STR_TAG, _MERGE_TAG)):
+                    raise ConfigError(f"{source}, line {line}: {_not_a_name(key_node, prefix)}")
+                key = (*prefix, str(key_node.value))
+                if key in out:  # YAML forbids it; PyYAML would silently keep the last one
+                    raise ConfigError(f"{source}, line {line}: duplicate key '{_dotted(key)}' (first on line {out[key]})")
+                _check_text(key_node, key, source)
+                out[key] = line
+                visit(value_node, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                out[(*prefix, i)] = item.start_mark.line + 1
+                visit(item, (*prefix, i))
+
+    if root is not None:
+        visit(root, ())
+    return out
+
+
+def _not_a_name(key_node: yaml.Node, prefix: tuple[str | int, ...]) -> str:
+    inside = f" in '{_dotted(prefix)}'" if prefix else ""
+    if isinstance(key_node, yaml.ScalarNode):
+        kind = key_node.tag.rpartition(":")[2]
+        return f"the key {key_node.value!r}{inside} is read as a YAML {kind}, not as a name (quote it if it is meant as one)"
+    kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+    return f"a key{inside} is a {kind}; keys are names"
+
+
+def _check_text(node: yaml.ScalarNode, loc: tuple[str | int, ...], source: Path) -> None:
+    what = f"'{_dotted(loc)}'" if loc else "the config"
+    where = f"{source}, line {node.start_mark.line + 1}"
+    if "\0" in node.value:
+        raise ConfigError(f"{where}: {what} holds a NUL character (\\0), which no name, path or prompt may hold")
+    bad = _SURROGATE.search(node.value)
+    if bad:
+        raise ConfigError(f"{where}: {what} holds an unpaired surrogate (\\u{ord(bad.group()):04x}), which is not valid Unicode text")
 
 
 def _where(source: Path, lines: _Line, loc: tuple[str | int, ...]) -> str:

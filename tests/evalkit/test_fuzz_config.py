@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from evalkit import ConfigError, EvalConfig, load_config, parse_config
+from evalkit._config import MAX_CONFIG_BYTES, MAX_CONFIG_VALUES
 
 EVALKIT = [sys.executable, "-m", "evalkit"]
 SEEDS = range(60)
@@ -312,6 +313,22 @@ def test_damaged_configs_load_or_raise_config_error(tmp_path: Path, seed: int) -
 # --- files that are not a page of YAML ------------------------------------------------------
 
 
+def test_an_alias_bomb_is_refused_quickly_and_in_little_memory(tmp_path: Path) -> None:
+    levels = "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]\n" for i in range(1, 10))
+    path = tmp_path / "bomb.yaml"
+    path.write_text("l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + levels + "benchmark: {name: humaneval}\nmodel: {provider: reference}\n")
+    tracemalloc.start()
+    try:
+        started = time.monotonic()
+        message = config_error(path)
+        elapsed = time.monotonic() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f"more than {MAX_CONFIG_VALUES} values" in message and "alias" in message
+    assert elapsed < 3 and peak < 64 * 2**20, (elapsed, peak)
+
+
 def test_aliases_within_reason_still_work(tmp_path: Path) -> None:
     path = tmp_path / "eval.yaml"
     path.write_text(
@@ -323,6 +340,86 @@ def test_aliases_within_reason_still_work(tmp_path: Path) -> None:
     assert (config.scheduler.workers, config.scheduler.batch_size) == (2, 4)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: " + "[" * 5000 + "]" * 5000 + "\n",
+        "a: " + "{b: " * 3000 + "1" + "}" * 3000 + "\n",
+        "".join("  " * i + f"k{i}:\n" for i in range(600)) + "  " * 600 + "x: 1\n",
+        "a:\n" + "".join("  " * (i + 1) + "-\n" for i in range(600)) + "  " * 601 + "1\n",
+    ],
+    ids=["lists", "flow-mappings", "block-mappings", "block-lists"],
+)
+def test_deep_nesting_is_a_config_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("benchmark: {name: humaneval}\nmodel: {provider: reference}\n" + text)
+    message = config_error(path)
+    assert "nested too deeply" in message or "unknown key 'a'" in message or "unknown key 'k0'" in message, message
+
+
+def test_a_50_mb_config_is_refused_without_reading_it(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    with open(path, "w", encoding="utf-8") as out:
+        out.write("benchmark: {name: humaneval}\nmodel: {provider: reference}\nname: ")
+        out.write("a" * (50 * 2**20))
+        out.write("\n")
+    started = time.monotonic()
+    message = config_error(path, seconds=3)
+    assert time.monotonic() - started < 1
+    assert f"holds 52428865 bytes, more than the {MAX_CONFIG_BYTES} a config file may" in message
+
+
+def test_parse_config_refuses_huge_text_too(tmp_path: Path) -> None:
+    with timebox(3), pytest.raises(ConfigError, match=f"at most {MAX_CONFIG_BYTES} characters"):
+        parse_config("benchmark: {name: humaneval}\nmodel: {provider: reference}\n# " + "x" * MAX_CONFIG_BYTES, source=tmp_path / "c.yaml")
+
+
+def test_a_config_just_under_the_size_limit_loads(tmp_path: Path) -> None:
+    body = "benchmark: {name: humaneval}\nmodel: {provider: reference}\n"
+    path = tmp_path / "eval.yaml"
+    path.write_text(body + "#" * (MAX_CONFIG_BYTES - len(body) - 1) + "\n")
+    assert path.stat().st_size == MAX_CONFIG_BYTES
+    assert load_config(path).benchmark.name == "humaneval"
+
+
+def test_a_folder_is_not_a_config(tmp_path: Path) -> None:
+    assert "is a folder, not a config file" in config_error(tmp_path)
+
+
+def test_a_pipe_is_not_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "eval.yaml"
+    os.mkfifo(fifo)  # no writer: opening it would block for ever
+    assert "not a regular file" in config_error(fifo, seconds=3)
+
+
+def test_a_device_is_not_read(tmp_path: Path) -> None:
+    with timebox(3), pytest.raises(ConfigError, match="not a regular file"):
+        load_config("/dev/zero")  # reading it would never end
+    with timebox(3), pytest.raises(ConfigError, match="not a regular file"):
+        load_config(os.devnull)
+
+
+def test_a_path_under_a_file_does_not_exist(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    assert "does not exist" in config_error(tmp_path / "file" / "eval.yaml")
+
+
+def test_binary_garbage_names_a_line(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    for i in range(20):
+        path = tmp_path / f"garbage{i}.yaml"
+        path.write_bytes(bytes(rng.randrange(256) for _ in range(rng.randint(1, 4000))))
+        message = config_error(path)
+        assert re.search(r", line \d+: (not UTF-8 text|invalid YAML)", message) or "mapping" in message, message
+
+
+def test_non_utf8_text_names_its_line_and_byte(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"benchmark: {name: humaneval}\nmodel: {provider: reference}\nname: caf\xe9\n")
+    message = config_error(path)
+    assert f"{path}, line 3: not UTF-8 text (byte 0xe9 at column 10" in message
+
+
 def test_a_utf8_byte_order_mark_and_crlf_line_ends_are_fine(tmp_path: Path) -> None:
     path = tmp_path / "windows.yaml"
     path.write_bytes(b"\xef\xbb\xbfbenchmark:\r\n  name: humaneval\r\nmodel:\r\n  provider: reference\r\nsampling:\r\n  n: 3\r\n")
@@ -331,10 +428,64 @@ def test_a_utf8_byte_order_mark_and_crlf_line_ends_are_fine(tmp_path: Path) -> N
     assert "line 6: 'sampling.n'" in config_error(path)
 
 
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("1: 2", "the key '1' is read as a YAML int"),
+        ("null: 2", "the key 'null' is read as a YAML null"),
+        ("~: 2", "the key '~' is read as a YAML null"),
+        ("1.5: 2", "the key '1.5' is read as a YAML float"),
+        ("2020-01-01: 2", "the key '2020-01-01' is read as a YAML timestamp"),
+        ("sandbox:\n  on: 1", "the key 'on' in 'sandbox' is read as a YAML bool"),
+        ("sandbox:\n  yes: 1", "the key 'yes' in 'sandbox' is read as a YAML bool"),
+        ("? [a, b]\n: 1", "a key is a list; keys are names"),
+        ("? {a: b}\n: 1", "a key is a mapping; keys are names"),
+        ("model_extra:\n  ? - x\n  : 1", "a key in 'model_extra' is a list"),
+    ],
+    ids=["int", "null", "tilde", "float", "date", "on", "yes", "list", "mapping", "nested-list"],
+)
+def test_keys_must_be_names(tmp_path: Path, line: str, expected: str) -> None:
+    path = tmp_path / "eval.yaml"
+    path.write_text("benchmark: {name: humaneval}\nmodel: {provider: reference}\n" + line + "\n")
+    message = config_error(path)
+    assert expected in message and f"{path}, line " in message, message
+
+
 def test_a_quoted_key_that_looks_like_a_number_is_a_name(tmp_path: Path) -> None:
     path = tmp_path / "eval.yaml"
     path.write_text("benchmark: {name: humaneval}\nmodel: {provider: reference}\n'1': 2\n")
     assert "unknown key '1'" in config_error(path)
+
+
+@pytest.mark.parametrize(
+    ("entry", "key", "what"),
+    [
+        ('name: "run\\0one"', "name", "NUL"),
+        ('output_dir: "runs\\0"', "output_dir", "NUL"),
+        ('sandbox:\n  python: "/usr/bin/python3\\0"', "sandbox.python", "NUL"),
+        ('name: "\\ud800"', "name", "unpaired surrogate (\\ud800)"),
+        ('output_dir: "a\\udfffb"', "output_dir", "unpaired surrogate (\\udfff)"),
+        ('"k\\0": 1', "k", "NUL"),
+    ],
+)
+def test_nul_and_surrogates_are_refused_with_their_line(tmp_path: Path, entry: str, key: str, what: str) -> None:
+    path = tmp_path / "eval.yaml"
+    path.write_text("benchmark: {name: humaneval}\nmodel: {provider: reference}\n" + entry + "\n")
+    message = config_error(path)
+    assert f"{path}, line " in message and what in message and f"'{key}" in message, message
+
+
+def test_nul_and_surrogates_in_api_options_are_refused(tmp_path: Path) -> None:
+    text, where = render(with_value(OPENAI, "model", "system_prompt", '"be \\ud83d brief"'))
+    path = tmp_path / "eval.yaml"
+    path.write_text(text)
+    assert f"line {where[('model', 'system_prompt')]}: 'model.system_prompt' holds an unpaired surrogate" in config_error(path)
+    text, where = render(with_value(OPENAI, "model", "extra_body", '{user: "a\\0b"}'))
+    path.write_text(text)
+    assert f"line {where[('model', 'extra_body')]}: 'model.extra_body.user' holds a NUL" in config_error(path)
+
+
+# --- input files and paths ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -415,3 +566,55 @@ def test_long_values_are_cut_in_messages(tmp_path: Path) -> None:
     path.write_text("benchmark: {name: humaneval}\nmodel: {provider: reference}\nsampling:\n  n: [" + ", ".join(["123456789"] * 20000) + "]\n")
     message = config_error(path)
     assert "line 4: 'sampling.n'" in message and message.endswith("...") and len(message) < 400, message
+
+
+# --- the same through the command line ------------------------------------------------------
+
+
+def evalkit_run(config: Path | str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*EVALKIT, "run", str(config)], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def assert_cli_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("evalkit: error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert proc.stdout == ""
+
+
+def test_cli_bad_configs_exit_2_with_one_line(tmp_path: Path) -> None:
+    """A sample of the cases above through `python -m evalkit run`: exit 2, one line on
+    stderr, no traceback, each within the subprocess timeout."""
+    head = "benchmark: {name: humaneval}\nmodel: {provider: reference}\n"
+    bomb = "l0: &l0 [a, a, a, a, a, a, a, a, a]\n" + "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]\n" for i in range(1, 10))
+    cases: dict[str, bytes] = {
+        "bomb": (bomb + head).encode(),
+        "deep": (head + "a: " + "[" * 5000 + "]" * 5000 + "\n").encode(),
+        "binary": bytes(random.Random(3).randrange(256) for _ in range(3000)),
+        "latin1": head.encode() + b"name: caf\xe9\n",
+        "intkey": (head + "sandbox:\n  1: 2\n").encode(),
+        "wrongtype": (head + "sampling: {n: [1]}\n").encode(),
+        "absurd": (head + "scheduler: {workers: 1000000}\n").encode(),
+        "baseurl": b"benchmark: {name: humaneval}\nmodel: {provider: openai, name: m, api_key_env: null, base_url: 'localhost:8000/v1'}\n",
+        "extrabody": b"benchmark: {name: humaneval}\nmodel: {provider: openai, name: m, api_key_env: null, extra_body: {temperature: .nan}}\n",
+        "list": b"- benchmark\n- model\n",
+    }
+    expected = {"bomb": "alias bomb", "deep": "nested too deeply", "binary": "bin.yaml", "latin1": "line 3: not UTF-8",
+                "intkey": "line 4: the key '1' in 'sandbox'", "wrongtype": "'sampling.n'", "absurd": "'scheduler.workers'",
+                "baseurl": "'model.base_url'", "extrabody": "'model.extra_body'", "list": "mapping"}
+    for name, data in cases.items():
+        path = tmp_path / ("bin.yaml" if name == "binary" else f"{name}.yaml")
+        path.write_bytes(data)
+        assert_cli_error(evalkit_run(path.name, tmp_path), path.name, expected[name])
+    big = tmp_path / "big.yaml"
+    with open(big, "wb") as out:
+        out.truncate(50 * 2**20)
+    assert_cli_error(evalkit_run("big.yaml", tmp_path), "big.yaml", "bytes")
+    (tmp_path / "folder").mkdir()
+    assert_cli_error(evalkit_run("folder", tmp_path), "folder is a folder")
+    os.mkfifo(tmp_path / "fifo.yaml")
+    assert_cli_error(evalkit_run("fifo.yaml", tmp_path), "not a regular file")
+    assert_cli_error(evalkit_run("/dev/zero", tmp_path), "not a regular file")
