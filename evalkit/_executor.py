@@ -7,12 +7,19 @@ that keeps breaking sandboxes ends as ``infra_error``, never as a model failure.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from vmpool import ExecResult, Limits, LocalSandbox, VmpoolError
 
 from ._config import SandboxConfig
 from ._types import ExecRequest, SampleResult, Status
+
+MAX_PROGRAM_BYTES = 64 * 2**20 - 2**16
+"""The largest program a sandbox takes, measured as vmpool's agent protocol carries it: a JSON
+string (``\\u0001`` for a control character, six bytes) in one line of at most 64 MiB, less
+room for the rest of the request. A larger program is the completion's doing (a model that
+wrote megabytes), so its sample is ``failed`` without running, not an ``infra_error``."""
 
 _STATUS: dict[str, Status] = {
     "ok": "passed",
@@ -68,6 +75,10 @@ def verdict(
 
 
 def infra_error(request: ExecRequest, driver: str, error: str, attempts: int) -> SampleResult:
+    return _not_run(request, "infra_error", driver, error, attempts)
+
+
+def _not_run(request: ExecRequest, status: Status, driver: str, error: str, attempts: int) -> SampleResult:
     sample = request.sample
     return SampleResult(
         task_id=sample.task_id,
@@ -75,13 +86,21 @@ def infra_error(request: ExecRequest, driver: str, error: str, attempts: int) ->
         completion=sample.completion,
         prompt=sample.prompt,
         response=sample.response,
-        status="infra_error",
+        status=status,
         passed=False,
         duration_s=0.0,
         driver=driver,
         error=error,
         attempts=attempts,
     )
+
+
+def _sent_size(program: str) -> int:
+    """The program's length as a JSON string, or its length in characters when that cannot
+    exceed `MAX_PROGRAM_BYTES` (one character is at most 12 bytes escaped: a surrogate pair)."""
+    if 12 * len(program) + 2 <= MAX_PROGRAM_BYTES:
+        return len(program)
+    return len(json.dumps(program))
 
 
 class SampleExecutor:
@@ -107,6 +126,10 @@ class SampleExecutor:
             self._sandbox = None
 
     def run_one(self, request: ExecRequest, prior_attempts: int = 0) -> SampleResult:
+        size = _sent_size(request.program)
+        if size > MAX_PROGRAM_BYTES:
+            error = f"not run: the program is {size} bytes as sent to a sandbox (JSON-escaped), more than the {MAX_PROGRAM_BYTES} it takes"
+            return _not_run(request, "failed", self.driver, error, prior_attempts + 1)
         attempts = prior_attempts
         last_error = ""
         while attempts <= self.max_retries:

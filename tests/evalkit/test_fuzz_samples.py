@@ -23,7 +23,9 @@ import pytest
 import yaml
 
 import evalkit
-from evalkit import Sample, SamplesError, read_samples
+from evalkit import ExecRequest, Sample, SamplesError, read_samples
+from evalkit._config import SandboxConfig
+from evalkit._executor import MAX_PROGRAM_BYTES, SampleExecutor
 from evalkit._samples import MAX_LINE_BYTES
 
 from .test_fuzz_config import timebox
@@ -232,7 +234,7 @@ def test_damaged_files_are_read_or_refused_naming_a_line(tmp_path: Path, seed: i
             assert all(isinstance(s, Sample) and s.task_id in KNOWN for s in samples)
 
 
-# --- the command line, and a real run at the limit -----------------------------------------
+# --- the command line, and programs too large for a sandbox --------------------------------
 
 
 def test_cli_bad_samples_files_exit_2_with_one_line(tmp_path: Path) -> None:
@@ -253,6 +255,36 @@ def test_cli_bad_samples_files_exit_2_with_one_line(tmp_path: Path) -> None:
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         [message] = proc.stderr.strip().splitlines()
         assert message.startswith(f"evalkit: error: {tmp_path / name}.jsonl, ") and expected[name] in message, message
+
+
+def test_a_program_too_large_for_a_sandbox_is_failed_without_running() -> None:
+    """vmpool's agent protocol carries a program as a JSON string in one line of at most 64 MiB;
+    a bigger one was an infra_error (a ValueError inside vmpool), counted against the
+    infrastructure. It is the completion's doing: a `failed` verdict, decided before any
+    sandbox starts. Escaping counts: 11 MB of control characters are 66 MB as JSON."""
+    executor = SampleExecutor(SandboxConfig(), driver="bwrap", max_retries=2)
+    try:
+        sample = Sample(task_id="T/0", sample_idx=3, completion="#" + "\x01" * (MAX_PROGRAM_BYTES // 6))
+        result = executor.run_one(ExecRequest(sample=sample, program=sample.completion))
+    finally:
+        executor.close()
+    assert (result.status, result.passed, result.attempts, result.sample_idx) == ("failed", False, 1, 3)
+    size = len(json.dumps(sample.completion))
+    assert size > MAX_PROGRAM_BYTES and result.error == (
+        f"not run: the program is {size} bytes as sent to a sandbox (JSON-escaped), more than the {MAX_PROGRAM_BYTES} it takes"
+    )
+
+
+@pytest.mark.sandbox
+@pytest.mark.usefixtures("sandboxes")
+def test_a_program_just_within_the_limit_runs() -> None:
+    executor = SampleExecutor(SandboxConfig(), driver="bwrap", max_retries=0)
+    try:
+        program = "print('ok')\n#" + "\x01" * ((MAX_PROGRAM_BYTES - 64) // 6)
+        result = executor.run_one(ExecRequest(sample=Sample(task_id="T/0", sample_idx=0, completion=""), program=program))
+    finally:
+        executor.close()
+    assert result.status == "passed" and result.stdout == "ok\n", result.error
 
 
 @pytest.mark.ray

@@ -92,8 +92,8 @@ def test_a_sample_the_harness_cannot_send_fails_alone() -> None:
         results = executor.run_batch([request("t", 0, huge), request("t", 1, "x = 2\n")])
     finally:
         executor.close()
-    assert results[0].status == "infra_error" and "too large" in (results[0].error or "")
-    assert results[0].attempts == 1, "a deterministic harness error is not retried"
+    assert results[0].status == "failed" and "not run: the program is" in (results[0].error or "")
+    assert results[0].attempts == 1, "a program no sandbox takes is not retried"
     assert results[1].status == "passed"
 
 
