@@ -10,6 +10,7 @@ stage (`evalkit._generation`) decides which requests to make, caches and stores 
 from __future__ import annotations
 
 import json
+import re
 from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
@@ -19,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ._models import ModelProvider, ProviderOptions
 from ._types import Problem, Sample
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 PromptKind = Literal["chat", "completion"]
 
@@ -90,6 +93,13 @@ class Completion(BaseModel):
     finish_reason: str | None = None
     input_tokens: int | None = Field(None, description="prompt tokens of the request (shared by its n completions)")
     output_tokens: int | None = None
+
+    @field_validator("text", "finish_reason")
+    @classmethod
+    def _valid_unicode(cls, text: str | None) -> str | None:
+        # JSON can escape half a surrogate pair ("\ud83d" alone), which no UTF-8 file, journal or
+        # sandbox can take: it becomes U+FFFD, as undecodable bytes do in a lenient decoder
+        return None if text is None else _SURROGATE.sub("\ufffd", text)
 
 
 class MalformedReply(ValueError):
