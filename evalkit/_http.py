@@ -270,7 +270,7 @@ class ApiClient:
         if 200 <= status < 300:
             try:
                 decoded = json.loads(response.content)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply for json
                 return _Failure(status, "malformed", "reply is not JSON: " + self._redact(_snippet(response.text)), True, cause=exc)
             try:
                 return _Parsed(parse(decoded))

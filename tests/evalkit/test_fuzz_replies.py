@@ -4,9 +4,10 @@
 Whatever comes back, each sample ends with a recorded outcome and the run completes: a
 useless reply (empty, blank, prose, a refusal, broken code, megabytes) is the model's answer,
 so it is judged like any other (``failed``, or ``passed`` when the code is in there); a 2xx
-body that is not what the API documents (wrong types, HTML, truncated or binary) is retried,
-then ``infra_error`` with the reason. Never a crash of the generation stage, never a hang.
-Limits are small: two attempts per request (max_retries 1), backoff 0.01 s, timeout_s 2.
+body that is not what the API documents (wrong types, HTML, truncated or binary, nested too
+deeply) is retried, then ``infra_error`` with the reason. Never a crash of the generation
+stage, never a hang. Limits are small: two attempts per request (max_retries 1), backoff
+0.01 s, timeout_s 2.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ MALFORMED: list[tuple[str, Fault, str]] = [  # (name, the 200 answer, what the e
     ("truncated", Fault(status=200, body='{"choices": [{"index": 0, "message": {"content": "def f'), "reply is not JSON"),
     ("json-null", Fault(status=200, body="null"), "reply has no list of 'choices'"),
     ("binary", Fault(status=200, body=bytes(range(256)) * 8), "reply is not JSON"),
+    ("deep", Fault(status=200, body="[" * 100_000 + "]" * 100_000), "reply is not JSON"),
     ("huge-number", Fault(status=200, body='{"choices": [], "id": ' + "9" * 5000 + "}"), "reply is not JSON"),
     ("error-with-200", Fault(status=200, body={"error": {"message": "upstream model crashed", "type": "server_error"}}), "reply has no list of 'choices': upstream model crashed"),
 ]
@@ -142,6 +144,7 @@ def test_malformed_anthropic_bodies(tmp_path: Path, problems: list[Problem]) -> 
     bodies: list[tuple[Any, str]] = [
         ({"type": "message", "content": "def f(): pass"}, "reply has no list of 'content' blocks"),
         ({"type": "message", "content": [{"type": "text"}]}, "a text block has no 'text'"),
+        ("[" * 50_000, "reply is not JSON"),
         ({"type": "message", "content": [{"type": "text", "text": "```python\nx = '\ud83d'\n```"}]}, ""),  # usable: U+FFFD
     ]
     pick = per_problem(problems, bodies)
