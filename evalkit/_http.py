@@ -18,6 +18,8 @@ backoff_s * 2**retry))``, unless the reply said how long to wait (``retry-after-
 At most ``concurrency`` requests are on the wire at once, fewer while the API throttles
 (`evalkit._throttle.AdaptiveLimit`: halved on a 429/529, grown back one at a time; a
 ``Retry-After`` holds every request back); a request waiting out its backoff holds no slot.
+``timeout_s`` bounds each phase of a request (connect, each read), and the whole request
+takes at most twice that, so a reply that trickles in byte by byte ends as a timeout too.
 
 Secrets: request headers (the API key) never appear in an exception, a log line or a
 reason; a reason that echoes a secret header's value has it replaced by ``***``. httpx's
@@ -64,6 +66,7 @@ _SECRET_HEADER_WORDS = ("authorization", "key", "token", "secret", "cookie")
 _REASON_CHARS = 200
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _DIRECT_HOSTS = ("all://127.0.0.1", "all://localhost", "all://[::1]")
+_TOTAL_TIMEOUTS = 2  # a request takes at most twice timeout_s in all
 
 _log = logging.getLogger("evalkit.http")
 
@@ -149,8 +152,8 @@ class ApiClient:
 
     ``headers`` go with every request (authentication included) and are never shown;
     ``timeout_s`` bounds each phase of a request (connect, each read, each write, waiting for
-    a pooled connection). Use as ``async with ApiClient(...) as client``; `aclose` is
-    idempotent.
+    a pooled connection), and twice ``timeout_s`` the whole request. Use as
+    ``async with ApiClient(...) as client``; `aclose` is idempotent.
 
     Raises `UserInputError` for a header HTTP cannot carry (a key with a line break in it)
     and, on entering, for a proxy in the environment that httpx cannot use.
@@ -254,9 +257,13 @@ class ApiClient:
 
     async def _send(self, client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> httpx.Response | _Failure:
         try:
-            return await client.post(url, json=body)
+            # httpx's timeouts bound each read; a reply trickling in byte by byte needs a total one
+            return await asyncio.wait_for(client.post(url, json=body), _TOTAL_TIMEOUTS * self._timeout_s)
         except httpx.TimeoutException as exc:
             reason = f"{type(exc).__name__} (timeout_s={self._timeout_s:g})"
+            return _Failure(None, "timeout", reason, True, cause=exc)
+        except TimeoutError as exc:
+            reason = f"no whole reply within {_TOTAL_TIMEOUTS * self._timeout_s:g} s (twice timeout_s={self._timeout_s:g})"
             return _Failure(None, "timeout", reason, True, cause=exc)
         except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as exc:
             return _Failure(None, "connection", self._redact(_transport_reason(exc)), False, cause=exc)

@@ -72,6 +72,8 @@ class Fault:
     After ``delay_s``: ``close`` drops the connection without a reply; else ``status`` (None:
     the normal answer) with ``body`` (a dict is sent as JSON, text or bytes as they are; None:
     the API's error body carrying ``message``) and extra ``headers`` (e.g. Retry-After).
+    ``trickle_s`` > 0 sends the body one byte at a time, ``trickle_s`` apart (a reply that
+    never quite stops coming, though no single read waits long).
     """
 
     status: int | None = None
@@ -80,6 +82,7 @@ class Fault:
     headers: Mapping[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     close: bool = False
+    trickle_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -371,6 +374,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = None
         headers = {name.lower(): value for name, value in self.headers.items()}
         number = model._arrive(self.path, body, headers)
+        self.trickle_s = 0.0
         try:
             response = self._response(model, number, body, headers)
         finally:
@@ -389,6 +393,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             fault = model.fault(number, self.path, body if isinstance(body, dict) else {}) if model.fault else None
             if fault is not None:
+                self.trickle_s = fault.trickle_s
                 model._sleep(fault.delay_s)
                 if fault.close:
                     return None
@@ -411,7 +416,16 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        model: ModelServer = self.server.model_server  # type: ignore[attr-defined]
+        if getattr(self, "trickle_s", 0.0) <= 0:
+            self.wfile.write(data)
+            return
+        for i in range(len(data)):
+            if model._closing.is_set():
+                self.close_connection = True
+                return
+            self.wfile.write(data[i : i + 1])
+            model._sleep(self.trickle_s)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

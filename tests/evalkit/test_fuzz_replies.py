@@ -5,9 +5,9 @@ Whatever comes back, each sample ends with a recorded outcome and the run comple
 useless reply (empty, blank, prose, a refusal, broken code, megabytes) is the model's answer,
 so it is judged like any other (``failed``, or ``passed`` when the code is in there); a 2xx
 body that is not what the API documents (wrong types, HTML, truncated or binary, nested too
-deeply) is retried, then ``infra_error`` with the reason. Never a crash of the generation
-stage, never a hang. Limits are small: two attempts per request (max_retries 1), backoff
-0.01 s, timeout_s 2.
+deeply) is retried, then ``infra_error`` with the reason; a reply that trickles in for ever
+ends as a timeout. Never a crash of the generation stage, never a hang. Limits are small:
+two attempts per request (max_retries 1), backoff 0.01 s, timeout_s 1 or 2.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 import evalkit
-from evalkit import BenchmarkConfig, Problem, RunOutcome
+from evalkit import BenchmarkConfig, InfraError, Problem, RunOutcome
 
 from .model_server import Fault, Kind, ModelServer, humaneval_chat_reply
 
@@ -172,4 +172,31 @@ def test_a_5_mb_reply(tmp_path: Path, problems: list[Problem]) -> None:
     assert [results[p.task_id]["status"] for p in problems[:2]] == ["passed", "passed"], [r.get("error") for r in results.values()]
     assert len(results[problems[1].task_id]["completion"]) > 5 * 2**20
     assert outcome.exit_code == 0 and time.monotonic() - started < 120
+
+
+@pytest.mark.slow
+def test_a_reply_that_trickles_in_for_ever_times_out(tmp_path: Path, problems: list[Problem]) -> None:
+    """One byte every 0.3 s: no single read waits the 1 s timeout_s, so only a limit on the
+    whole request ends it (before, the run waited for the whole body: ~10 minutes here)."""
+    replies = [humaneval_chat_reply(problem, "full") for problem in problems[:3]]
+    pick = per_problem(problems, [None, Fault(trickle_s=0.3), None])
+    with ModelServer(reply=lambda kind, prompt_text, index: per_problem(problems, replies)(prompt_text),
+                     fault=lambda number, path, body: pick(prompt_of(body))) as server:
+        started = time.monotonic()
+        outcome, results = run(tmp_path, server, problems, 3, timeout_s=1)
+        elapsed = time.monotonic() - started
+    trickled = results[problems[1].task_id]
+    assert trickled["status"] == "infra_error" and trickled["attempts"] == 2, trickled
+    assert "timed out after 2 attempt(s): no whole reply within 2 s" in trickled["error"], trickled["error"]
+    assert [results[p.task_id]["status"] for p in (problems[0], problems[2])] == ["passed", "passed"]
+    assert outcome.exit_code == 3 and elapsed < 60, elapsed
+
+
+@pytest.mark.slow
+def test_an_api_whose_every_reply_trickles_stops_the_run(tmp_path: Path, problems: list[Problem]) -> None:
+    with ModelServer(fault=lambda number, path, body: Fault(trickle_s=0.3)) as server:
+        started = time.monotonic()
+        with pytest.raises(InfraError, match="the model API is unreachable: .*no whole reply within 2 s"):
+            run(tmp_path, server, problems, 2, timeout_s=1)
+    assert time.monotonic() - started < 60
 
