@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 import evalkit
-from evalkit import BenchmarkConfig, InfraError, Problem, RunOutcome
+from evalkit import BenchmarkConfig, InfraError, Problem, RunOutcome, UserInputError
 
 from .model_server import Fault, Kind, ModelServer, humaneval_chat_reply
 
@@ -200,3 +200,19 @@ def test_an_api_whose_every_reply_trickles_stops_the_run(tmp_path: Path, problem
             run(tmp_path, server, problems, 2, timeout_s=1)
     assert time.monotonic() - started < 60
 
+
+@pytest.mark.parametrize(
+    ("model", "env"),
+    [({"extra_headers": {"X-Team": "a\nb"}}, None), ({"api_key_env": KEY_ENV}, "sk-abc\r\nX-Injected: 1")],
+    ids=["extra-header", "api-key"],
+)
+def test_a_header_http_cannot_carry_is_a_user_error(tmp_path: Path, problems: list[Problem], monkeypatch: pytest.MonkeyPatch,
+                                                    model: dict[str, Any], env: str | None) -> None:
+    """Before, the generation stage wrapped it: 'infrastructure failure: the generation stage
+    failed: UserInputError: ...' and exit 3. It is the user's input: exit 2."""
+    if env is not None:
+        monkeypatch.setenv(KEY_ENV, env)
+    with ModelServer() as server, pytest.raises(UserInputError, match=r"the HTTP header '[\w-]+' has a line break") as caught:
+        run(tmp_path, server, problems, 1, **model)
+    assert not isinstance(caught.value, InfraError)
+    assert env is None or env not in str(caught.value)
