@@ -11,6 +11,7 @@ bombs, deep nesting, huge files, binary garbage, pipes, folders and devices as c
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -59,7 +60,7 @@ def config_error(path: Path, seconds: float = 5.0) -> str:
     return message
 
 
-# --- a config as sections of keys, with the line of each key known --------------------------
+# --- a config as sections of keys, with the line of each key known -------------------------
 
 Entries = dict[str | None, dict[str, str]]  # section (None: top level) -> key -> YAML text of the value
 
@@ -94,7 +95,7 @@ def with_value(base: Entries, section: str | None, key: str, value: str) -> Entr
     return entries
 
 
-# --- what is wrong for each key -------------------------------------------------------------
+# --- what is wrong for each key ------------------------------------------------------------
 
 NOT_INT = ["'3'", "ten", "1.5", "true", "false", "[1]", "{a: 1}", ".nan", ".inf", "2020-01-01", "!!binary aGk=", "1e3"]
 NOT_NUMBER = ["soon", "'3'", "true", "[1]", "{a: 1}", ".nan", ".inf", "-.inf", "2020-01-01", "1e3", "1.0e+12", "0", "-1", "86401"]
@@ -250,7 +251,7 @@ def test_generated_combinations_of_mistakes_report_one_of_them(tmp_path: Path, s
     assert any(f"line {where[m]}:" in message for m in mistakes), (mistakes, message)
 
 
-# --- byte-level damage ----------------------------------------------------------------------
+# --- byte-level damage ---------------------------------------------------------------------
 
 FULL = (
     "version: 1\nname: fuzz\n"
@@ -310,7 +311,7 @@ def test_damaged_configs_load_or_raise_config_error(tmp_path: Path, seed: int) -
             assert isinstance(config, EvalConfig)
 
 
-# --- files that are not a page of YAML ------------------------------------------------------
+# --- files that are not a page of YAML -----------------------------------------------------
 
 
 def test_an_alias_bomb_is_refused_quickly_and_in_little_memory(tmp_path: Path) -> None:
@@ -485,7 +486,7 @@ def test_nul_and_surrogates_in_api_options_are_refused(tmp_path: Path) -> None:
     assert f"line {where[('model', 'extra_body')]}: 'model.extra_body.user' holds a NUL" in config_error(path)
 
 
-# --- input files and paths ------------------------------------------------------------------
+# --- input files and paths -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -516,6 +517,28 @@ def test_input_paths_that_name_no_file(tmp_path: Path, key: str, value: str, exp
     message = config_error(path)
     assert_names(message, path, where[(section, name)], f"'{key}'")
     assert expected in message, message
+
+
+PROBLEM = json.dumps({"task_id": "P/0", "prompt": "def f():\n", "entry_point": "f", "test": "def check(c):\n    assert c() == 1\n"})
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ([PROBLEM, "{not json"], "line 2: not valid JSON (Expecting property name"),
+        (["", PROBLEM, "[1, 2]"], "line 3: expected a JSON object (a problem), got list"),
+        (["\x00garbage"], "line 1: not valid JSON"),
+    ],
+    ids=["bad-json", "array", "garbage"],
+)
+def test_a_problems_file_with_a_bad_line_names_it(tmp_path: Path, lines: list[str], expected: str) -> None:
+    from evalkit import BenchmarkConfig, get_benchmark
+
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    with timebox(60), pytest.raises(ConfigError) as info:
+        get_benchmark(BenchmarkConfig(path=str(path))).problems()
+    assert str(info.value).startswith(f"cannot read problems from {path}, {expected}"), str(info.value)
 
 
 def test_a_samples_path_that_is_a_pipe_is_not_opened(tmp_path: Path) -> None:
@@ -568,7 +591,7 @@ def test_long_values_are_cut_in_messages(tmp_path: Path) -> None:
     assert "line 4: 'sampling.n'" in message and message.endswith("...") and len(message) < 400, message
 
 
-# --- the same through the command line ------------------------------------------------------
+# --- the same through the command line -----------------------------------------------------
 
 
 def evalkit_run(config: Path | str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -618,3 +641,6 @@ def test_cli_bad_configs_exit_2_with_one_line(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo.yaml")
     assert_cli_error(evalkit_run("fifo.yaml", tmp_path), "not a regular file")
     assert_cli_error(evalkit_run("/dev/zero", tmp_path), "not a regular file")
+    (tmp_path / "problems.jsonl").write_text(PROBLEM + "\n{oops\n")
+    (tmp_path / "problems.yaml").write_text("benchmark: {path: problems.jsonl}\nmodel: {provider: reference}\n")
+    assert_cli_error(evalkit_run("problems.yaml", tmp_path), "problems.jsonl, line 2: not valid JSON")  # no log line from datasets
