@@ -53,7 +53,7 @@ class ApiOptions(ProviderOptions):
     def _http_url(cls, url: str) -> str:
         try:
             parts = urlsplit(url)
-            parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+            _ = parts.port  # raises ValueError for a port that is not a number
         except ValueError as exc:
             raise ValueError(f"must be an http:// or https:// URL ({exc})") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
