@@ -122,6 +122,7 @@ KEYS = [
     Key(None, "output_dir", (*NOT_STR, *REQUIRED)),
     Key("benchmark", "limit", (*NOT_INT, "0", "-1")),
     Key("benchmark", "ids", ("[]", "[1]", "HumanEval/0", "{a: 1}", "[HumanEval/0, [x]]", "[null]")),
+    Key("benchmark", "strict", ("3", "[1]", "{a: 1}", "'maybe'")),  # issue 7's strict mode: wrong whatever its type
     Key("sampling", "n", (*NOT_INT, *REQUIRED, "0", "-1", "10001", "99999999999999999999999")),
     Key("sampling", "k", ("[]", "[0]", "[-1]", "['1']", "[1.5]", "[true]", "5", "'1'", "{a: 1}", "null", "[.nan]")),
     Key("sandbox", "driver", (*NOT_STR, *REQUIRED, "docker", "''")),
