@@ -104,14 +104,6 @@ class EvalConfig(_Section):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     output_dir: str = "reports"
 
-    @field_validator("version", mode="before")
-    @classmethod
-    def _integer_version(cls, value: object) -> object:
-        # strict mode still lets True and 1.0 through a Literal[1], as they equal 1
-        if isinstance(value, bool | float):
-            raise ValueError(f"should be the integer {CONFIG_VERSION}")
-        return value
-
     # Where the config came from, so that later stages (which load data the config names) can
     # still point at the file and line of a key: see `where`.
     _source: Path | None = PrivateAttr(None)
@@ -125,6 +117,14 @@ class EvalConfig(_Section):
         if self._source is None:
             return "config"
         return _where(self._source, self._lines, key)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _integer_version(cls, value: object) -> object:
+        # strict mode still lets True and 1.0 through a Literal[1], as they equal 1
+        if isinstance(value, bool | float):
+            raise ValueError(f"should be the integer {CONFIG_VERSION}")
+        return value
 
 
 def load_config(path: str | Path) -> EvalConfig:
