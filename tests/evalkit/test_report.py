@@ -291,7 +291,7 @@ def test_markup_in_results_is_escaped(make_result) -> None:
 
 def test_long_runs_make_a_bounded_page(make_result) -> None:
     """n=200 on 164 problems, every sample failing loudly: the page stays a few MB, as each row
-    shows FAILING_SHOWN samples and cuts their texts (a real 10-sample run's report is ~1.1 MB)."""
+    shows FAILING_SHOWN samples and cuts their texts (a real 10-sample run's report is ~0.9 MB)."""
     trace = "Traceback (most recent call last):\n" + '  File "x.py", line 3, in f\n' * 300 + "AssertionError\n"
     results = [
         make_result(f"HumanEval/{t}", i, "failed", error=f"AssertionError {i % 7}", stderr=trace, stdout="x" * 5000, completion="    pass\n" * 300)
