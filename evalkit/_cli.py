@@ -1,4 +1,5 @@
-"""The ``evalkit`` command: a thin shell over `evalkit.run`, `evalkit.resume` and `evalkit.report`."""
+"""The ``evalkit`` command: a thin shell over `evalkit.run`, `evalkit.resume`, `evalkit.report` and
+`evalkit.compare_runs`."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 import click
 
 from ._errors import EvalkitError, InfraError, RunInterrupted, UserInputError
 from ._runner import EXIT_INFRA, EXIT_INPUT, EXIT_INTERRUPTED, RunOutcome
 from ._version import __version__
+
+_T = TypeVar("_T")
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -30,7 +34,7 @@ def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _guarded(action: Callable[[], RunOutcome]) -> RunOutcome:
+def _guarded(action: Callable[[], _T]) -> _T:
     """Run ``action``, turning evalkit's errors into one line on stderr and the contract's exit code."""
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
@@ -142,6 +146,36 @@ def report_command(run_dir: Path, as_json: bool) -> None:
     else:
         _print_outcome(outcome)
         click.echo(f"report: {outcome.run_dir / 'report.html'}")
+
+
+@main.command("compare", short_help="Compare two runs problem by problem, with a paired test.")
+@click.argument("run_a", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("run_b", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--html", "html_out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Also write the comparison as an HTML page to this file.")
+@click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Significance level of the paired test.")
+def compare_command(run_a: Path, run_b: Path, html_out: Path | None, alpha: float) -> None:
+    """Compare run folder RUN_B with RUN_A (the baseline) over the problems both scored: pass@k
+    of each, the change in pass@1 with its 95% interval and the paired test's p-value, then
+    the problems that regressed and improved. Exit code 0; 2 if a folder is not a run or the
+    runs share no scored problem."""
+    from ._compare import compare_runs, format_comparison
+
+    _setup_logging(True)
+    comparison = _guarded(lambda: compare_runs(run_a, run_b, alpha=alpha))
+    click.echo(format_comparison(comparison))
+    if html_out is not None:
+        from . import _report
+
+        render = getattr(_report, "render_comparison", None)  # the comparison page comes with the report work of issue 6
+        if render is None:
+            click.echo("evalkit: error: this evalkit cannot write a comparison page (no render_comparison)", err=True)
+            sys.exit(EXIT_INFRA)
+        try:
+            html_out.write_text(render(comparison), encoding="utf-8")
+        except OSError as exc:
+            click.echo(f"evalkit: error: cannot write {html_out}: {exc.strerror}", err=True)
+            sys.exit(EXIT_INPUT)
+        click.echo(f"comparison page: {html_out}")
 
 
 def _driver_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:

@@ -207,6 +207,12 @@ def report(run_dir: str | Path) -> RunOutcome:
     return RunOutcome(store.path, summary, _exit_code(summary))
 
 
+def run_results(store: RunStore) -> list[SampleResult]:
+    """The results of a run folder that count: the journal's verdicts on its current samples
+    (the rule that resume, the end of a run, report and comparisons all use)."""
+    return _planned_results(store, current_samples(store))
+
+
 def latest_unfinished(config: EvalConfig) -> Path | None:
     """The newest run folder of this very config (same name, same resolved settings) under its
     output_dir that did not finish and that no other process is running; None if there is none."""
