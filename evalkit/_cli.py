@@ -180,7 +180,7 @@ def resume_command(run_dir: Path, no_cache: bool, quiet: bool, baseline: Path | 
     _conclude(_guarded(lambda: resume(run_dir, progress=not quiet, use_cache=not no_cache, baseline=baseline)))
 
 
-@main.command("report", short_help="Re-score and re-render a run folder, running nothing.")
+@main.command("report", short_help="Re-score, re-gate and re-render a run folder, running nothing.")
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics, counts, gates and exit code as JSON (and nothing else).")
 @_BASELINE
