@@ -310,3 +310,12 @@ def test_infrastructure_failures_beat_gates_unless_within_the_tolerance(tmp_path
         assert tolerant.summary["gates"][0] == {"metric": "infra_error_rate", "condition": "<= 0.2", "value": pytest.approx(1 / 6), "passed": True, "note": None}
     junit = (tolerant.run_dir / "junit.xml").read_text()
     assert f'name="{down.task_id}"' in junit and "infra_error: 1 sample(s) hit infrastructure failures" in junit
+
+
+def test_the_shipped_nightly_config_gates_without_a_baseline(repo_root: Path) -> None:
+    config = load_config(repo_root / "configs" / "nightly.yaml")
+    assert [(g.metric, g.condition) for g in config.parsed_gates()] == [("pass@1", ">= 0.60"), ("infra_error_rate", "<= 0.01"), ("timeout_rate", "<= 0.05")]
+    assert config.baseline is None, "a shipped config cannot name a run folder that exists"
+    assert (config.model.model_extra or {})["cache"] is False, "a nightly checkpoint keeps its name: last night's completions must not be reused"
+    text = (repo_root / "configs" / "nightly.yaml").read_text()
+    assert "# no_significant_regression: true" in text and "# baseline:" in text
