@@ -250,6 +250,10 @@ def test_a_significant_regression_fails_its_gate(tmp_path: Path) -> None:
     regression, delta = outcome.summary["gates"]
     assert regression["passed"] is False and regression["value"] is False and "p = 0.01562 < 0.05" in regression["note"]
     assert delta["passed"] is True and delta["value"] == pytest.approx(-7 / 8)
+    # resume of a finished run only re-reports it: against another baseline (itself), nothing regressed
+    again = evalkit.resume(outcome.run_dir, progress=False, baseline=outcome.run_dir)
+    assert again.exit_code == 0 and again.summary["comparison"]["regressed"] == []
+    assert [g["passed"] for g in again.summary["gates"]] == [True, True]
 
 
 def test_a_gate_that_needs_a_baseline_without_one_exits_2_before_running(tmp_path: Path) -> None:
