@@ -7,6 +7,7 @@
 
 from ._api import ApiOptions, ApiProvider, Completion, GenerationRequest, MalformedReply
 from ._benchmarks import Benchmark, benchmark_names, get_benchmark
+from ._compare import Comparison, ProblemChange, compare_results, compare_runs, format_comparison
 from ._config import (
     BenchmarkConfig,
     EvalConfig,
@@ -31,6 +32,7 @@ from ._models import ModelProvider, ProviderOptions, make_provider, provider_nam
 from ._runner import RunOutcome, latest_unfinished, report, resume, run
 from ._samples import read_samples, write_samples
 from ._scoring import pass_at_k, score
+from ._stats import pass_at_k_ci
 from ._store import RunStore
 from ._types import STATUSES, ExecRequest, Generation, Problem, Sample, SampleResult, Status
 from ._version import __version__
@@ -41,6 +43,7 @@ __all__ = [
     "ApiProvider",
     "Benchmark",
     "BenchmarkConfig",
+    "Comparison",
     "Completion",
     "ConfigError",
     "EvalConfig",
@@ -53,6 +56,7 @@ __all__ = [
     "ModelConfig",
     "ModelProvider",
     "Problem",
+    "ProblemChange",
     "ProviderOptions",
     "RunInterrupted",
     "RunOutcome",
@@ -69,12 +73,16 @@ __all__ = [
     "UserInputError",
     "__version__",
     "benchmark_names",
+    "compare_results",
+    "compare_runs",
+    "format_comparison",
     "get_benchmark",
     "latest_unfinished",
     "load_config",
     "make_provider",
     "parse_config",
     "pass_at_k",
+    "pass_at_k_ci",
     "provider_names",
     "read_samples",
     "report",
