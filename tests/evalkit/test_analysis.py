@@ -1,8 +1,10 @@
-"""`load_run` and `load_runs` on real runs (real bubblewrap sandboxes, a real local Ray)."""
+"""`load_run` and `load_runs` on real runs (real bubblewrap sandboxes, a real local Ray), and the
+example notebook executed with nbclient against one."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -22,6 +24,7 @@ from ._mixed import LOOP
 from .model_server import ModelServer, humaneval_replies
 
 REPO = Path(__file__).resolve().parents[2]
+NOTEBOOK = REPO / "reports" / "analysis.ipynb"
 IDS = ["HumanEval/0", "HumanEval/2", "HumanEval/53"]
 HTML_ERROR = "<b>boom</b> & 'co'"
 
@@ -308,3 +311,65 @@ def test_a_model_api_run_has_its_completions_columns(runs_dir: Path, problems: l
     assert (run.samples["finish_reason"] == "stop").all() and (run.samples["completion_source"] == "api").all()
     assert (run.samples["input_tokens"] > 0).all() and (run.samples["output_tokens"] > 0).all() and (run.samples["latency_s"] > 0).all()
     assert run.summary["run"]["model"] == "openai:test-model"
+
+
+def test_the_committed_notebook_has_no_outputs() -> None:
+    import nbformat
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code and all(cell.outputs == [] and cell.execution_count is None for cell in code)
+    assert notebook.metadata.kernelspec.name == "python3"
+
+
+def execute_notebook(cwd: Path) -> list[dict[str, Any]]:
+    """Run every cell of the notebook in a fresh kernel started in ``cwd``; the outputs of its
+    code cells. A cell that raises fails the test (nbclient raises CellExecutionError)."""
+    import nbclient
+    import nbformat
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    return outputs
+
+
+def text_of(outputs: list[dict[str, Any]]) -> str:
+    return "\n".join(str(o.get("text") or "") + str(o.get("data", {}).get("text/plain", "")) + str(o.get("data", {}).get("text/html", "")) for o in outputs)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.sandbox
+@pytest.mark.parametrize("where", ["EVALKIT_RUN_DIR", "newest under reports/"])
+def test_the_notebook_executes_against_a_real_run(mixed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    monkeypatch.delenv("EVALKIT_BASELINE_DIR", raising=False)
+    if where == "EVALKIT_RUN_DIR":
+        monkeypatch.setenv("EVALKIT_RUN_DIR", str(mixed))
+    else:
+        monkeypatch.delenv("EVALKIT_RUN_DIR", raising=False)
+        shutil.copytree(mixed, tmp_path / "reports" / "mixed-older")
+        shutil.copytree(mixed, tmp_path / "reports" / "mixed-newest")
+        os.utime(tmp_path / "reports" / "mixed-older" / "run.json", (1, 1))
+    outputs = execute_notebook(tmp_path)
+    text = text_of(outputs)
+    pass_1 = json.loads((mixed / "summary.json").read_text())["metrics"]["pass@1"]
+    assert f"pass@1 = {pass_1:.4f} from 3 problems (summary.json: {pass_1:.4f})" in text
+    assert "3 of 3 problems have a sample that did not pass" in text and "ValueError: &lt;b&gt;boom" in text
+    assert 'class="evalkit-run"' in text and "no baseline" in text
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the charts were drawn"
+    shown = mixed.name if where == "EVALKIT_RUN_DIR" else "mixed-newest"
+    assert shown in text
+
+
+@needs_compare
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.sandbox
+def test_the_notebook_compares_with_a_baseline(mixed: Path, baseline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVALKIT_RUN_DIR", str(mixed))
+    monkeypatch.setenv("EVALKIT_BASELINE_DIR", str(baseline))
+    text = text_of(execute_notebook(tmp_path))
+    assert "3 problem(s) regressed, 0 improved" in text and "pass@1 1.0000 -> 0.3056" in text
