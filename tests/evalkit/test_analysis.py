@@ -17,7 +17,7 @@ import yaml
 import evalkit
 from evalkit import BenchmarkConfig, Problem, RunStoreError
 from evalkit import _compare
-from evalkit._analysis import PROBLEM_DTYPES, RUN_COLUMNS, SAMPLE_DTYPES
+from evalkit._frames import PROBLEM_DTYPES, RUN_COLUMNS, SAMPLE_DTYPES
 
 from ..conftest import bwrap_missing_reason
 from ._mixed import LOOP
@@ -187,6 +187,24 @@ def test_an_interrupted_run_loads_from_its_journal_as_the_runner_would_score_it(
         assert run.summary[key] == reported[key], key
     assert run.summary["run"].items() <= reported["run"].items()
     pd.testing.assert_frame_equal(evalkit.load_run(folder).samples, run.samples)  # now from the parquet report wrote
+
+
+@pytest.mark.ray
+@pytest.mark.sandbox
+def test_a_run_stopped_before_any_verdict_loads(mixed: Path, tmp_path: Path) -> None:
+    folder = copy_run(mixed, tmp_path)
+    for name in ("samples.jsonl", "samples.parquet", "summary.json"):
+        (folder / name).unlink()
+    evalkit.RunStore.open(folder).write_meta(state="interrupted")
+    run = evalkit.load_run(folder)
+    assert run.samples.empty and not run.complete
+    assert_dtypes(run.samples, SAMPLE_DTYPES)
+    assert run.problems[["task_id", "planned", "n", "pending"]].values.tolist() == [[IDS[0], 4, 0, 4], [IDS[1], 3, 0, 3], [IDS[2], 3, 0, 3]]
+    assert run.problems["pass_rate"].isna().all()
+    with pytest.raises(ValueError, match="has no scored sample, so no pass@1"):
+        run.pass_at_k(1)
+    assert "0 of 10 planned samples have a verdict" in run._repr_html_()
+    assert len(evalkit.load_runs([folder, mixed])) == 10
 
 
 @pytest.mark.ray
