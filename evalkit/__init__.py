@@ -3,8 +3,11 @@
     >>> import evalkit
     >>> outcome = evalkit.run("configs/humaneval.yaml")
     >>> outcome.summary["metrics"]["pass@1"]
+    >>> run = evalkit.load_run(outcome.run_dir)   # pandas frames for a notebook
+    >>> run.problems.sort_values("pass_rate").head()
 """
 
+from ._analysis import Run, load_run, load_runs
 from ._api import ApiOptions, ApiProvider, Completion, GenerationRequest, MalformedReply
 from ._benchmarks import Benchmark, benchmark_names, get_benchmark
 from ._compare import Comparison, ProblemChange, compare_results, compare_runs, format_comparison
@@ -58,6 +61,7 @@ __all__ = [
     "Problem",
     "ProblemChange",
     "ProviderOptions",
+    "Run",
     "RunInterrupted",
     "RunOutcome",
     "RunStore",
@@ -79,6 +83,8 @@ __all__ = [
     "get_benchmark",
     "latest_unfinished",
     "load_config",
+    "load_run",
+    "load_runs",
     "make_provider",
     "parse_config",
     "pass_at_k",

@@ -18,14 +18,13 @@ The test behind ``p_value`` (see `evalkit._stats`):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from ._errors import UserInputError
-from ._scoring import pass_at_k
+from ._scoring import mean_pass_at_k
 from ._stats import bootstrap_mean_ci, mcnemar_exact, sign_flip_test
 from ._store import RunStore
 from ._types import SampleResult, task_order
@@ -131,7 +130,7 @@ def compare_results(
         raise UserInputError(f"no problem was scored in both {label_a} and {label_b}: nothing to compare")
     min_n = min(min(table_a[t][0], table_b[t][0]) for t in common)
     metrics = {
-        f"pass@{k}": (_mean_pass_at_k([table_a[t] for t in common], k), _mean_pass_at_k([table_b[t] for t in common], k))
+        f"pass@{k}": (mean_pass_at_k([table_a[t] for t in common], k), mean_pass_at_k([table_b[t] for t in common], k))
         for k in sorted({1, *(k for k in ks if 1 <= k <= min_n)})
     }
     rates_a = [table_a[t][1] / table_a[t][0] for t in common]
@@ -171,10 +170,6 @@ def _scored(results: Iterable[SampleResult]) -> dict[str, tuple[int, int]]:
             n, c = table.get(r.task_id, (0, 0))
             table[r.task_id] = (n + 1, c + int(r.passed))
     return table
-
-
-def _mean_pass_at_k(problems: Sequence[tuple[int, int]], k: int) -> float:
-    return math.fsum(pass_at_k(n, c, k) for n, c in problems) / len(problems)
 
 
 def _paired_test(
