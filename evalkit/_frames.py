@@ -16,8 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ._config import EvalConfig
-from ._runner import _generation_summary
-from ._scoring import score
+from ._runner import summarize
 from ._store import RunStore
 from ._types import STATUSES, Generation, Sample, SampleResult, task_order
 
@@ -160,29 +159,5 @@ def problems_frame(store: RunStore, planned: Sequence[Sample], samples: pd.DataF
 
 def computed_summary(store: RunStore, config: EvalConfig, results: list[SampleResult], planned: int) -> dict[str, Any]:
     """What ``summary.json`` would say, for a run that has none yet (interrupted, still running):
-    the runner's scoring, with the run's own record of where and when it ran.
-
-    The ``run`` block has the keys of the one `_runner._finish` writes, but ``host`` and
-    ``python``, which would name the machine loading the run rather than the one that ran it.
-    """
-    meta = store.meta()
-    summary = score(results, config.sampling.k)
-    summary["generation"] = _generation_summary(store, results, meta)
-    model_name = (config.model.model_extra or {}).get("name")
-    with_verdict = {r.key for r in results if r.status != "infra_error"}
-    summary["run"] = {
-        "name": config.name,
-        "benchmark": meta.get("benchmark", config.benchmark.name or config.benchmark.path),
-        "model": config.model.provider if model_name is None else f"{config.model.provider}:{model_name}",
-        "driver": meta.get("driver", "?"),
-        "isolation": meta.get("isolation", "?"),
-        "started": meta.get("created"),
-        "finished": meta.get("finished"),
-        "state": meta.get("state"),
-        "planned_samples": planned,
-        "complete": meta.get("state") == "finished" and len(with_verdict) == planned,
-        "duration_s": float(meta.get("duration_s", 0.0)),
-        "evalkit_version": meta.get("evalkit_version"),
-        "run_format_version": meta.get("format_version"),
-    }
-    return summary
+    the runner's own `summarize`, without gates or a baseline comparison."""
+    return summarize(store, config, results, planned, store.meta())

@@ -387,6 +387,7 @@ def _execute(
     started = time.monotonic()
     previous_s = float(store.meta().get("duration_s", 0.0))
     store.write_meta(state="running", driver=driver, isolation=isolation, benchmark=benchmark.name,
+                     host=platform.node(), python=platform.python_version(),
                      workers=getattr(scheduler, "num_workers", 0))
     progress = Progress(len(samples), done, enabled=show_progress)
 
@@ -451,8 +452,10 @@ def _generation_summary(store: RunStore, results: list[SampleResult], meta: dict
     }
 
 
-def _finish(store: RunStore, config: EvalConfig, samples: Sequence[Sample], meta: dict[str, Any]) -> dict[str, Any]:
-    results = _planned_results(store, samples)
+def summarize(store: RunStore, config: EvalConfig, results: list[SampleResult], planned: int, meta: dict[str, Any]) -> dict[str, Any]:
+    """What ``summary.json`` says of ``results`` before gates and a baseline: pass@k with
+    intervals, counts, the model API's work, and the run block (where, when and how it ran, as
+    run.json recorded it). Pure: writes nothing."""
     summary = score(results, config.sampling.k)
     summary["metrics_ci"] = metrics_ci(summary["problems"], list(summary["metrics"]))
     with_verdict = {r.key for r in results if r.status != "infra_error"}
@@ -468,14 +471,20 @@ def _finish(store: RunStore, config: EvalConfig, samples: Sequence[Sample], meta
         "started": meta.get("created"),
         "finished": meta.get("finished"),
         "state": meta.get("state"),
-        "planned_samples": len(samples),
-        "complete": meta.get("state") == "finished" and len(with_verdict) == len(samples),
+        "planned_samples": planned,
+        "complete": meta.get("state") == "finished" and len(with_verdict) == planned,
         "duration_s": float(meta.get("duration_s", 0.0)),
-        "evalkit_version": __version__,
-        "host": platform.node(),
-        "python": platform.python_version(),
+        "evalkit_version": meta.get("evalkit_version", __version__),
+        "host": meta.get("host", platform.node()),  # the machine that ran it (older run.json: this one)
+        "python": meta.get("python", platform.python_version()),
         "run_format_version": meta.get("format_version"),
     }
+    return summary
+
+
+def _finish(store: RunStore, config: EvalConfig, samples: Sequence[Sample], meta: dict[str, Any]) -> dict[str, Any]:
+    results = _planned_results(store, samples)
+    summary = summarize(store, config, results, len(samples), meta)
     comparison, why_not = _compare_with_baseline(store, config, results)
     summary["comparison"] = None if comparison is None else comparison.to_dict()
     summary["gates"] = evaluate_gates(config.parsed_gates(), summary, comparison, why_not)
