@@ -55,12 +55,16 @@ def _flush(streams: List[Any]) -> None:
             pass  # e.g. a pipe whose reader is gone: reporting how the program ended matters more
 
 
+_type = type  # bound before any program runs, which may rebind builtins.type
+
+
 def _one_line(exc: BaseException) -> str:
     try:
         text = str(exc)
     except BaseException:
         text = ""
-    line = " ".join(("%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__).splitlines())
+    name = _type(exc).__name__
+    line = " ".join(("%s: %s" % (name, text) if text else name).splitlines())
     return line if len(line) <= 300 else line[:297] + "..."
 
 
