@@ -9,7 +9,8 @@ lists). ``$name`` fields are filled from the host's side of the test (`HostBait`
 listening socket and a marker string the host checks afterwards. `FOLLOWER` is the known-correct
 sample run after every case in the same sandbox; it also fails if the sandbox is not clean.
 
-``tries`` and ``outcome`` of each case say in one line what it tries and what happens.
+vmpool/SECURITY.md lists every case with what it tries and what happens (``tries``, ``outcome``;
+a test checks that the two agree).
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from .test_run import write_config, write_samples
 
 
 REPO = Path(__file__).resolve().parents[2]
+SECURITY = REPO / "vmpool" / "SECURITY.md"
 
 
 @dataclass
@@ -251,3 +252,9 @@ def test_the_follower_fails_in_a_sandbox_that_is_not_clean() -> None:
     assert "the sandbox is not clean: " in (result.error or "") and "/tmp/left-behind" in (result.error or "")
     assert "process " in (result.error or "")
 
+
+def test_security_notes_list_every_case() -> None:
+    # vmpool/SECURITY.md shows the corpus as evidence: one row per case, as the corpus says
+    text = SECURITY.read_text(encoding="utf-8")
+    missing = [case.name for case in CASES if f"| `{case.name}` | {case.tries} | {case.outcome} |" not in text]
+    assert missing == []
