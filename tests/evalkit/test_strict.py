@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import evalkit
-from evalkit import Benchmark, BenchmarkConfig, ConfigError, get_benchmark, load_config
+from evalkit import Benchmark, BenchmarkConfig, ConfigError, Problem, get_benchmark, load_config
 from evalkit._strict import STRICT_NAME, strict_prologue
 from evalkit.benchmarks.humaneval import humaneval_program
 from vmpool import Limits, LocalSandbox
@@ -130,20 +130,22 @@ def test_strict_config_reaches_the_benchmark(tmp_path: Path) -> None:
     assert get_benchmark(BenchmarkConfig(path=str(path), strict=True)).strict is True
 
 
+class Plain(Benchmark):
+    """A benchmark whose programs have no strict mode."""
+
+    name = "plain"
+
+    def problems(self) -> list[Problem]:
+        return []
+
+    def program(self, problem: Problem, completion: str) -> str:
+        return completion
+
+
 def test_a_benchmark_without_strict_mode_refuses_it() -> None:
-    class Plain(Benchmark):
-        name = "plain"
-
-        def problems(self) -> list[Any]:
-            return []
-
-        def program(self, problem: Any, completion: str) -> str:
-            return completion
-
     from evalkit import _benchmarks
 
-    _benchmarks._BUILTIN["plain-test"] = f"{__name__}:Plain"
-    globals()["Plain"] = Plain
+    _benchmarks._BUILTIN["plain-test"] = f"{__name__}:Plain"  # as a plug-in would be found
     try:
         with pytest.raises(ConfigError, match="benchmark 'plain' has no strict mode"):
             get_benchmark(BenchmarkConfig(name="plain-test", strict=True))
