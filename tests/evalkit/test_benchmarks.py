@@ -14,7 +14,8 @@ import pytest
 
 from evalkit import Benchmark, BenchmarkConfig, ConfigError, Problem, benchmark_names, get_benchmark, load_config
 from evalkit._extract import extract_code
-from evalkit.benchmarks.humaneval import prompt_preamble
+from evalkit._pycode import parse_module
+from evalkit.benchmarks.humaneval import _ends_with, prompt_preamble
 from vmpool import LocalSandbox
 
 
@@ -310,3 +311,18 @@ def test_a_completion_cannot_decorate_or_swallow_the_tests(humaneval: Benchmark,
         result = sandbox.run_program(toys.program(toy, swallowing))
         assert result.status == "error" and (result.error or "").startswith("CompletionAltersTheTests: the end of the completion")
         assert sandbox.run_program(toys.program(toy, "    return a + b\n")).status == "ok"
+
+
+def test_code_that_parses_alone_leaves_the_tests_as_they_are(humaneval: Benchmark) -> None:
+    # the shortcut humaneval_program takes: no need to parse the whole program then
+    endings = ["", "    return 1\n", "    return 1  # done", "    pass\n\n\n# a comment\n", "    return (\n", "    x = 1 \\\n",
+               "    return 1\nif True:\n    pass\nelse:\n    pass\n", "    return 1\n\n@property\n", "    s = '''\n"]
+    checked = 0
+    for problem in humaneval.problems():
+        tests = f"{problem.test}\ncheck({problem.entry_point})\n"
+        for ending in [problem.canonical_solution or "", *endings]:
+            code = problem.prompt + ending
+            if parse_module(code) is not None:
+                checked += 1
+                assert _ends_with(f"{code}\n{tests}", tests), (problem.task_id, ending)
+    assert checked > 164 * 4
