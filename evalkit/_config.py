@@ -36,6 +36,7 @@ class BenchmarkConfig(_Section):
     path: str | None = None
     limit: int | None = Field(None, ge=1)
     ids: list[str] | None = Field(None, min_length=1)
+    strict: bool = False  # results must be plain built-in values (evalkit._strict)
 
 
 class ModelConfig(BaseModel):
