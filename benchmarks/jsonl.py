@@ -12,6 +12,8 @@ from .humaneval import humaneval_program, problem_from_record
 
 
 class JsonlBenchmark(Benchmark):
+    supports_strict = True
+
     def __init__(self, path: str) -> None:
         self.path = path
         self.name = path
@@ -28,5 +30,5 @@ class JsonlBenchmark(Benchmark):
             self._problems = problems
         return self._problems
 
-    def program(self, problem: Problem, completion: str) -> str:
-        return humaneval_program(problem, completion)
+    def program(self, problem: Problem, completion: str, *, strict: bool | None = None) -> str:
+        return humaneval_program(problem, completion, strict=self.strict if strict is None else strict)

@@ -3,10 +3,14 @@
     >>> import evalkit
     >>> outcome = evalkit.run("configs/humaneval.yaml")
     >>> outcome.summary["metrics"]["pass@1"]
+    >>> run = evalkit.load_run(outcome.run_dir)   # pandas frames for a notebook
+    >>> run.problems.sort_values("pass_rate").head()
 """
 
+from ._analysis import Run, load_run, load_runs
 from ._api import ApiOptions, ApiProvider, Completion, GenerationRequest, MalformedReply
 from ._benchmarks import Benchmark, benchmark_names, get_benchmark
+from ._compare import Comparison, ProblemChange, compare_results, compare_runs, format_comparison
 from ._config import (
     BenchmarkConfig,
     EvalConfig,
@@ -31,6 +35,7 @@ from ._models import ModelProvider, ProviderOptions, make_provider, provider_nam
 from ._runner import RunOutcome, latest_unfinished, report, resume, run
 from ._samples import read_samples, write_samples
 from ._scoring import pass_at_k, score
+from ._stats import pass_at_k_ci
 from ._store import RunStore
 from ._types import STATUSES, ExecRequest, Generation, Problem, Sample, SampleResult, Status
 from ._version import __version__
@@ -41,6 +46,7 @@ __all__ = [
     "ApiProvider",
     "Benchmark",
     "BenchmarkConfig",
+    "Comparison",
     "Completion",
     "ConfigError",
     "EvalConfig",
@@ -53,7 +59,9 @@ __all__ = [
     "ModelConfig",
     "ModelProvider",
     "Problem",
+    "ProblemChange",
     "ProviderOptions",
+    "Run",
     "RunInterrupted",
     "RunOutcome",
     "RunStore",
@@ -69,12 +77,18 @@ __all__ = [
     "UserInputError",
     "__version__",
     "benchmark_names",
+    "compare_results",
+    "compare_runs",
+    "format_comparison",
     "get_benchmark",
     "latest_unfinished",
     "load_config",
+    "load_run",
+    "load_runs",
     "make_provider",
     "parse_config",
     "pass_at_k",
+    "pass_at_k_ci",
     "provider_names",
     "read_samples",
     "report",

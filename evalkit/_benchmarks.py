@@ -26,6 +26,13 @@ class Benchmark(ABC):
     """
 
     name: str
+    supports_strict: bool = False
+    """Whether `program` honours `strict`; `get_benchmark` refuses ``benchmark.strict`` otherwise."""
+
+    strict: bool = False
+    """Strict mode (``benchmark.strict``, `evalkit._strict`): programs also fail when the entry
+    point returns anything but plain built-in values. `get_benchmark` sets it from the config."""
+
     chat_template: str = (
         "Complete the Python function `{{ entry_point }}` below. Reply with the whole function, "
         "including the imports and any helper functions it uses, in a single ```python code block.\n"
@@ -58,7 +65,8 @@ class Benchmark(ABC):
 
     @abstractmethod
     def program(self, problem: Problem, completion: str) -> str:
-        """The Python program that checks ``completion`` against ``problem``'s tests."""
+        """The Python program that checks ``completion`` against ``problem``'s tests (in strict
+        mode if `strict` is set; a benchmark that supports it may take ``strict=`` to override)."""
 
     def select(self, ids: list[str] | None, limit: int | None) -> list[Problem]:
         """The problems named by ``ids`` (in the benchmark's order), then the first ``limit``.
@@ -90,7 +98,17 @@ def benchmark_names() -> list[str]:
 
 
 def get_benchmark(config: BenchmarkConfig) -> Benchmark:
-    """The benchmark a config names: ``name`` from the registry, or ``path`` to a JSONL file."""
+    """The benchmark a config names: ``name`` from the registry, or ``path`` to a JSONL file,
+    in strict mode if ``config.strict`` (`ConfigError` for a benchmark without one)."""
+    benchmark = _named_benchmark(config)
+    if config.strict:
+        if not benchmark.supports_strict:
+            raise ConfigError(f"benchmark '{benchmark.name}' has no strict mode (benchmark.strict); leave it false")
+        benchmark.strict = True
+    return benchmark
+
+
+def _named_benchmark(config: BenchmarkConfig) -> Benchmark:
     if config.path is not None:
         from evalkit.benchmarks.jsonl import JsonlBenchmark
 

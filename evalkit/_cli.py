@@ -1,4 +1,5 @@
-"""The ``evalkit`` command: a thin shell over `evalkit.run`, `evalkit.resume` and `evalkit.report`."""
+"""The ``evalkit`` command: a thin shell over `evalkit.run`, `evalkit.resume`, `evalkit.report` and
+`evalkit.compare_runs`."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 import click
 
 from ._errors import EvalkitError, InfraError, RunInterrupted, UserInputError
+from ._gates import describe, gate_name
 from ._runner import EXIT_INFRA, EXIT_INPUT, EXIT_INTERRUPTED, RunOutcome
 from ._version import __version__
+
+_T = TypeVar("_T")
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -30,7 +35,7 @@ def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _guarded(action: Callable[[], RunOutcome]) -> RunOutcome:
+def _guarded(action: Callable[[], _T]) -> _T:
     """Run ``action``, turning evalkit's errors into one line on stderr and the contract's exit code."""
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
@@ -75,12 +80,56 @@ def _print_outcome(outcome: RunOutcome) -> None:
         )
     if summary["counts"]["infra_error"]:
         click.echo(f"{summary['counts']['infra_error']} sample(s) hit infrastructure failures beyond the retry budget (not counted as model failures)")
+    comparison = summary.get("comparison")
+    if comparison:
+        click.echo(
+            f"against the baseline: pass@1 {comparison['delta']:+.4f} over {comparison['problems']} problems, p = {comparison['p_value']:.4g}"
+            f" ({len(comparison['regressed'])} regressed, {len(comparison['improved'])} improved; comparison.json)"
+        )
+    for gate in summary.get("gates", []):
+        click.echo(f"gate {gate_name(gate)}: {'met' if gate['passed'] else 'NOT MET'} ({describe(gate)})")
     click.echo(f"run folder: {outcome.run_dir}")
 
 
-def _conclude(outcome: RunOutcome) -> None:
+def ci_line(outcome: RunOutcome) -> str:
+    """The last line the CLI prints for a run, for CI logs: the metrics with their intervals,
+    problems, infra errors, gates met and the exit code (with the gates not met, or why 3)."""
+    summary = outcome.summary
+    intervals = summary.get("metrics_ci", {})
+    metrics = " ".join(
+        f"{name}={value:.4f}" + (f" [{intervals[name][0]:.2f}, {intervals[name][1]:.2f}]" if name in intervals else "")
+        for name, value in summary["metrics"].items()
+    ) or "no pass@k"
+    gates = summary.get("gates", [])
+    missed = [gate for gate in gates if not gate["passed"]]
+    judged = f"gates: {len(gates) - len(missed)}/{len(gates)} met" if gates else "no gates"
+    if missed:
+        judged += " (not met: " + "; ".join(describe(gate) for gate in missed) + ")"
+    why = ""
+    if outcome.exit_code == EXIT_INFRA:
+        run = summary["run"]
+        lacking = run["planned_samples"] - (summary["num_samples"] - summary["counts"]["infra_error"])
+        why = f" (run {run['state']})" if run["state"] != "finished" else f" ({lacking} planned sample(s) without a verdict)"
+    return (
+        f"evalkit: {summary['run']['name']} {metrics} ({summary['num_problems']} problems, {summary['counts']['infra_error']} infra_error) "
+        f"{judged} -> exit {outcome.exit_code}{why}"
+    )
+
+
+def _conclude(outcome: RunOutcome, *extra: str) -> None:
     _print_outcome(outcome)
+    for line in extra:
+        click.echo(line)
+    click.echo(ci_line(outcome))
     sys.exit(outcome.exit_code)
+
+
+_BASELINE = click.option(
+    "--baseline",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="A run folder to compare with (overrides the config's 'baseline'): comparison.json, the report's comparison, and the baseline gates.",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,54 +143,88 @@ def main() -> None:
 @click.option("--resume", "resume_latest", is_flag=True, help="Continue this config's newest unfinished run if its settings, samples and problems are unchanged; otherwise start a new one.")
 @click.option("--no-cache", is_flag=True, help="Ask the model API for every completion, even those in the completion cache (fresh ones still go to the cache).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output; only the result lines.")
-def run_command(config: Path, resume_latest: bool, no_cache: bool, quiet: bool) -> None:
+@_BASELINE
+def run_command(config: Path, resume_latest: bool, no_cache: bool, quiet: bool, baseline: Path | None) -> None:
     """Evaluate the benchmark, model and sandbox described by CONFIG (a YAML file).
 
     \b
     Exit codes:
-      0    every planned sample has a verdict
+      0    the run is complete and every gate is met
+      1    a gate is not met (the run is complete)
       2    bad config or input (one line names the file, line and key)
-      3    infrastructure failure beyond the retry budget, or samples left without a verdict
+      3    infrastructure failure beyond the retry budget, or samples left without a
+           verdict (beyond an infra_error_rate gate, if the config has one): this beats 1
       130  interrupted (Ctrl-C or SIGTERM); finished results are kept
+    The last line printed sums the run up for CI logs.
     """
     from ._config import load_config
     from ._runner import run
 
     _setup_logging(quiet)
 
-    _conclude(_guarded(lambda: run(load_config(config), progress=not quiet, resume=resume_latest, use_cache=not no_cache)))
+    _conclude(_guarded(lambda: run(load_config(config), progress=not quiet, resume=resume_latest, use_cache=not no_cache, baseline=baseline)))
 
 
 @main.command("resume", short_help="Finish a run folder's missing and infra_error samples.")
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--no-cache", is_flag=True, help="For completions the run lacks, ask the model API even if the completion cache has them.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output; only the result lines.")
-def resume_command(run_dir: Path, no_cache: bool, quiet: bool) -> None:
+@_BASELINE
+def resume_command(run_dir: Path, no_cache: bool, quiet: bool, baseline: Path | None) -> None:
     """Run what RUN_DIR still lacks: samples without a verdict, and infra_error samples (also in
     a finished run). A model API is asked only for completions the run folder does not hold.
     With nothing left to run, only re-render the report. Exit codes as for run."""
     from ._runner import resume
 
     _setup_logging(quiet)
-    _conclude(_guarded(lambda: resume(run_dir, progress=not quiet, use_cache=not no_cache)))
+    _conclude(_guarded(lambda: resume(run_dir, progress=not quiet, use_cache=not no_cache, baseline=baseline)))
 
 
-@main.command("report", short_help="Re-score and re-render a run folder, running nothing.")
+@main.command("report", short_help="Re-score, re-gate and re-render a run folder, running nothing.")
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print summary.json's metrics and counts as JSON.")
-def report_command(run_dir: Path, as_json: bool) -> None:
-    """Re-score RUN_DIR and re-render its report from the journal, running nothing."""
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics, counts, gates and exit code as JSON (and nothing else).")
+@_BASELINE
+def report_command(run_dir: Path, as_json: bool, baseline: Path | None) -> None:
+    """Re-score RUN_DIR, re-evaluate its gates and re-render its report and junit.xml from the
+    journal, running nothing. Exits with the code the run gives now (as for run), so CI can
+    re-gate a run without running it again."""
     from ._runner import report
 
     _setup_logging(True)
-    outcome = _guarded(lambda: report(run_dir))
+    outcome = _guarded(lambda: report(run_dir, baseline=baseline))
     if as_json:
-        shown = {k: outcome.summary[k] for k in ("metrics", "counts", "skipped_k")}
+        shown = {k: outcome.summary[k] for k in ("metrics", "metrics_ci", "counts", "skipped_k", "gates", "gates_passed")}
         shown.update({k: outcome.summary["run"][k] for k in ("state", "complete", "planned_samples")})
+        shown["exit_code"] = outcome.exit_code
         click.echo(json.dumps(shown, indent=2))
-    else:
-        _print_outcome(outcome)
-        click.echo(f"report: {outcome.run_dir / 'report.html'}")
+        sys.exit(outcome.exit_code)
+    _conclude(outcome, f"report: {outcome.run_dir / 'report.html'}")
+
+
+@main.command("compare", short_help="Compare two runs problem by problem, with a paired test.")
+@click.argument("run_a", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("run_b", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--html", "html_out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Also write the comparison as an HTML page to this file.")
+@click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Significance level of the paired test.")
+def compare_command(run_a: Path, run_b: Path, html_out: Path | None, alpha: float) -> None:
+    """Compare run folder RUN_B with RUN_A (the baseline) over the problems both scored: pass@k
+    of each, the change in pass@1 with its 95% interval and the paired test's p-value, then
+    the problems that regressed and improved. Exit code 0; 2 if a folder is not a run or the
+    runs share no scored problem."""
+    from ._compare import compare_runs, format_comparison
+
+    _setup_logging(True)
+    comparison = _guarded(lambda: compare_runs(run_a, run_b, alpha=alpha))
+    click.echo(format_comparison(comparison))
+    if html_out is not None:
+        from ._report import render_comparison
+
+        try:
+            html_out.write_text(render_comparison(comparison), encoding="utf-8")
+        except OSError as exc:
+            click.echo(f"evalkit: error: cannot write {html_out}: {exc.strerror}", err=True)
+            sys.exit(EXIT_INPUT)
+        click.echo(f"comparison page: {html_out}")
 
 
 def _driver_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:

@@ -8,9 +8,9 @@ that is not a regular file (a folder, a pipe, a device), and YAML that expands t
 names: a key YAML reads as something else (``1:``, ``on:``, ``null:``) is an error, and so is
 a value holding a NUL character or an unpaired surrogate (``"\\0"``, ``"\\ud800"``).
 
-Input paths in a config (``benchmark.path``, ``model.path``) are relative to the config file's
-folder; ``output_dir`` is relative to the working directory, like the output folder of any
-command-line tool.
+Input paths in a config (``benchmark.path``, ``model.path``, ``baseline``) are relative to the
+config file's folder; ``output_dir`` is relative to the working directory, like the output
+folder of any command-line tool.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from ._errors import ConfigError
+from ._gates import Gate, parse_gates
 
 CONFIG_VERSION: Literal[1] = 1
 MAX_CONFIG_BYTES = 1_000_000
@@ -51,6 +52,7 @@ class BenchmarkConfig(_Section):
     path: str | None = None
     limit: int | None = Field(None, ge=1)
     ids: list[str] | None = Field(None, min_length=1)
+    strict: bool = False  # results must be plain built-in values (evalkit._strict)
 
 
 class ModelConfig(BaseModel):
@@ -103,6 +105,8 @@ class EvalConfig(_Section):
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     output_dir: str = "reports"
+    gates: dict[str, Any] = Field(default_factory=dict)  # metric -> condition, checked by `_gates.parse_gate`
+    baseline: str | None = None  # a run folder to compare with (evalkit._compare)
 
     # Where the config came from, so that later stages (which load data the config names) can
     # still point at the file and line of a key: see `where`.
@@ -111,6 +115,10 @@ class EvalConfig(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def parsed_gates(self) -> list[Gate]:
+        """The ``gates`` as `Gate`s (they were checked when the config loaded)."""
+        return parse_gates(self.gates, self.sampling.k)
 
     def where(self, *key: str) -> str:
         """``"file, line N"`` for ``key`` (e.g. ``where("benchmark", "ids")``), as precisely as known."""
@@ -183,6 +191,7 @@ def parse_config(text: str, source: Path, *, check_inputs: bool = True) -> EvalC
     _check_model(config, source, lines)
     _check_driver(config.sandbox, source, lines)
     _check_template(config.sandbox, source, lines)
+    _check_gates(config, source, lines)
     if check_inputs:
         _check_runnable(config.sandbox, source, lines)
         config = _resolve_paths(config, source.parent, source, lines)
@@ -200,7 +209,10 @@ def _load_yaml(text: str, source: Path) -> tuple[dict[str, Any], _Line]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f", line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{source}{where}: invalid YAML: {exc.problem or exc}") from None
+        source_line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
+        # `pass@1: >= 0.6` unquoted: YAML reads '>' as the start of a folded block
+        hint = "; put a gate's condition in quotes: \">= 0.6\"" if re.search(r":\s*[<>]", source_line) else ""
+        raise ConfigError(f"{source}{where}: invalid YAML: {exc.problem or exc}{hint}") from None
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow; it has no mark
         line = text.count("\n", 0, exc.position) + 1
         raise ConfigError(f"{source}, line {line}: invalid YAML: character #x{exc.character:04x} is not allowed") from None
@@ -388,6 +400,14 @@ def _check_model(config: EvalConfig, source: Path, lines: _Line) -> None:
             raise ConfigError(f"{_where(source, lines, ('model', 'prompt_template'))}: {exc}") from None
 
 
+def _check_gates(config: EvalConfig, source: Path, lines: _Line) -> None:
+    for metric, condition in config.gates.items():
+        try:
+            parse_gates({metric: condition}, config.sampling.k)
+        except ValueError as exc:
+            raise ConfigError(f"{_where(source, lines, ('gates', metric))}: {exc}") from None
+
+
 def _resolve_paths(config: EvalConfig, base: Path, source: Path, lines: _Line) -> EvalConfig:
     def resolve(value: str, loc: tuple[str, ...]) -> str:
         try:
@@ -400,6 +420,13 @@ def _resolve_paths(config: EvalConfig, base: Path, source: Path, lines: _Line) -
             raise ConfigError(f"{_where(source, lines, loc)}: '{'.'.join(loc)}' names {value}, which is not a file (looked for {path})")
         return str(path)
 
+    def run_folder(value: str) -> str:
+        path = (base / Path(value).expanduser()).resolve()
+        if not (path / "run.json").is_file():
+            raise ConfigError(f"{_where(source, lines, ('baseline',))}: 'baseline' names {value}, which is not an evalkit run folder (looked for {path / 'run.json'})")
+        return str(path)
+
+    baseline = None if config.baseline is None else run_folder(config.baseline)
     bench = config.benchmark
     if bench.path is not None:
         bench = bench.model_copy(update={"path": resolve(bench.path, ("benchmark", "path"))})
@@ -408,4 +435,4 @@ def _resolve_paths(config: EvalConfig, base: Path, source: Path, lines: _Line) -
     if isinstance(extra.get("path"), str):
         extra["path"] = resolve(extra["path"], ("model", "path"))
         model = ModelConfig.model_validate({"provider": model.provider, **extra})
-    return config.model_copy(update={"benchmark": bench, "model": model})
+    return config.model_copy(update={"benchmark": bench, "model": model, "baseline": baseline})

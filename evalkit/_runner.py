@@ -1,7 +1,8 @@
 """One evaluation run, end to end: the Python API behind ``evalkit run``, ``resume`` and ``report``.
 
     config ─► problems ─► samples (the plan) ─► programs ─► Feed ─► Ray scheduler ─► journal
-                              └► model API (generation stage) ──┘                  └► parquet, summary.json, report.html
+                              └► model API (generation stage) ──┘                  └► parquet, summary.json (gates),
+                                                                                       comparison.json, junit.xml, report.html
 
 A run folder is self-contained: the plan (every sample with its completion, or for a model API
 its rendered prompt) is written when the run starts, and a model's completions are journaled as
@@ -26,14 +27,18 @@ from typing import Any
 
 from ._benchmarks import Benchmark, get_benchmark
 from ._config import EvalConfig, load_config
-from ._errors import ConfigError, EvalkitError, InfraError, RunInterrupted, RunStoreError
+from ._errors import ConfigError, EvalkitError, InfraError, RunInterrupted, RunStoreError, UserInputError
 from ._api import ApiProvider
+from ._compare import Comparison, compare_results, read_run
 from ._feed import Feed
+from ._gates import INFRA_GATE, evaluate_gates
 from ._generation import GenerationStage, api_key, cache_folder, completion_stops, planned_samples
+from ._junit import junit_xml
 from ._models import ModelProvider, make_provider
 from ._progress import Progress
 from ._report import render_report
 from ._scoring import score
+from ._stats import metrics_ci
 from ._store import RunStore, now
 from ._types import ExecRequest, Problem, Sample, SampleResult
 from ._version import __version__
@@ -41,6 +46,7 @@ from ._version import __version__
 _log = logging.getLogger("evalkit")
 
 EXIT_OK = 0
+EXIT_GATES = 1
 EXIT_INPUT = 2
 EXIT_INFRA = 3
 EXIT_INTERRUPTED = 130
@@ -55,18 +61,29 @@ class RunOutcome:
     exit_code: int
 
 
-def run(config: EvalConfig | str | Path, *, progress: bool = True, resume: bool = False, use_cache: bool = True) -> RunOutcome:
+def run(
+    config: EvalConfig | str | Path,
+    *,
+    progress: bool = True,
+    resume: bool = False,
+    use_cache: bool = True,
+    baseline: str | Path | None = None,
+) -> RunOutcome:
     """Evaluate ``config`` in a new run folder under its ``output_dir``.
 
     With ``resume=True``, continue instead the newest unfinished run of the same config whose
     plan (every sample and completion, or prompt) and problems are exactly what this config
     gives now; start a new run if there is none. ``use_cache=False``: ask a model API for every
     completion even if the completion cache has it (fresh completions still go to the cache).
+    ``baseline``: a run folder to compare with, instead of the config's ``baseline`` (it is
+    recorded in the new run's config.yaml).
     """
     if not isinstance(config, EvalConfig):
         config = load_config(config)
-    RunStore.prepare(config)
+    config = _with_baseline(config, baseline)
     benchmark, problems = _problems(config)
+    _check_baseline(config, problems)
+    RunStore.prepare(config)
     provider = _provider(config)
     samples = _plan(config, benchmark, problems, provider)
     digest = problems_digest(problems)
@@ -74,7 +91,7 @@ def run(config: EvalConfig | str | Path, *, progress: bool = True, resume: bool 
         previous = _resumable(config, samples, digest)
         if previous is not None:
             _log.info("resuming %s", previous)
-            return _continue(previous, progress, use_cache)
+            return _continue(previous, progress, use_cache, baseline)
     if isinstance(provider, ApiProvider):
         api_key(config, provider)  # a missing key is a config error, before anything starts
     driver, isolation = _check_sandbox(config)
@@ -105,18 +122,19 @@ def _start_store(store: RunStore, samples: Sequence[Sample], problems: Sequence[
     _log.info("run folder: %s", store.path)
 
 
-def resume(run_dir: str | Path, *, progress: bool = True, use_cache: bool = True) -> RunOutcome:
+def resume(run_dir: str | Path, *, progress: bool = True, use_cache: bool = True, baseline: str | Path | None = None) -> RunOutcome:
     """Finish a run from its plan and journals: samples with a verdict are not run again;
     missing and ``infra_error`` ones are (so this also retries the infrastructure failures of
     a finished run). A model API is asked only for completions that ``completions.jsonl`` lacks.
-    A finished run with nothing left to run is only re-reported.
+    A finished run with nothing left to run is only re-reported. ``baseline``: a run folder to
+    compare with instead of the one in the run's config (for this call only).
 
     Raises `RunStoreError` if another process is running it, or if its problems changed.
     """
-    return _continue(run_dir, progress, use_cache)
+    return _continue(run_dir, progress, use_cache, baseline)
 
 
-def _continue(run_dir: str | Path, progress: bool, use_cache: bool) -> RunOutcome:
+def _continue(run_dir: str | Path, progress: bool, use_cache: bool, baseline: str | Path | None) -> RunOutcome:
     store = RunStore.open(run_dir)
     store.acquire()
     try:
@@ -126,10 +144,11 @@ def _continue(run_dir: str | Path, progress: bool, use_cache: bool) -> RunOutcom
         if store.meta().get("state") == "finished" and not todo:
             _log.info("%s has already finished; re-rendering its report", store.path)
             store.release()
-            return report(run_dir)
-        config = store.config()
+            return report(run_dir, baseline=baseline)
+        config = _with_baseline(store.config(), baseline)
         benchmark, problems = _problems(config)
         _check_unchanged(store, samples, problems)
+        _check_baseline(config, problems)
         provider = _provider(config)
         driver, isolation = _check_sandbox(config)
         with _work(store, config, benchmark, problems, provider, todo, driver, use_cache) as (feed, stage):
@@ -198,13 +217,22 @@ def _work(
         yield stage.feed, stage
 
 
-def report(run_dir: str | Path) -> RunOutcome:
-    """Re-score and re-render a run folder from its plan and journal, without running anything."""
+def report(run_dir: str | Path, *, baseline: str | Path | None = None) -> RunOutcome:
+    """Re-score, re-gate and re-render a run folder from its plan and journal, without running
+    anything; the exit code is the one the run itself gives now (`exit_code`). ``baseline``: a
+    run folder to compare with instead of the one in the run's config."""
     store = RunStore.open(run_dir)
-    config = store.config()
+    config = _with_baseline(store.config(), baseline)
+    _check_baseline(config, run_problems(store, config))
     samples = current_samples(store)
     summary = _finish(store, config, samples, store.meta())
-    return RunOutcome(store.path, summary, _exit_code(summary))
+    return RunOutcome(store.path, summary, exit_code(summary))
+
+
+def run_results(store: RunStore) -> list[SampleResult]:
+    """The results of a run folder that count: the journal's verdicts on its current samples
+    (the rule that resume, the end of a run, report and comparisons all use)."""
+    return _planned_results(store, current_samples(store))
 
 
 def latest_unfinished(config: EvalConfig) -> Path | None:
@@ -241,6 +269,29 @@ def _resumable(config: EvalConfig, samples: Sequence[Sample], digest: str) -> Pa
         _log.info("not resuming %s: its samples or problems differ from what this config gives now; starting a new run", folder)
         return None
     return folder
+
+
+def _with_baseline(config: EvalConfig, baseline: str | Path | None) -> EvalConfig:
+    if baseline is None:
+        return config
+    return config.model_copy(update={"baseline": str(Path(baseline).resolve())})
+
+
+def _check_baseline(config: EvalConfig, problems: Sequence[Problem]) -> None:
+    """Before anything runs: a gate that needs a baseline has one, and the baseline is a run
+    folder that scored some of these problems (`UserInputError` otherwise)."""
+    needing = [gate.metric for gate in config.parsed_gates() if gate.needs_baseline]
+    if config.baseline is None:
+        if needing:
+            raise ConfigError(f"{config.where('gates', needing[0])}: gate '{needing[0]}' compares with a baseline run: set 'baseline' in the config or pass --baseline RUN_DIR")
+        return
+    try:
+        base = read_run(config.baseline)
+    except RunStoreError as exc:
+        raise RunStoreError(f"baseline: {exc}") from None
+    scored = {r.task_id for r in base.results if r.status != "infra_error"}
+    if problems and not scored & {p.task_id for p in problems}:
+        raise UserInputError(f"the baseline {base.label} scored none of this run's {len(problems)} problems: there is nothing to compare")
 
 
 def _check_unchanged(store: RunStore, samples: Sequence[Sample], problems: Sequence[Problem]) -> None:
@@ -336,6 +387,7 @@ def _execute(
     started = time.monotonic()
     previous_s = float(store.meta().get("duration_s", 0.0))
     store.write_meta(state="running", driver=driver, isolation=isolation, benchmark=benchmark.name,
+                     host=platform.node(), python=platform.python_version(),
                      workers=getattr(scheduler, "num_workers", 0))
     progress = Progress(len(samples), done, enabled=show_progress)
 
@@ -364,7 +416,7 @@ def _execute(
     except BaseException:
         store.write_meta(state="failed", duration_s=elapsed())
         raise
-    return RunOutcome(store.path, summary, _exit_code(summary))
+    return RunOutcome(store.path, summary, exit_code(summary))
 
 
 def _save_generation_counts(store: RunStore, stage: GenerationStage | None) -> None:
@@ -400,9 +452,12 @@ def _generation_summary(store: RunStore, results: list[SampleResult], meta: dict
     }
 
 
-def _finish(store: RunStore, config: EvalConfig, samples: Sequence[Sample], meta: dict[str, Any]) -> dict[str, Any]:
-    results = _planned_results(store, samples)
+def summarize(store: RunStore, config: EvalConfig, results: list[SampleResult], planned: int, meta: dict[str, Any]) -> dict[str, Any]:
+    """What ``summary.json`` says of ``results`` before gates and a baseline: pass@k with
+    intervals, counts, the model API's work, and the run block (where, when and how it ran, as
+    run.json recorded it). Pure: writes nothing."""
     summary = score(results, config.sampling.k)
+    summary["metrics_ci"] = metrics_ci(summary["problems"], list(summary["metrics"]))
     with_verdict = {r.key for r in results if r.status != "infra_error"}
     model_name = (config.model.model_extra or {}).get("name")
     summary["generation"] = _generation_summary(store, results, meta)
@@ -416,17 +471,32 @@ def _finish(store: RunStore, config: EvalConfig, samples: Sequence[Sample], meta
         "started": meta.get("created"),
         "finished": meta.get("finished"),
         "state": meta.get("state"),
-        "planned_samples": len(samples),
-        "complete": meta.get("state") == "finished" and len(with_verdict) == len(samples),
+        "planned_samples": planned,
+        "complete": meta.get("state") == "finished" and len(with_verdict) == planned,
         "duration_s": float(meta.get("duration_s", 0.0)),
-        "evalkit_version": __version__,
-        "host": platform.node(),
-        "python": platform.python_version(),
+        "evalkit_version": meta.get("evalkit_version", __version__),
+        "host": meta.get("host", platform.node()),  # the machine that ran it (older run.json: this one)
+        "python": meta.get("python", platform.python_version()),
         "run_format_version": meta.get("format_version"),
     }
+    return summary
+
+
+def _finish(store: RunStore, config: EvalConfig, samples: Sequence[Sample], meta: dict[str, Any]) -> dict[str, Any]:
+    results = _planned_results(store, samples)
+    summary = summarize(store, config, results, len(samples), meta)
+    comparison, why_not = _compare_with_baseline(store, config, results)
+    summary["comparison"] = None if comparison is None else comparison.to_dict()
+    summary["gates"] = evaluate_gates(config.parsed_gates(), summary, comparison, why_not)
+    summary["gates_passed"] = all(gate["passed"] for gate in summary["gates"])
     store.write_parquet(results)
     store.write_json("summary.json", summary)
-    store.write_text("report.html", render_report(summary, results, run_problems(store, config)))
+    if comparison is None:
+        (store.path / "comparison.json").unlink(missing_ok=True)  # from an earlier report with a baseline
+    else:
+        store.write_json("comparison.json", comparison.to_dict())
+    store.write_text("junit.xml", junit_xml(summary, results, [s.task_id for s in samples]))
+    store.write_text("report.html", render_report(summary, results, run_problems(store, config), comparison=comparison))
     return summary
 
 
@@ -442,6 +512,36 @@ def _model_params(config: EvalConfig) -> dict[str, Any]:
     return params
 
 
-def _exit_code(summary: dict[str, Any]) -> int:
-    """0 only for a complete run: infra errors left, or samples without a verdict, give 3."""
-    return EXIT_OK if summary["run"]["complete"] and not summary["counts"]["infra_error"] else EXIT_INFRA
+def _compare_with_baseline(store: RunStore, config: EvalConfig, results: Sequence[SampleResult]) -> tuple[Comparison | None, str | None]:
+    """The run compared with its baseline, or (None, why not)."""
+    if config.baseline is None:
+        return None, None
+    base = read_run(config.baseline)
+    try:
+        comparison = compare_results(
+            base.results, results, label_a=base.label, label_b=f"{config.name} ({store.path})", ks=sorted({*base.ks, *config.sampling.k})
+        )
+    except UserInputError as exc:
+        return None, str(exc)
+    return comparison, None
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    """The exit code a run's summary gives (DESIGN.md, "Contracts"); infrastructure beats gates.
+
+    3 (`EXIT_INFRA`) when the run did not finish, or when planned samples lack a verdict
+    (``infra_error``, or never run) beyond the tolerance: none, unless an ``infra_error_rate``
+    gate sets one. Otherwise 1 (`EXIT_GATES`) when a gate is not met, and 0 when every gate is
+    met (a run without gates: when it is complete).
+    """
+    run = summary["run"]
+    gates: list[dict[str, Any]] = summary.get("gates", [])
+    if run["state"] != "finished":
+        return EXIT_INFRA
+    tolerance = [gate for gate in gates if gate["metric"] == INFRA_GATE]
+    if tolerance:
+        if not all(gate["passed"] for gate in tolerance):
+            return EXIT_INFRA
+    elif not run["complete"] or summary["counts"]["infra_error"]:
+        return EXIT_INFRA
+    return EXIT_OK if all(gate["passed"] for gate in gates) else EXIT_GATES

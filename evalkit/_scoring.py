@@ -7,8 +7,9 @@ on their own.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from ._types import STATUSES, SampleResult
@@ -28,6 +29,19 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     for i in range(n - c + 1, n + 1):
         product *= 1.0 - k / i
     return 1.0 - product
+
+
+def mean_pass_at_k(problems: Collection[tuple[int, int]], k: int) -> float:
+    """pass@k averaged over problems given as ``(n, c)`` pairs, each with ``k <= n``.
+
+    The sum is exactly rounded (``math.fsum``), so the mean does not depend on the order of
+    the problems: the figure of ``summary.json`` and one recomputed from ``samples.parquet``,
+    whose rows are in another order than the journal's, are the same float. Raises ValueError
+    for no problems or for a pair `pass_at_k` rejects.
+    """
+    if not problems:
+        raise ValueError("pass@k needs at least one problem with a scored sample")
+    return math.fsum(pass_at_k(n, c, k) for n, c in problems) / len(problems)
 
 
 def per_problem(results: Iterable[SampleResult]) -> dict[str, dict[str, int]]:
@@ -60,7 +74,7 @@ def score(results: Sequence[SampleResult], ks: Sequence[int]) -> dict[str, Any]:
         elif k > min_n:
             skipped[f"pass@{k}"] = f"needs n >= {k} samples for every problem; the smallest n is {min_n}"
         else:
-            metrics[f"pass@{k}"] = sum(pass_at_k(r["n"], r["c"], k) for r in scored.values()) / len(scored)
+            metrics[f"pass@{k}"] = mean_pass_at_k([(r["n"], r["c"]) for r in scored.values()], k)
     counts = Counter(r.status for r in results)
     return {
         "metrics": metrics,

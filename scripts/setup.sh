@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything evalkit needs on a Debian/Ubuntu machine, idempotently:
-# system packages (bubblewrap; QEMU, debootstrap and e2fsprogs for the microvm driver), a Python
+# system packages (bubblewrap; QEMU, debootstrap and e2fsprogs for the microvm driver; Chromium for
+# the report's browser tests), a Python
 # virtual environment in .venv, evalkit itself, and the sandbox templates "base" (evals) and
 # "code-interpreter" (the E2B-style SDK's default).
 # Usage: scripts/setup.sh            (quiet unless something fails)
@@ -16,6 +17,7 @@ has bwrap || need_apt+=(bubblewrap)
 has qemu-system-x86_64 || need_apt+=(qemu-system-x86)
 has debootstrap || need_apt+=(debootstrap)
 has mkfs.ext4 || need_apt+=(e2fsprogs)
+has chromium || need_apt+=(chromium)  # headless, for the tests that open the HTML report
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -81,7 +81,10 @@ program's process, after the program, so whatever it does the program can do fir
 ``report`` closure (``sys._getframe(1).f_locals['report']``, or among ``gc.get_objects()``) or
 the token in its memory, call it or write ``<token> ok`` to the status pipe (an fd it can list),
 then ``os._exit(0)``; the run is then ``ok``, or whichever of ``error``/``oom``/``exited`` it
-wrote. The token only defends against programs that end early by accident. Hiding the token
+wrote. Rebinding public names is not enough: what the wrapper calls once the program is
+over (``os.write``, ``json.dumps``, the exit) is bound before it starts, so a program that
+rebinds them, or the guest modules' ``EXIT`` in ``sys.modules``, still ends as it did. The
+token only defends against programs that end early by accident. Hiding the token
 better (an fd recorded nowhere, a C-level buffer, delivering it only after ``exec``) changes
 which few lines do this, not whether they can: memory and fds of one process are all readable
 by the code it runs. Closing it needs a verdict from outside the program's process (e.g. the

@@ -204,9 +204,13 @@ def run_child(body: Body, token: str, cwd: str, limits: proto.WireLimits,
     except OSError as exc:
         raise procs.AgentFailure("cannot prepare a child: %s" % exc) from exc
 
+    # Bound here, before any program runs: a program may rebind os.write or json.dumps (to
+    # rewrite the report it is about to fail with); reaching these takes the wrapper's frames.
+    write, dumps = os.write, json.dumps
+
     def report(kind: str, detail: Any) -> None:
         try:
-            os.write(status_w, ("%s %s %s\n" % (token, kind, json.dumps(detail))).encode())
+            write(status_w, ("%s %s %s\n" % (token, kind, dumps(detail))).encode())
         except (OSError, ValueError, TypeError):
             pass
 

@@ -55,12 +55,16 @@ def _flush(streams: List[Any]) -> None:
             pass  # e.g. a pipe whose reader is gone: reporting how the program ended matters more
 
 
+_type = type  # bound before any program runs, which may rebind builtins.type
+
+
 def _one_line(exc: BaseException) -> str:
     try:
         text = str(exc)
     except BaseException:
         text = ""
-    line = " ".join(("%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__).splitlines())
+    name = _type(exc).__name__
+    line = " ".join(("%s: %s" % (name, text) if text else name).splitlines())
     return line if len(line) <= 300 else line[:297] + "..."
 
 
@@ -98,6 +102,7 @@ def _fresh_main(code: str) -> Dict[str, Any]:
 
 def _program_main(code: str, memory_mb: int, report: child.Report) -> None:
     """Child side of run_program: run `code` as __main__, report how it ended, exit."""
+    exit_now = child.EXIT  # a local: the program may rebind the EXIT of the guest modules in sys.modules
     random.seed()  # from os.urandom: never the agent's (or a sibling's) random state
     streams = _std_streams()
     namespace = _fresh_main(code)
@@ -111,21 +116,21 @@ def _program_main(code: str, memory_mb: int, report: child.Report) -> None:
         status = _exit_status(exc)
         _flush(streams)
         report("exited", status)
-        child.EXIT(status)
+        exit_now(status)
     except MemoryError as exc:
         namespace.clear()  # free what we can so that reporting works
         _print_traceback(exc)
         _flush(streams)
         report("oom", _one_line(exc))
-        child.EXIT(1)
+        exit_now(1)
     except BaseException as exc:
         _print_traceback(exc)
         _flush(streams)
         report("error", _one_line(exc))
-        child.EXIT(1)
+        exit_now(1)
     _flush(streams)
     report("ok", None)
-    child.EXIT(0)
+    exit_now(0)
 
 
 def _command_main(command: str, memory_mb: int, report: child.Report) -> None:

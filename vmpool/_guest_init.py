@@ -7,7 +7,8 @@ Runs inside the guest (stdlib only) after the initramfs ``/init`` has mounted th
   /tmp (which the agent cleans after every program) and the home are the only places programs
   can write;
 - mounts the sandbox user's home (template.json's ``home``, /home/user; HOME points at it) as a
-  tmpfs owned by uid 65534 of at most half the VM's memory, and creates the python user site
+  tmpfs owned by uid 65534 of at most half the VM's memory, less where a full /tmp and home
+  would leave the agent too little memory (`home_size_mb`), and creates the python user site
   folder in it (``python.user_site``), so that what ``pip install --user`` puts there is
   importable by every python3, even one started before the install;
 - starts the template's ``start`` command (as root, in the background) if it has one;
@@ -37,6 +38,8 @@ from typing import Any, Dict, List, Optional
 
 SANDBOX_UID = 65534
 DEFAULT_TMP_MB = 256
+HOME_RESERVE_MB = 64  # what the kernel, init and the agent keep when /tmp and the home are full
+HOME_MIN_MB = 16
 AGENT_DIR = "/opt/vmpool"
 AGENT_ARGV = AGENT_DIR + "/agent-argv.json"
 TEMPLATE_INFO = "/etc/vmpool/template.json"
@@ -76,13 +79,31 @@ def prepare_filesystem(tmp_size_mb: int, info: Dict[str, Any]) -> str:
     if isinstance(home, str) and home.startswith("/"):
         os.makedirs(home, exist_ok=True)  # in the root overlay
         mount("tmpfs", home, "tmpfs", MS_NOSUID | MS_NODEV,
-              "mode=0755,uid=%d,gid=%d,size=50%%" % (SANDBOX_UID, SANDBOX_UID))
+              "mode=0755,uid=%d,gid=%d,size=%dm" % (SANDBOX_UID, SANDBOX_UID, home_size_mb(info)))
         python = info.get("python")
         user_site = python.get("user_site") if isinstance(python, dict) else None
         if isinstance(user_site, str) and user_site.startswith(home.rstrip("/") + "/"):
             make_user_dirs(home, user_site)
         return home
     return "/tmp"
+
+
+def home_size_mb(info: Dict[str, Any]) -> int:
+    """The home's size: at most half the VM's memory, and small enough that a full home and a
+    /tmp of the largest size the host allows (half the VM's memory) leave HOME_RESERVE_MB of
+    the memory available now. tmpfs pages live in RAM and ending the program that wrote them
+    frees none: with both full to the brim, the OOM killer would end the agent, and the VM with
+    it, so that a program could turn its own failure into a broken sandbox."""
+    meminfo: Dict[str, int] = {}
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            name, _, value = line.partition(":")
+            meminfo[name] = int(value.split()[0]) // 1024
+    total, available = meminfo["MemTotal"], meminfo.get("MemAvailable", meminfo["MemTotal"])
+    vm = info.get("vm")
+    memory = vm.get("memory_mib") if isinstance(vm, dict) else None
+    tmp_max = (memory if isinstance(memory, int) else total) // 2
+    return max(HOME_MIN_MB, min(total // 2, available - tmp_max - HOME_RESERVE_MB))
 
 
 def make_user_dirs(home: str, path: str) -> None:

@@ -14,7 +14,8 @@ import pytest
 
 from evalkit import Benchmark, BenchmarkConfig, ConfigError, Problem, benchmark_names, get_benchmark, load_config
 from evalkit._extract import extract_code
-from evalkit.benchmarks.humaneval import prompt_preamble
+from evalkit._pycode import parse_module
+from evalkit.benchmarks.humaneval import _ends_with, prompt_preamble
 from vmpool import LocalSandbox
 
 
@@ -281,3 +282,47 @@ def test_every_problem_passes_from_chat_replies_in_a_sandbox(humaneval: Benchmar
             if result.status != "error" or "NotImplementedError: draft" not in (result.error or ""):
                 failures.append((problem.task_id, "fix_then_draft", result.status, result.error))
     assert failures == []
+
+
+# Completions that reach into the test code ------------------------------------------------
+
+
+@pytest.mark.sandbox
+@pytest.mark.usefixtures("sandboxes")
+def test_a_completion_cannot_decorate_or_swallow_the_tests(humaneval: Benchmark, tmp_path: Path) -> None:
+    (problem,) = humaneval.select(["HumanEval/100"], None)  # its test code starts with `def check`
+    assert problem.test.lstrip().startswith("def check(")
+    decorated = "    return []\n\n@(lambda check: lambda candidate: None)\n"  # would replace check
+    honest = (problem.canonical_solution or "") + "\n@__import__('functools').lru_cache(maxsize=None)\n"  # cut-off helper
+    for completion in (decorated, honest):
+        program = humaneval.program(problem, completion)
+        assert program == problem.prompt + completion + "\ndef __evalkit_end_of_completion__():\n    pass\n\n" + problem.test + "\ncheck(make_a_pile)\n"
+    # an unclosed string that swallows the tests, closed in a comment of theirs, leaving the
+    # completion's own check: nothing of that program runs
+    path = write_jsonl(tmp_path / "toy.jsonl", [record(0, test=str(record(0)["test"]) + "\nDOC = ''' if 0 else 1  #'''\n")])
+    toys = get_benchmark(BenchmarkConfig(path=str(path)))
+    (toy,) = toys.problems()
+    swallowing = "    return 0\n\n\ndef check(candidate):\n    pass\n\n\nignored = '''\n"
+    with LocalSandbox.create(driver="bwrap") as sandbox:
+        assert sandbox.run_program(humaneval.program(problem, decorated)).error == "AssertionError: Test 3"
+        assert sandbox.run_program(humaneval.program(problem, honest)).status == "ok"
+        unguarded = toy.prompt + swallowing + "\n" + toy.test + "\ncheck(add0)\n"
+        assert sandbox.run_program(unguarded).status == "ok", "the trick works on plain concatenation"
+        result = sandbox.run_program(toys.program(toy, swallowing))
+        assert result.status == "error" and (result.error or "").startswith("CompletionAltersTheTests: the end of the completion")
+        assert sandbox.run_program(toys.program(toy, "    return a + b\n")).status == "ok"
+
+
+def test_code_that_parses_alone_leaves_the_tests_as_they_are(humaneval: Benchmark) -> None:
+    # the shortcut humaneval_program takes: no need to parse the whole program then
+    endings = ["", "    return 1\n", "    return 1  # done", "    pass\n\n\n# a comment\n", "    return (\n", "    x = 1 \\\n",
+               "    return 1\nif True:\n    pass\nelse:\n    pass\n", "    return 1\n\n@property\n", "    s = '''\n"]
+    checked = 0
+    for problem in humaneval.problems():
+        tests = f"{problem.test}\ncheck({problem.entry_point})\n"
+        for ending in [problem.canonical_solution or "", *endings]:
+            code = problem.prompt + ending
+            if parse_module(code) is not None:
+                checked += 1
+                assert _ends_with(f"{code}\n{tests}", tests), (problem.task_id, ending)
+    assert checked > 164 * 4

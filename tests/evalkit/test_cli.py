@@ -119,9 +119,10 @@ def test_a_stopped_run_keeps_finished_results_and_resume_finishes_it(tmp_path: P
     assert len(kept) >= 3
     assert json.loads((journal.parent / "run.json").read_text())["state"] == "interrupted"
     partial = evalkit("report", "--json", str(journal.parent), cwd=tmp_path)
-    assert partial.returncode == 0, partial.stderr
+    assert partial.returncode == 3, partial.stderr  # report exits as the run would now: it did not finish
     shown = json.loads(partial.stdout)
     assert shown["complete"] is False and shown["state"] == "interrupted" and shown["planned_samples"] == 12
+    assert shown["exit_code"] == 3
 
     resumed = evalkit("run", "c.yaml", "--resume", "--quiet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr

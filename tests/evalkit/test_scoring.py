@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from itertools import combinations
+from itertools import combinations, permutations
 
 import pytest
 
 from evalkit import STATUSES, pass_at_k, score
+from evalkit._scoring import mean_pass_at_k
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
@@ -39,6 +40,21 @@ def test_pass_at_k_simple_values() -> None:
     assert pass_at_k(10, 10, 1) == 1.0
     assert math.isclose(pass_at_k(10, 3, 1), 0.3)
     assert math.isclose(pass_at_k(4, 1, 2), 0.5)
+
+
+def test_the_mean_over_problems_does_not_depend_on_their_order(make_result) -> None:
+    pairs = [(10, 1), (10, 2), (10, 3), (7, 3), (3, 1)]
+    orders = list(permutations(pairs))
+    # a plain left-to-right sum gives two different floats over these orders
+    assert len({sum(pass_at_k(n, c, 1) for n, c in order) / len(order) for order in orders}) > 1
+    assert len({mean_pass_at_k(order, 1) for order in orders}) == 1
+    results = [make_result(f"T/{i}", j, "passed" if j < c else "failed") for i, (n, c) in enumerate(pairs) for j in range(n)]
+    assert score(results, [1])["metrics"]["pass@1"] == score(results[::-1], [1])["metrics"]["pass@1"] == mean_pass_at_k(pairs, 1)
+
+
+def test_the_mean_of_no_problem_is_an_error() -> None:
+    with pytest.raises(ValueError, match="at least one problem"):
+        mean_pass_at_k([], 1)
 
 
 @pytest.mark.parametrize(

@@ -139,6 +139,32 @@ def test_forged_setup_report_is_not_a_broken_sandbox(agent: Agent) -> None:
     assert reply["result"]["status"] == "exited" and reply["result"]["exit_code"] == 0
 
 
+def test_rebinding_what_the_wrapper_calls_cannot_turn_a_failure_into_ok(agent: Agent) -> None:
+    # Without the wrapper's own frames or memory (the known limit above), a program can still
+    # rebind public names: os.write (to rewrite the report it fails with), json.dumps, os._exit
+    # and the guest modules' EXIT in sys.modules (to exit 0 afterwards). None of them may count.
+    rebind = (
+        "import json, os, sys\n"
+        "_write, _exit = os.write, os._exit\n"
+        "def forged_write(fd, data):\n"
+        "    n = _write(fd, data.replace(b' error ', b' ok ').replace(b' exited ', b' ok '))\n"
+        "    if b' ok ' in data or b' error ' in data or b' exited ' in data:\n"
+        "        _exit(0)\n"
+        "    return n\n"
+        "os.write = forged_write\n"
+        "json.dumps = lambda value, **kw: 'null'\n"
+        "os._exit = lambda status: _exit(0)\n"
+        "for name, module in list(sys.modules.items()):\n"
+        "    if name.rpartition('.')[2] in ('_agent_child', '_agent_run'):\n"
+        "        module.EXIT = os._exit\n"
+    )
+    for ending, status in [("raise AssertionError('tests failed')", "error"), ("raise SystemExit(3)", "exited")]:
+        reply = agent.send(id=1, op="run_program", code=rebind + ending, limits=LIMITS)
+        assert reply["ok"] is True, reply
+        assert reply["result"]["status"] == status, reply["result"]
+        assert reply["result"]["exit_code"] != 0, reply["result"]
+
+
 def test_shutdown(agent: Agent) -> None:
     assert agent.send(id=1, op="shutdown")["ok"] is True
     assert agent.proc.wait(timeout=10) == 0

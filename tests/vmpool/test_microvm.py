@@ -19,6 +19,7 @@ import vmpool
 from vmpool import Limits, LocalSandbox, SandboxError, SandboxPool, get_driver, resolve_driver
 from vmpool import _microvm, _qemu, _vm_host, _vm_machine
 from vmpool._driver import StartOptions
+from vmpool._templates import load_spec
 
 pytestmark = pytest.mark.microvm
 
@@ -235,6 +236,36 @@ def test_tmp_must_fit_the_vm(microvm: None) -> None:
         LocalSandbox.create("microvm", tmp_size_mb=4096)
     with LocalSandbox.create("microvm", tmp_size_mb=64) as sandbox:
         assert sandbox.commands.run("df -m /tmp | tail -1").stdout.split()[1] == "64"
+
+
+FILL_THEN_EXHAUST = """
+import os
+for folder in ("/tmp", os.environ["HOME"]):
+    try:
+        for index in range(100000):
+            with open(os.path.join(folder, "fill-%d" % index), "wb") as handle:
+                for _ in range(8):
+                    handle.write(b"x" * (1 << 20))  # small writes: the program itself stays small
+    except OSError as exc:
+        print(folder, "full:", exc.strerror, flush=True)
+blocks = []
+while True:
+    blocks.append(b"y" * (8 << 20))
+"""
+
+
+def test_filling_tmp_and_the_home_leaves_the_agent_its_memory(microvm: None) -> None:
+    # Both are tmpfs, in RAM, and ending the program frees none of it: were they together as
+    # large as the memory the agent has, the OOM killer would end the agent after the program,
+    # and the VM with it (a program turning its own failure into a broken sandbox).
+    memory = load_spec("base").vm.memory_mib
+    with LocalSandbox.create("microvm", tmp_size_mb=memory // 2) as sandbox:
+        result = sandbox.run_program(FILL_THEN_EXHAUST, Limits(wall_time_s=120, memory_mb=8192))
+        assert result.status == "oom", result
+        assert "/tmp full: No space left on device" in result.stdout
+        assert "/home/user full: No space left on device" in result.stdout
+        after = sandbox.run_program("import os; print(sorted(os.listdir('/tmp')), os.listdir(os.environ['HOME']))")
+        assert after.status == "ok" and after.stdout == "['run-2'] ['.local']\n", after
 
 
 @pytest.mark.slow
