@@ -409,22 +409,23 @@ def _check_gates(config: EvalConfig, source: Path, lines: _Line) -> None:
 
 
 def _resolve_paths(config: EvalConfig, base: Path, source: Path, lines: _Line) -> EvalConfig:
-    def resolve(value: str, loc: tuple[str, ...]) -> str:
+    def located(value: str, loc: tuple[str, ...], wanted: str) -> Path:
         try:
             path = (base / Path(value).expanduser()).resolve()
-            found = path.is_file()
+            found = (path / wanted).is_file()
         except (OSError, RuntimeError, ValueError) as exc:  # too long a name; ~user of no user
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ConfigError(f"{_where(source, lines, loc)}: '{'.'.join(loc)}' names {_shown(value)}, which cannot be a path here ({reason})") from None
         if not found:
-            raise ConfigError(f"{_where(source, lines, loc)}: '{'.'.join(loc)}' names {value}, which is not a file (looked for {path})")
-        return str(path)
+            what = "a file" if not wanted else "an evalkit run folder"
+            raise ConfigError(f"{_where(source, lines, loc)}: '{'.'.join(loc)}' names {value}, which is not {what} (looked for {path / wanted})")
+        return path
+
+    def resolve(value: str, loc: tuple[str, ...]) -> str:
+        return str(located(value, loc, ""))
 
     def run_folder(value: str) -> str:
-        path = (base / Path(value).expanduser()).resolve()
-        if not (path / "run.json").is_file():
-            raise ConfigError(f"{_where(source, lines, ('baseline',))}: 'baseline' names {value}, which is not an evalkit run folder (looked for {path / 'run.json'})")
-        return str(path)
+        return str(located(value, ("baseline",), "run.json"))
 
     baseline = None if config.baseline is None else run_folder(config.baseline)
     bench = config.benchmark
