@@ -116,9 +116,10 @@ def run(
 
 
 def _start_store(store: RunStore, samples: Sequence[Sample], problems: Sequence[Problem], digest: str, start_s: float) -> None:
-    store.write_plan(samples)
-    store.write_problems(problems)
+    # the plan last: a folder with a plan has everything `--resume` checks (a kill -9 can come between)
     store.write_meta(planned_samples=len(samples), scheduler_start_s=start_s, problems_sha256=digest)
+    store.write_problems(problems)
+    store.write_plan(samples)
     _log.info("run folder: %s", store.path)
 
 
@@ -243,7 +244,10 @@ def latest_unfinished(config: EvalConfig) -> Path | None:
     for folder in sorted(folders, key=lambda p: p.stat().st_mtime, reverse=True):
         try:
             store = RunStore.open(folder)
-            if store.meta().get("state") == "finished" or store.in_use():
+            finished = store.meta().get("state") == "finished" and (folder / "summary.json").exists()
+            if finished or store.in_use():  # (finished without a summary: killed while writing it)
+                continue
+            if not (folder / "plan.jsonl").exists():  # killed while it was being created: nothing to continue
                 continue
             if store.config().model_dump() != config.model_dump():
                 _log.info("not resuming %s: it was started with a different config", folder)

@@ -78,15 +78,29 @@ def _host_ip() -> str:
             return "127.0.0.1"
 
 
+def _tcp_and_udp_on_one_port() -> tuple[socket.socket, socket.socket]:
+    """A TCP listener and a UDP socket on the same free port (the port the kernel gives TCP may
+    be taken for UDP by another process: try again)."""
+    for _ in range(50):
+        tcp = socket.create_server(("0.0.0.0", 0))
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            udp.bind(("0.0.0.0", tcp.getsockname()[1]))
+        except OSError:
+            tcp.close()
+            udp.close()
+            continue
+        return tcp, udp
+    raise RuntimeError("no port was free for both TCP and UDP in 50 tries")
+
+
 @pytest.fixture
 def bait(tmp_path: Path) -> Iterator[tuple[HostBait, Listeners]]:
     marker = uuid.uuid4().hex
     secret = tmp_path / "secret.txt"
     secret.write_text(f"SECRET-{marker}\n")
-    tcp = socket.create_server(("0.0.0.0", 0))
+    tcp, udp = _tcp_and_udp_on_one_port()
     port = tcp.getsockname()[1]
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("0.0.0.0", port))
     unix = socket.socket(socket.AF_UNIX)
     unix.bind(f"\0evalkit-hostile-{marker}")
     unix.listen()
@@ -123,6 +137,9 @@ def _check_the_checks(host: HostBait, listeners: Listeners) -> None:
     assert len(listeners.reached) == expected, listeners.reached
     listeners.reached.clear()
     with subprocess.Popen(["/bin/sh", "-c", "sleep 30; :", host.marker]) as process:  # "; :": not exec-ed into sleep
+        deadline = time.monotonic() + 10  # until the child has exec-ed, /proc shows the parent's command line
+        while process.pid not in _pids_mentioning(host.marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert process.pid in _pids_mentioning(host.marker)
         process.kill()
 
