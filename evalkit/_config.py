@@ -84,6 +84,13 @@ class SandboxConfig(_Section):
     max_output_bytes: int = Field(1_000_000, ge=1024)
     python: str | None = None
     template: str | None = None  # the sandbox template, both drivers (None: microvm "base", bwrap the host's /usr)
+    # fixed: every problem gets cpu_time_s / timeout_s. calibrated: each problem's reference
+    # solution is timed first and its CPU limit is calibration_factor x that, at least
+    # min_time_s, at most timeout_s (evalkit._calibrate)
+    time_limit: Literal["fixed", "calibrated"] = "fixed"
+    calibration_factor: float = Field(4.0, ge=1, le=1000, allow_inf_nan=False)
+    min_time_s: float = Field(1.0, gt=0, le=86400, allow_inf_nan=False)
+    recheck_failures: bool = True  # run a failed, timeout or oom sample once more; a changed verdict is flaky
 
 
 class SchedulerConfig(_Section):

@@ -3,6 +3,18 @@
 This is the part of a scheduler worker that knows nothing about Ray: it owns one sandbox,
 replaces it when it breaks, and retries the sample that was running on a fresh one. A sample
 that keeps breaking sandboxes ends as ``infra_error``, never as a model failure.
+
+A sample whose verdict is ``failed``, ``timeout`` or ``oom`` runs once more
+(``sandbox.recheck_failures``, on by default), in the same sandbox: each program runs in a
+fresh child of the sandbox's agent anyway, and the same sandbox is what the next sample would
+get (one that broke, or a microVM discarded after a timeout, is replaced as for any sample).
+The re-run's verdict is the sample's; when it differs from the first, the sample is
+``flaky`` and keeps the first verdict in ``first_status`` and ``first_error``. The re-run
+decides because a failure that does not repeat was most likely the machine's (a timeout under
+load), which must not count against the model; the price is that randomised code that fails
+some of the time gets a second chance (its pass rate is inflated), which is why flaky samples
+are always counted and listed. ``attempts`` counts every execution of the program: the
+re-check's and infrastructure retries included.
 """
 
 from __future__ import annotations
@@ -13,13 +25,16 @@ from collections.abc import Sequence
 from vmpool import ExecResult, Limits, LocalSandbox, VmpoolError
 
 from ._config import SandboxConfig
-from ._types import ExecRequest, SampleResult, Status
+from ._types import ExecRequest, SampleResult, Status, TimeLimits
 
 MAX_PROGRAM_BYTES = 64 * 2**20 - 2**16
 """The largest program a sandbox takes, measured as vmpool's agent protocol carries it: a JSON
 string (``\\u0001`` for a control character, six bytes) in one line of at most 64 MiB, less
 room for the rest of the request. A larger program is the completion's doing (a model that
 wrote megabytes), so its sample is ``failed`` without running, not an ``infra_error``."""
+
+RECHECKED: frozenset[Status] = frozenset({"failed", "timeout", "oom"})
+"""The verdicts that `SampleExecutor.run_one` re-checks with a second run."""
 
 _STATUS: dict[str, Status] = {
     "ok": "passed",
@@ -31,6 +46,8 @@ _STATUS: dict[str, Status] = {
 
 
 def limits_for(config: SandboxConfig) -> Limits:
+    """The fixed limits of every program (``sandbox.time_limit: fixed``, and the problems a
+    calibrated run has no reference time for)."""
     return Limits(
         wall_time_s=config.timeout_s,
         cpu_time_s=config.cpu_time_s,
@@ -40,10 +57,19 @@ def limits_for(config: SandboxConfig) -> Limits:
     )
 
 
+def with_time_limits(limits: Limits, time_limits: TimeLimits | None) -> Limits:
+    """``limits`` with a problem's own time limits in place of its CPU and wall limits."""
+    if time_limits is None:
+        return limits
+    return limits.model_copy(update={"cpu_time_s": time_limits.cpu_s, "wall_time_s": time_limits.wall_s})
+
+
 def verdict(
-    request: ExecRequest, result: ExecResult, driver: str, isolation: str, attempts: int, output_cap: int | None = None
+    request: ExecRequest, result: ExecResult, driver: str, isolation: str, attempts: int, limits: Limits | None = None
 ) -> SampleResult:
-    """The sample's verdict: passed only when the program ran to its end (its tests finished)."""
+    """The sample's verdict: passed only when the program ran to its end (its tests finished).
+    ``limits``: what it ran under (recorded in the result)."""
+    output_cap = limits.output_cap_bytes if limits is not None else None
     status = _STATUS[result.status]
     error = result.error
     if result.status == "exited":
@@ -71,6 +97,8 @@ def verdict(
         cpu_time_s=result.cpu_time_s,
         max_rss_mb=result.max_rss_mb,
         attempts=attempts,
+        cpu_limit_s=None if limits is None else (limits.cpu_time_s or limits.wall_time_s),
+        wall_limit_s=None if limits is None else limits.wall_time_s,
     )
 
 
@@ -126,17 +154,37 @@ class SampleExecutor:
             self._sandbox = None
 
     def run_one(self, request: ExecRequest, prior_attempts: int = 0) -> SampleResult:
+        """The sample's verdict, re-checked once if it is failed, timeout or oom (see the module's
+        docstring); ``prior_attempts``: executions an earlier worker already spent on it."""
         size = _sent_size(request.program)
         if size > MAX_PROGRAM_BYTES:
             error = f"not run: the program is {size} bytes as sent to a sandbox (JSON-escaped), more than the {MAX_PROGRAM_BYTES} it takes"
             return _not_run(request, "failed", self.driver, error, prior_attempts + 1)
+        first = self._run(request, prior_attempts)
+        if not self.config.recheck_failures or first.status not in RECHECKED:
+            return first
+        second = self._run(request, 0)  # a retry budget of its own: the first run's retries were spent
+        attempts = first.attempts + second.attempts
+        if second.status == "infra_error":  # the re-run says nothing: the first verdict stands
+            return first.model_copy(update={"attempts": attempts})
+        return second.model_copy(update={
+            "attempts": attempts,
+            "flaky": second.status != first.status,
+            "first_status": first.status,
+            "first_error": first.error,
+        })
+
+    def _run(self, request: ExecRequest, prior_attempts: int) -> SampleResult:
+        """One verdict on the sample: runs until the sandbox does not break, at most
+        ``max_retries`` retries in all (counting ``prior_attempts``), then ``infra_error``."""
+        limits = with_time_limits(self.limits, request.time_limits)
         attempts = prior_attempts
         last_error = ""
         while attempts <= self.max_retries:
             attempts += 1
             try:
                 sandbox = self._sandbox_ready()
-                result = sandbox.run_program(request.program, self.limits)
+                result = sandbox.run_program(request.program, limits)
             except VmpoolError as exc:  # a sandbox that broke or cannot start: never the sample's fault
                 last_error = f"{type(exc).__name__}: {exc}"
                 self._discard_sandbox()
@@ -144,7 +192,7 @@ class SampleExecutor:
             except Exception as exc:  # the harness cannot handle this one sample; retrying won't help
                 self._discard_sandbox()
                 return infra_error(request, self.driver, f"{type(exc).__name__}: {exc}", attempts)
-            return verdict(request, result, sandbox.driver, sandbox.isolation, attempts, self.limits.output_cap_bytes)
+            return verdict(request, result, sandbox.driver, sandbox.isolation, attempts, limits)
         return infra_error(request, self.driver, f"sandbox failed {attempts} time(s); last: {last_error}", attempts)
 
     def run_batch(self, requests: Sequence[ExecRequest], prior_attempts: int = 0) -> list[SampleResult]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ._benchmarks import Benchmark, get_benchmark
+from ._calibrate import CALIBRATION_FILE, calibrate, describe_fixed, read_calibration
 from ._config import EvalConfig, load_config
 from ._errors import ConfigError, EvalkitError, InfraError, RunInterrupted, RunStoreError, UserInputError
 from ._api import ApiProvider
@@ -40,7 +41,7 @@ from ._report import render_report
 from ._scoring import score
 from ._stats import metrics_ci
 from ._store import RunStore, now
-from ._types import ExecRequest, Problem, Sample, SampleResult
+from ._types import ExecRequest, Problem, Sample, SampleResult, TimeLimits
 from ._version import __version__
 
 _log = logging.getLogger("evalkit")
@@ -393,34 +394,70 @@ def _execute(
     store.write_meta(state="running", driver=driver, isolation=isolation, benchmark=benchmark.name,
                      host=platform.node(), python=platform.python_version(),
                      workers=getattr(scheduler, "num_workers", 0))
-    progress = Progress(len(samples), done, enabled=show_progress)
+    progress: Progress | None = None
 
     def elapsed() -> float:
         return previous_s + time.monotonic() - started
 
+    def finished() -> int:
+        return sum(done.values()) if progress is None else progress.done
+
     try:
         try:
+            time_limits = None if feed.exhausted else _time_limits(store, config, benchmark, scheduler, driver, isolation)
+            progress = Progress(len(samples), done, enabled=show_progress)  # after calibration: its log lines stay clear of the bar
             if not feed.exhausted:
                 with store.journal() as journal:
-                    for result in scheduler.run(feed):
+                    for result in scheduler.run(feed, time_limits):
                         journal.append(result)
                         progress.update(result.status)
         finally:
-            progress.close()
+            if progress is not None:
+                progress.close()
             _save_generation_counts(store, stage)
         store.write_meta(state="finished", duration_s=elapsed(), finished=now())
         summary = _finish(store, config, current_samples(store), store.meta())
     except InfraError as exc:
         store.write_meta(state="failed", duration_s=elapsed())
-        raise InfraError(f"{exc}; the {progress.done} finished results are kept; continue with: evalkit resume {store.path}") from exc
+        raise InfraError(f"{exc}; the {finished()} finished results are kept; continue with: evalkit resume {store.path}") from exc
     except KeyboardInterrupt:
         if store.meta().get("state") != "finished":  # a late Ctrl-C, while writing the report
             store.write_meta(state="interrupted", duration_s=elapsed())
-        raise RunInterrupted(store.path, progress.done, len(samples)) from None
+        raise RunInterrupted(store.path, finished(), len(samples)) from None
     except BaseException:
         store.write_meta(state="failed", duration_s=elapsed())
         raise
     return RunOutcome(store.path, summary, exit_code(summary))
+
+
+def _time_limits(
+    store: RunStore, config: EvalConfig, benchmark: Benchmark, scheduler: Any, driver: str, isolation: str
+) -> dict[str, TimeLimits] | None:
+    """Per task_id, the time limits of a calibrated run (None: the fixed limits for all): from
+    the run folder's calibration.json, or measured now (`evalkit._calibrate`) and recorded
+    there before any sample runs. A resumed run never measures again: its remaining samples
+    get the limits the others got."""
+    if config.sandbox.time_limit == "fixed":
+        return None
+    calibration = read_calibration(store.path)
+    if calibration is not None:
+        _log.info("time limits as calibrated on %s (%s)", calibration.measured, CALIBRATION_FILE)
+        return calibration.time_limits()
+    if any(r.status != "infra_error" for r in store.results()):
+        raise RunStoreError(f"{store.path} has verdicts but no {CALIBRATION_FILE}: its other samples cannot get the limits these got; start a new run")
+    calibration = calibrate(scheduler, benchmark, run_problems(store, config), config.sandbox, driver, isolation)
+    store.write_json(CALIBRATION_FILE, calibration.model_dump(mode="json"))
+    return calibration.time_limits()
+
+
+def _time_limits_summary(store: RunStore, config: EvalConfig) -> dict[str, Any]:
+    """``run.time_limits`` of summary.json: the fixed limits, or the calibration's figures."""
+    if config.sandbox.time_limit == "fixed":
+        return describe_fixed(config.sandbox)
+    calibration = read_calibration(store.path)
+    if calibration is None:  # stopped before calibration finished: no sample ran
+        return {"mode": "calibrated", "measured": None}
+    return calibration.describe()
 
 
 def _save_generation_counts(store: RunStore, stage: GenerationStage | None) -> None:
@@ -482,6 +519,8 @@ def summarize(store: RunStore, config: EvalConfig, results: list[SampleResult], 
         "host": meta.get("host", platform.node()),  # the machine that ran it (older run.json: this one)
         "python": meta.get("python", platform.python_version()),
         "run_format_version": meta.get("format_version"),
+        "time_limits": _time_limits_summary(store, config),
+        "recheck_failures": config.sandbox.recheck_failures,
     }
     return summary
 

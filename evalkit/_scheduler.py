@@ -15,14 +15,14 @@ import os
 import signal
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ._config import SandboxConfig, SchedulerConfig
 from ._errors import InfraError
 from ._executor import SampleExecutor, infra_error
 from ._feed import Feed
-from ._types import ExecRequest, SampleResult
+from ._types import ExecRequest, SampleResult, TimeLimits
 
 _log = logging.getLogger("evalkit")
 CLOSE_GRACE_S = 5.0  # how long workers get to close their sandboxes before they are killed
@@ -116,13 +116,14 @@ class RayScheduler:
                 hint = " (ray:// addresses need Ray's client: pip install 'ray[client]')" if (address or "").startswith("ray://") else ""
                 raise InfraError(f"cannot start or join Ray ({address or 'a local instance'}): {exc}{hint}") from exc
 
-    def run(self, requests: Feed | Sequence[ExecRequest]) -> Iterator[SampleResult]:
+    def run(self, requests: Feed | Sequence[ExecRequest], time_limits: Mapping[str, TimeLimits] | None = None) -> Iterator[SampleResult]:
         """Yield one result per request, in the order they finish.
 
         ``requests`` may be a `Feed` that a producer is still filling: requests are batched as
         they arrive (a partial batch goes out whenever a worker is free), verdicts already in
         the feed are passed through, and a producer's error is raised once everything taken
-        before it has finished.
+        before it has finished. ``time_limits``: per task_id, the limits its requests run under
+        (calibrated limits, `evalkit._calibrate`); other requests keep their own.
         """
         feed = requests if isinstance(requests, Feed) else Feed.of(requests)
         size = self.config.batch_size
@@ -141,6 +142,8 @@ class RayScheduler:
                 for item in taken:
                     if isinstance(item, SampleResult):
                         yield item
+                    elif time_limits and item.sample.task_id in time_limits:
+                        waiting.append(item.model_copy(update={"time_limits": time_limits[item.sample.task_id]}))
                     else:
                         waiting.append(item)
             while (retries or waiting) and len(pending) < self.max_in_flight:

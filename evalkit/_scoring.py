@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from ._types import STATUSES, SampleResult
+from ._types import STATUSES, SampleResult, task_order
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -80,9 +80,22 @@ def score(results: Sequence[SampleResult], ks: Sequence[int]) -> dict[str, Any]:
         "metrics": metrics,
         "skipped_k": skipped,
         "counts": {status: counts.get(status, 0) for status in STATUSES},
+        "flaky": flaky_counts(results),
         "num_samples": len(results),
         "num_problems": len(problems),
         "num_scored_problems": len(scored),
         "unscored_problems": sorted(set(problems) - set(scored)),
         "problems": problems,
+    }
+
+
+def flaky_counts(results: Iterable[SampleResult]) -> dict[str, Any]:
+    """``summary.json``'s ``flaky``: samples whose re-check gave another verdict than their
+    first run (`evalkit._executor`), in all, by change (``"timeout->passed"``), and each one."""
+    flaky = sorted((r for r in results if r.flaky), key=lambda r: (*task_order(r.task_id), r.sample_idx))
+    changes = Counter(f"{r.first_status}->{r.status}" for r in flaky)
+    return {
+        "total": len(flaky),
+        "by_change": dict(sorted(changes.items())),
+        "samples": [{"task_id": r.task_id, "sample_idx": r.sample_idx, "first_status": r.first_status, "status": r.status} for r in flaky],
     }

@@ -67,6 +67,16 @@ class Generation(BaseModel):
         return Sample(task_id=self.task_id, sample_idx=self.sample_idx, completion=self.completion, prompt=self.prompt, response=self.response)
 
 
+class TimeLimits(BaseModel):
+    """A problem's own time limits (``sandbox.time_limit: calibrated``, `evalkit._calibrate`),
+    in place of the sandbox config's ``cpu_time_s`` and ``timeout_s``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cpu_s: float = Field(gt=0, allow_inf_nan=False, description="CPU-time limit of the program")
+    wall_s: float = Field(gt=0, allow_inf_nan=False, description="wall-clock limit of the program")
+
+
 class ExecRequest(BaseModel):
     """A sample with the program the benchmark assembled for it, ready for a sandbox."""
 
@@ -74,6 +84,7 @@ class ExecRequest(BaseModel):
 
     sample: Sample
     program: str
+    time_limits: TimeLimits | None = Field(None, description="this problem's own time limits; None: the sandbox config's")
 
 
 class SampleResult(BaseModel):
@@ -98,7 +109,12 @@ class SampleResult(BaseModel):
     output_truncated: bool = Field(False, description="stdout/stderr beyond the output cap were dropped")
     cpu_time_s: float = 0.0
     max_rss_mb: float = 0.0
-    attempts: int = Field(1, description="executions it took, counting infrastructure retries")
+    attempts: int = Field(1, description="executions of the program: infrastructure retries and the re-check of a failure included")
+    cpu_limit_s: float | None = Field(None, description="the CPU-time limit it ran under (None: not run, or a run from before evalkit recorded it)")
+    wall_limit_s: float | None = Field(None, description="the wall-clock limit it ran under")
+    flaky: bool = Field(False, description="re-run after a failed, timeout or oom verdict, and the re-run's verdict differed; `status` is the re-run's")
+    first_status: Status | None = Field(None, description="the first run's verdict when the sample was re-run (sandbox.recheck_failures), else None")
+    first_error: str | None = Field(None, description="the first run's error when the sample was re-run")
 
     @property
     def key(self) -> tuple[str, int]:
