@@ -50,7 +50,13 @@ class Run:
             ``driver``, ``isolation``, ``error`` (why it did not pass; missing if it did),
             ``exit_code`` (Int64, missing after a timeout), ``stdout``, ``stderr``,
             ``output_truncated`` (bool), ``cpu_time_s``, ``max_rss_mb`` (float64), ``attempts``
-            (int64, infrastructure retries included); from ``completions.jsonl``, for model-API
+            (int64: executions of the program, infrastructure retries and the re-check of a
+            failure included), ``cpu_limit_s`` and ``wall_limit_s`` (float64, the time limits
+            it ran under: calibrated per problem or fixed; NaN for runs from before evalkit
+            recorded them), ``flaky`` (bool: re-run after a failed, timeout or oom verdict,
+            and the re-run's verdict, which is ``status``, differed), ``first_status``
+            (categorical like ``status``; the first run's verdict of a re-run sample, missing
+            otherwise) and ``first_error``; from ``completions.jsonl``, for model-API
             runs only (missing otherwise): ``finish_reason``, ``input_tokens``,
             ``output_tokens`` (Int64), ``latency_s`` (float64), ``completion_source`` (api, cache).
         problems: one row per planned problem, sorted by task. Columns: ``task_id``, ``planned``

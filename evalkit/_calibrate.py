@@ -135,6 +135,20 @@ class Calibration(BaseModel):
         }
 
 
+def describe_time_limits(limits: dict[str, Any]) -> str:
+    """``run.time_limits`` of summary.json in a phrase, as the CLI and the report show it."""
+    if limits.get("mode") != "calibrated":
+        return f"fixed: {limits['cpu_limit_s']:g} s CPU, {limits['wall_limit_s']:g} s wall"
+    if not limits.get("measured"):
+        return "calibrated from reference solutions (not measured yet: no sample has run)"
+    text = f"calibrated from reference solutions: {limits['factor']:g}x factor, min {limits['min_time_s']:g} s, at most {limits['timeout_s']:g} s"
+    if limits.get("median_cpu_limit_s") is not None:
+        text += f", median CPU limit {limits['median_cpu_limit_s']:g} s"
+    if limits.get("fixed_problems"):
+        text += f"; {limits['fixed_problems']} problem(s) without a usable reference keep the fixed limits"
+    return text
+
+
 def fixed_limits(sandbox: SandboxConfig) -> TimeLimits:
     """The time limits of `evalkit._executor.limits_for`, as a `TimeLimits`."""
     return TimeLimits(cpu_s=sandbox.cpu_time_s or sandbox.timeout_s, wall_s=sandbox.timeout_s)

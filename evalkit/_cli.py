@@ -10,11 +10,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from ._errors import EvalkitError, InfraError, RunInterrupted, UserInputError
+from ._calibrate import describe_time_limits
 from ._gates import describe, gate_name
 from ._runner import EXIT_INFRA, EXIT_INPUT, EXIT_INTERRUPTED, RunOutcome
 from ._version import __version__
@@ -80,6 +81,11 @@ def _print_outcome(outcome: RunOutcome) -> None:
         )
     if summary["counts"]["infra_error"]:
         click.echo(f"{summary['counts']['infra_error']} sample(s) hit infrastructure failures beyond the retry budget (not counted as model failures)")
+    limits = run.get("time_limits") or {}
+    if limits.get("mode") == "calibrated" and limits.get("measured"):
+        click.echo(f"time limits: {describe_time_limits(limits)}")
+    for line in flaky_lines(summary.get("flaky")):
+        click.echo(line)
     comparison = summary.get("comparison")
     if comparison:
         click.echo(
@@ -89,6 +95,23 @@ def _print_outcome(outcome: RunOutcome) -> None:
     for gate in summary.get("gates", []):
         click.echo(f"gate {gate_name(gate)}: {'met' if gate['passed'] else 'NOT MET'} ({describe(gate)})")
     click.echo(f"run folder: {outcome.run_dir}")
+
+
+FLAKY_LISTED = 20
+"""Flaky samples the CLI names one by one (summary.json and the report list them all)."""
+
+
+def flaky_lines(flaky: dict[str, Any] | None) -> list[str]:
+    """The CLI's lines on flaky samples: how many, by change of verdict, and which."""
+    if not flaky or not flaky["total"]:
+        return []
+    changes = ", ".join(f"{change} {count}" for change, count in flaky["by_change"].items())
+    lines = [f"flaky: {flaky['total']} sample(s) got another verdict when re-run ({changes}); the re-run's verdict counts"]
+    for sample in flaky["samples"][:FLAKY_LISTED]:
+        lines.append(f"  {sample['task_id']} #{sample['sample_idx']}: {sample['first_status']} -> {sample['status']}")
+    if flaky["total"] > FLAKY_LISTED:
+        lines.append(f"  ... and {flaky['total'] - FLAKY_LISTED} more (summary.json lists them all)")
+    return lines
 
 
 def ci_line(outcome: RunOutcome) -> str:
@@ -105,13 +128,15 @@ def ci_line(outcome: RunOutcome) -> str:
     judged = f"gates: {len(gates) - len(missed)}/{len(gates)} met" if gates else "no gates"
     if missed:
         judged += " (not met: " + "; ".join(describe(gate) for gate in missed) + ")"
+    flaky_total = (summary.get("flaky") or {}).get("total", 0)
+    flaky = f", {flaky_total} flaky" if flaky_total else ""
     why = ""
     if outcome.exit_code == EXIT_INFRA:
         run = summary["run"]
         lacking = run["planned_samples"] - (summary["num_samples"] - summary["counts"]["infra_error"])
         why = f" (run {run['state']})" if run["state"] != "finished" else f" ({lacking} planned sample(s) without a verdict)"
     return (
-        f"evalkit: {summary['run']['name']} {metrics} ({summary['num_problems']} problems, {summary['counts']['infra_error']} infra_error) "
+        f"evalkit: {summary['run']['name']} {metrics} ({summary['num_problems']} problems, {summary['counts']['infra_error']} infra_error{flaky}) "
         f"{judged} -> exit {outcome.exit_code}{why}"
     )
 

@@ -43,6 +43,11 @@ _RESULT_DTYPES: dict[str, Any] = {
     "cpu_time_s": "float64",
     "max_rss_mb": "float64",
     "attempts": "int64",
+    "cpu_limit_s": "float64",
+    "wall_limit_s": "float64",
+    "flaky": "bool",
+    "first_status": pd.CategoricalDtype(STATUSES),
+    "first_error": _TEXT,
 }
 # What completions.jsonl adds to a model-API run's samples: (column, field of Generation, dtype)
 _GENERATION_COLUMNS: list[tuple[str, str, Any]] = [
@@ -84,7 +89,7 @@ RUN_COLUMNS: dict[str, Any] = {
 
 def _sources(store: RunStore) -> list[Path]:
     """The files that the derived ones (parquet, summary) are computed from."""
-    names = ("run.json", "plan.jsonl", "problems.jsonl", "samples.jsonl", "completions.jsonl")
+    names = ("run.json", "plan.jsonl", "problems.jsonl", "samples.jsonl", "completions.jsonl", "calibration.json")
     return [store.path / name for name in names if (store.path / name).exists()]
 
 

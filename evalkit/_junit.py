@@ -14,7 +14,10 @@ A problem's test case
   noise, which pass@k and the comparison with a baseline measure;
 - is **skipped** when it has no scored sample: all its samples are ``infra_error`` (not the
   model's fault; the exit code reports them) or were never run;
-- takes as ``time`` the sum of its samples' durations in the sandbox.
+- takes as ``time`` the sum of its samples' durations in the sandbox;
+- names its flaky samples (verdict changed when re-run, `evalkit._executor`) in its
+  ``<system-out>``; the suite's ``flaky`` property counts them, and ``time_limits`` says
+  whether limits were fixed or calibrated.
 
 A gate's test case fails when the gate is not met. Characters that XML cannot hold (control
 characters such as the ESC of coloured output, lone surrogates) are written as Python escapes
@@ -28,6 +31,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ._calibrate import describe_time_limits
 from ._gates import describe, gate_name
 from ._types import SampleResult, task_order
 
@@ -77,6 +81,10 @@ def _properties(suite: ET.Element, summary: Mapping[str, Any]) -> None:
     run = summary["run"]
     properties = ET.SubElement(suite, "properties")
     shown = {"run": run["name"], "model": run.get("model"), "driver": run.get("driver"), "isolation": run.get("isolation"), **summary["metrics"]}
+    if summary.get("flaky") is not None:
+        shown["flaky"] = summary["flaky"]["total"]
+    if run.get("time_limits"):
+        shown["time_limits"] = describe_time_limits(run["time_limits"])
     for name, value in shown.items():
         if value is not None:
             ET.SubElement(properties, "property", name=_text(name), value=_text(f"{value:.4f}" if isinstance(value, float) else str(value)))
@@ -96,6 +104,9 @@ def _problem_case(suite: ET.Element, benchmark: str, task: str, samples: Sequenc
         failure = ET.SubElement(case, "failure", type=first.status, message=_text(_first_line(f"{first.status}: {first.error or 'did not pass'}")))
         failure.text = _text(_details(first, len(scored)))
     note = f"{passed} of {len(scored)} samples passed" + (f"; {len(infra)} infra_error sample(s) left out" if infra else "")
+    flaky = [f"sample {r.sample_idx} was {r.first_status}, then {r.status} when re-run" for r in scored if r.flaky]
+    if flaky:
+        note += "; flaky (the re-run's verdict counts): " + "; ".join(flaky)
     ET.SubElement(case, "system-out").text = note
 
 

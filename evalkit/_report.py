@@ -20,6 +20,7 @@ import jinja2
 from markupsafe import Markup
 
 from . import _charts
+from ._calibrate import describe_time_limits
 from ._compare import Comparison
 from ._types import STATUSES, Problem, SampleResult, task_order
 
@@ -58,6 +59,7 @@ class SampleView:
     response: Cut | None
     stdout: Cut
     stderr: Cut
+    first_error: Cut | None = None
 
 
 @dataclass(frozen=True)
@@ -148,8 +150,10 @@ def _rows(summary: dict[str, Any], results: Sequence[SampleResult], problems: Se
 def _row(order: int, task_id: str, figures: Mapping[str, int], samples: list[SampleResult], problem: Problem | None) -> ProblemRow:
     n, c = figures.get("n", 0), figures.get("c", 0)
     counts: Counter[str] = Counter(r.status for r in samples)
+    counts["flaky"] = sum(r.flaky for r in samples)
     not_passed = [r for r in samples if not r.passed]
     shown = _pick(not_passed, FAILING_SHOWN) + [r for r in samples if r.passed][:1]
+    shown += [r for r in samples if r.flaky and r not in shown]  # flaky samples are always shown
     timed = [r.duration_s for r in samples if r.status != "infra_error"]
     return ProblemRow(
         anchor=f"p{order}",
@@ -188,6 +192,8 @@ def _flags(n: int, c: int, counts: Counter[str]) -> str:
     flags: list[str] = [s for s in STATUSES if counts[s]]
     if any(counts[s] for s in _VERDICTS if s != "passed"):
         flags.append("failing")
+    if counts["flaky"]:
+        flags.append("flaky")
     if not n:
         flags.append("unscored")
     elif c == n:
@@ -221,6 +227,7 @@ def _view(r: SampleResult) -> SampleView:
         response=_head(r.response, _LIMITS["response"]) if r.response is not None and r.response != r.completion else None,
         stdout=_head(r.stdout, _LIMITS["stdout"]),
         stderr=_tail(r.stderr, _LIMITS["stderr"]),
+        first_error=_head(r.first_error, _LIMITS["error"]) if r.flaky and r.first_error else None,
     )
 
 
@@ -264,4 +271,4 @@ def _signed(value: float, digits: int = 4) -> str:
     return f"{value:+.{digits}f}".replace("-", "−")
 
 
-_ENV.filters.update(pre=_pre, duration=_duration, when=_when, p_value=_p_value, signed=_signed)
+_ENV.filters.update(pre=_pre, duration=_duration, when=_when, p_value=_p_value, signed=_signed, time_limits=describe_time_limits)
