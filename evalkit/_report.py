@@ -34,7 +34,7 @@ _ENV = jinja2.Environment(
 
 FAILING_SHOWN = 3
 """Per problem, the report shows up to this many samples that did not pass (distinct errors
-first) and one that passed; samples.parquet has every sample."""
+first), one that passed and every flaky one; samples.parquet has every sample."""
 
 # Characters kept of each text field of a shown sample (the rest is in samples.parquet). stderr
 # keeps its end, where a traceback says what went wrong; the others keep their start.

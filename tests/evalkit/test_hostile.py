@@ -174,8 +174,11 @@ def corpus_problems(outcome: evalkit.RunOutcome, frame: pd.DataFrame, cases: lis
         expected = (case.strict_status or case.status) if strict else case.status
         if row.status != expected or bool(row.passed) != (expected == "passed"):
             problems.append(f"{case.name}: status {row.status}, expected {expected} ({row.error})")
-        if row.attempts != 1:
-            problems.append(f"{case.name}: {row.attempts} attempts (a sandbox failed)")
+        executions = 1 if expected == "passed" else 2  # a failure is re-checked once (sandbox.recheck_failures)
+        if row.attempts != executions:
+            problems.append(f"{case.name}: {row.attempts} attempts, not {executions} (a sandbox failed)")
+        if row.flaky:
+            problems.append(f"{case.name}: flaky (first {row.first_status}, then {row.status})")
         problems += [f"{case.name}: {line}" for line in lines if line.startswith("ESCAPED")]
         for label in case.blocked:
             if not any(line.startswith(f"BLOCKED {fill(label, host)}") for line in lines):
