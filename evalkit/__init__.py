@@ -37,7 +37,7 @@ from ._samples import read_samples, write_samples
 from ._scoring import pass_at_k, score
 from ._stats import pass_at_k_ci
 from ._store import RunStore
-from ._types import STATUSES, ExecRequest, Generation, Problem, Sample, SampleResult, Status
+from ._types import STATUSES, ExecRequest, Generation, Problem, Sample, SampleResult, Status, TimeLimits
 from ._version import __version__
 
 __all__ = [
@@ -74,6 +74,7 @@ __all__ = [
     "SandboxConfig",
     "SchedulerConfig",
     "Status",
+    "TimeLimits",
     "UserInputError",
     "__version__",
     "benchmark_names",

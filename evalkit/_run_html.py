@@ -26,6 +26,7 @@ def run_html(run: Run) -> str:
         _table([escape(name) for name in summary["metrics"]], [[f"{value:.4f}" for value in summary["metrics"].values()]]),
         _skipped(summary.get("skipped_k") or {}),
         _counts(summary["counts"]),
+        _flaky(summary.get("flaky")),
         _problems(run),
         "</div>",
     ]
@@ -66,6 +67,13 @@ def _counts(counts: dict[str, int]) -> str:
     style = ' style="color:#b91c1c"' if infra else ""
     return (f"<div>verdicts: {verdicts}</div>"
             f"<div{style}>infra_error {infra} (left out of pass@k: the machinery failed, not the model)</div>")
+
+
+def _flaky(flaky: dict[str, Any] | None) -> str:
+    if not flaky or not flaky.get("total"):
+        return ""
+    changes = ", ".join(f"{escape(change)} {int(count)}" for change, count in flaky["by_change"].items())
+    return f"<div>flaky {int(flaky['total'])} ({changes}): another verdict when re-run; the re-run's counts</div>"
 
 
 def _problems(run: Run) -> str:

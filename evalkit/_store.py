@@ -8,6 +8,7 @@
         problems.jsonl    the problems the run checks against (prompt, tests, entry point), as they were
         completions.jsonl model-API runs: one line per completion received, appended as it arrives
         samples.jsonl     the journal: one line per finished sample, appended and flushed as it arrives
+        calibration.json  sandbox.time_limit calibrated: each problem's limits (evalkit._calibrate)
         samples.parquet   one row per sample, written from the journal at the end
         summary.json      metrics (pass@k), counts per status, run metadata
         report.html       the report

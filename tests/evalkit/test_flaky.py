@@ -90,7 +90,8 @@ def _config(tmp_path: Path, name: str, **sandbox: Any) -> Path:
 @pytest.mark.usefixtures("ray_session")
 def test_flaky_samples_are_counted_and_listed_everywhere(tmp_path: Path) -> None:
     outcome = evalkit.run(_config(tmp_path, "flaky"), progress=False)
-    frame = evalkit.load_run(outcome.run_dir).samples.sort_values("sample_idx")
+    run = evalkit.load_run(outcome.run_dir)
+    frame = run.samples.sort_values("sample_idx")
     parity, wrong = frame[frame.sample_idx < 3], frame[frame.sample_idx == 3].iloc[0]
     assert list(parity.status) == ["passed"] * 3, list(parity.error)
     flaky = parity[parity.flaky]
@@ -108,6 +109,7 @@ def test_flaky_samples_are_counted_and_listed_everywhere(tmp_path: Path) -> None
     assert lines[0].startswith(f"flaky: {total} sample(s) got another verdict when re-run (failed->passed {total})")
     assert f"  HumanEval/0 #{flaky.sample_idx.iloc[0]}: failed -> passed" in lines
 
+    assert f"flaky {total} (failed-&gt;passed {total})" in run._repr_html_()
     html = (outcome.run_dir / "report.html").read_text()
     assert 'class="flaky-box"' in html and '<option value="flaky">' in html
     assert 'data-flags="passed failed failing flaky"' in html, "the problem row is found by the flaky filter"

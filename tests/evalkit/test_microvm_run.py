@@ -85,3 +85,15 @@ def test_hostile_programs_leave_the_host_and_the_next_sample_alone(tmp_path: Pat
     assert list(frame["passed"]) == [False, True] * len(hostile), list(frame["status"])
     assert outcome.summary["counts"]["infra_error"] == 0
     assert not marker.exists()
+
+
+def test_calibration_times_the_references_in_the_runs_own_microvms(tmp_path: Path) -> None:
+    config = write_config(tmp_path, benchmark={"name": "humaneval", "limit": 4},
+                          sandbox={"driver": "microvm", "template": "base", "time_limit": "calibrated"})
+    outcome = evalkit.run(config, progress=False)
+    assert outcome.exit_code == 0 and outcome.summary["metrics"] == {"pass@1": 1.0}
+    calibration = evalkit.load_run(outcome.run_dir).summary["run"]["time_limits"]
+    assert (calibration["mode"], calibration["driver"], calibration["calibrated_problems"]) == ("calibrated", "microvm", 4)
+    frame = pd.read_parquet(outcome.run_dir / "samples.parquet")
+    # HumanEval's references take well under a quarter second, even emulated: the floor
+    assert set(frame["cpu_limit_s"]) == {1.0} and set(frame["wall_limit_s"]) == {5.0}

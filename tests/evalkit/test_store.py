@@ -19,6 +19,7 @@ from evalkit import EvalConfig, RunStore, RunStoreError, SampleResult, parse_con
 PARQUET_COLUMNS = [
     "task_id", "sample_idx", "completion", "prompt", "response", "status", "passed", "duration_s", "driver", "isolation",
     "error", "exit_code", "stdout", "stderr", "output_truncated", "cpu_time_s", "max_rss_mb", "attempts",
+    "cpu_limit_s", "wall_limit_s", "flaky", "first_status", "first_error",
 ]  # fmt: skip
 
 
