@@ -18,7 +18,8 @@ into timeouts. A problem without a reference solution, or whose reference does n
 Measuring is cheap: each reference runs once; one whose time matters (``factor × T_ref`` at
 least half of ``min_time_s``, where noise could move its limit) runs `EXTRA_RUNS` more times,
 and the largest time counts. HumanEval's references take milliseconds, so they run once: the
-164 add about 1 s on bwrap with two workers (0.9 s measured, sandbox start included).
+164 add about a second to a run on bwrap with two workers (README, "Time limits and flaky
+samples", has the measured figures).
 
 The result is ``calibration.json`` in the run folder; a resumed run reads it and never
 measures again, so all of a run's samples get the same limits.
