@@ -2,8 +2,8 @@
 
 Before a run executes its samples, each problem's reference solution (`Problem.canonical_solution`,
 assembled into a program as the benchmark assembles any sample) runs in the run's own sandbox
-pool, through the same scheduler and so on the same driver, under the fixed limits. From its
-CPU time T_ref the problem gets
+pool, through the same scheduler and so on the same driver, limited only by ``timeout_s``.
+From its CPU time T_ref the problem gets
 
     CPU limit  = clamp(calibration_factor × T_ref, min_time_s, timeout_s), rounded up to whole
                  seconds (vmpool enforces CPU time in whole seconds) but never above timeout_s
@@ -161,10 +161,19 @@ def describe_fixed(sandbox: SandboxConfig) -> dict[str, Any]:
     return {"mode": "fixed", "cpu_limit_s": fixed.cpu_s, "wall_limit_s": fixed.wall_s}
 
 
-def reference_requests(benchmark: Benchmark, problems: Iterable[Problem], runs: int = 1, first: int = 0) -> list[ExecRequest]:
-    """The programs of the problems' reference solutions, ``runs`` of each (sample_idx ``first``...)."""
+def reference_requests(
+    benchmark: Benchmark, problems: Iterable[Problem], timeout_s: float, runs: int = 1, first: int = 0
+) -> list[ExecRequest]:
+    """The programs of the problems' reference solutions, ``runs`` of each (sample_idx ``first``...),
+    limited only by the ceiling ``timeout_s`` (CPU and wall): a reference slower than a tight
+    ``cpu_time_s`` is what calibration is for."""
+    ceiling = TimeLimits(cpu_s=timeout_s, wall_s=timeout_s)
     return [
-        ExecRequest(sample=Sample(task_id=p.task_id, sample_idx=i, completion=p.canonical_solution), program=benchmark.program(p, p.canonical_solution))
+        ExecRequest(
+            sample=Sample(task_id=p.task_id, sample_idx=i, completion=p.canonical_solution),
+            program=benchmark.program(p, p.canonical_solution),
+            time_limits=ceiling,
+        )
         for p in problems
         if p.canonical_solution is not None
         for i in range(first, first + runs)
@@ -179,12 +188,12 @@ def calibrate(
     started = time.monotonic()
     _log.info("calibrating time limits: running %d reference solution(s)", sum(p.canonical_solution is not None for p in problems))
     results: dict[str, list[SampleResult]] = defaultdict(list)
-    for result in scheduler.run(reference_requests(benchmark, problems)):
+    for result in scheduler.run(reference_requests(benchmark, problems, sandbox.timeout_s)):
         results[result.task_id].append(result)
     threshold = sandbox.min_time_s / 2
     again = [p for p in problems if _passed(results[p.task_id]) and sandbox.calibration_factor * _max_cpu(results[p.task_id]) >= threshold]
     if again:
-        for result in scheduler.run(reference_requests(benchmark, again, EXTRA_RUNS, first=1)):
+        for result in scheduler.run(reference_requests(benchmark, again, sandbox.timeout_s, EXTRA_RUNS, first=1)):
             results[result.task_id].append(result)
     timings = {p.task_id: _timing(results.get(p.task_id, []), sandbox) for p in problems}
     calibration = Calibration(

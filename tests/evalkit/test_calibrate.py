@@ -14,7 +14,16 @@ import pytest
 import yaml
 
 import evalkit
-from evalkit._calibrate import CALIBRATION_FILE, Calibration, ReferenceTiming, cpu_limit, describe_time_limits, read_calibration, wall_limit
+from evalkit._calibrate import (
+    CALIBRATION_FILE,
+    Calibration,
+    ReferenceTiming,
+    cpu_limit,
+    describe_time_limits,
+    read_calibration,
+    reference_requests,
+    wall_limit,
+)
 
 # --- the rule -------------------------------------------------------------------------------
 
@@ -204,3 +213,12 @@ def test_resume_applies_the_recorded_calibration_and_never_measures_again(tmp_pa
     path.unlink()
     with pytest.raises(evalkit.RunStoreError, match="no calibration.json"):
         evalkit.resume(first.run_dir, progress=False)
+
+
+def test_references_run_under_the_ceiling_not_the_fixed_cpu_limit(tmp_path: Path) -> None:
+    (tmp_path / "problems.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
+    benchmark = evalkit.get_benchmark(evalkit.BenchmarkConfig(path=str(tmp_path / "problems.jsonl")))
+    requests = reference_requests(benchmark, benchmark.problems(), 10.0, runs=2, first=1)
+    assert [(r.sample.task_id, r.sample.sample_idx) for r in requests] == [("burn/0", 1), ("burn/0", 2), ("wrongref/2", 1), ("wrongref/2", 2)]
+    assert {r.time_limits for r in requests} == {evalkit.TimeLimits(cpu_s=10.0, wall_s=10.0)}
+    assert requests[0].program == benchmark.program(benchmark.problems()[0], PROBLEMS[0]["canonical_solution"])
