@@ -151,8 +151,11 @@ def describe_time_limits(limits: dict[str, Any]) -> str:
 
 
 def fixed_limits(sandbox: SandboxConfig) -> TimeLimits:
-    """The time limits of `evalkit._executor.limits_for`, as a `TimeLimits`."""
-    return TimeLimits(cpu_s=sandbox.cpu_time_s or sandbox.timeout_s, wall_s=sandbox.timeout_s)
+    """The time limits of `evalkit._executor.limits_for` (the one rule of the fixed case), as a `TimeLimits`."""
+    from ._executor import limits_for  # here: the report and junit.xml need this module, not vmpool
+
+    limits = limits_for(sandbox)
+    return TimeLimits(cpu_s=limits.cpu_time_s or limits.wall_time_s, wall_s=limits.wall_time_s)
 
 
 def describe_fixed(sandbox: SandboxConfig) -> dict[str, Any]:
