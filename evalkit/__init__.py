@@ -28,6 +28,7 @@ from ._errors import (
     RunInterrupted,
     RunStoreError,
     SamplesError,
+    StorageError,
     UserInputError,
 )
 from ._http import ApiError
@@ -74,6 +75,7 @@ __all__ = [
     "SandboxConfig",
     "SchedulerConfig",
     "Status",
+    "StorageError",
     "UserInputError",
     "__version__",
     "benchmark_names",

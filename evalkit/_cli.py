@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import click
 
-from ._errors import EvalkitError, InfraError, RunInterrupted, UserInputError
+from ._errors import EvalkitError, InfraError, RunInterrupted, StorageError, UserInputError
 from ._gates import describe, gate_name
 from ._runner import EXIT_INFRA, EXIT_INPUT, EXIT_INTERRUPTED, RunOutcome
 from ._version import __version__
@@ -43,6 +43,9 @@ def _guarded(action: Callable[[], _T]) -> _T:
     except UserInputError as exc:
         click.echo(f"evalkit: error: {exc}", err=True)
         sys.exit(EXIT_INPUT)
+    except StorageError as exc:
+        click.echo(f"evalkit: cannot write the run folder: {exc}", err=True)
+        sys.exit(EXIT_INFRA)
     except InfraError as exc:
         click.echo(f"evalkit: infrastructure failure: {exc}", err=True)
         sys.exit(EXIT_INFRA)
