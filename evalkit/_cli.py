@@ -16,6 +16,7 @@ import click
 
 from ._errors import EvalkitError, InfraError, RunInterrupted, StorageError, UserInputError
 from ._gates import describe, gate_name
+from ._recheck import RecheckOutcome
 from ._runner import EXIT_INFRA, EXIT_INPUT, EXIT_INTERRUPTED, RunOutcome
 from ._version import __version__
 
@@ -202,6 +203,52 @@ def report_command(run_dir: Path, as_json: bool, baseline: Path | None) -> None:
         click.echo(json.dumps(shown, indent=2))
         sys.exit(outcome.exit_code)
     _conclude(outcome, f"report: {outcome.run_dir / 'report.html'}")
+
+
+def _print_recheck(outcome: RecheckOutcome) -> None:
+    from ._report import describe_execution
+
+    det = outcome.determinism
+    run, again = det["executions"]
+    click.echo(f"executions: the run ({describe_execution(run)}) and again ({describe_execution(again)}), {again['duration_s']:.1f} s")
+    if outcome.identical:
+        click.echo(f"verdicts identical: {det['identical']} of {det['compared']} compared samples")
+    else:
+        click.echo(f"verdicts DIFFER: {len(det['differing'])} of {det['compared']} compared samples")
+        for d in det["differing"]:
+            click.echo(f"  {d['task_id']} #{d['sample_idx']}: {d['run']} in the run, {d['recheck']} when run again")
+    if det["excluded"]:
+        click.echo(f"left out: {len(det['excluded'])} sample(s) without a verdict on one side (determinism.json lists them with the reason)")
+    click.echo(f"determinism.json and report: {outcome.run_dir}")
+
+
+@main.command("recheck", short_help="Run a run folder's samples again with another pool; compare the verdicts.")
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--workers", default=None, type=click.IntRange(min=1, max=10_000), help="Scheduler workers for the re-execution (default: as the run's config).")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Samples per batch for the re-execution (default: as the run's config).")
+@click.option("--driver", default=None, help="Sandbox driver for the re-execution, e.g. bwrap or microvm (default: as the run's config).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output; only the result lines.")
+def recheck_command(run_dir: Path, workers: int | None, batch_size: int | None, driver: str | None, quiet: bool) -> None:
+    """Execute again every sample of RUN_DIR that has a verdict (the same programs: no model API
+    is asked), with another number of workers, batch size or sandbox driver, and compare each
+    sample's status with the run's verdict. Writes determinism.json into RUN_DIR and re-renders
+    its summary and report, which then say whether the verdicts were identical. Samples with an
+    infra_error on either side are left out and listed.
+
+    \b
+    Exit codes:
+      0    every compared verdict was identical
+      1    some verdict differed (listed, and in determinism.json)
+      2    RUN_DIR is not a run folder, cannot be written, or has no verdict yet
+      3    the sandboxes or Ray could not start
+      130  interrupted (nothing is written)
+    """
+    from ._recheck import recheck
+
+    _setup_logging(quiet)
+    outcome = _guarded(lambda: recheck(run_dir, workers=workers, driver=driver, batch_size=batch_size, progress=not quiet))
+    _print_recheck(outcome)
+    sys.exit(outcome.exit_code)
 
 
 @main.command("compare", short_help="Compare two runs problem by problem, with a paired test.")
