@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -17,7 +18,7 @@ import click
 from ._errors import EvalkitError, InfraError, RunInterrupted, StorageError, UserInputError
 from ._gates import describe, gate_name
 from ._recheck import RecheckOutcome
-from ._runner import EXIT_INFRA, EXIT_INPUT, EXIT_INTERRUPTED, RunOutcome
+from ._runner import EXIT_GATES, EXIT_INFRA, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, RunOutcome
 from ._version import __version__
 
 _T = TypeVar("_T")
@@ -110,6 +111,9 @@ def ci_line(outcome: RunOutcome) -> str:
     if missed:
         judged += " (not met: " + "; ".join(describe(gate) for gate in missed) + ")"
     why = ""
+    determinism = summary.get("determinism")
+    if determinism and not determinism["identical_all"]:
+        judged += f"; verdicts differ when run again: {len(determinism['differing'])} sample(s)"
     if outcome.exit_code == EXIT_INFRA:
         run = summary["run"]
         lacking = run["planned_samples"] - (summary["num_samples"] - summary["counts"]["infra_error"])
@@ -147,8 +151,9 @@ def main() -> None:
 @click.option("--resume", "resume_latest", is_flag=True, help="Continue this config's newest unfinished run if its settings, samples and problems are unchanged; otherwise start a new one.")
 @click.option("--no-cache", is_flag=True, help="Ask the model API for every completion, even those in the completion cache (fresh ones still go to the cache).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output; only the result lines.")
+@click.option("--check-determinism", is_flag=True, help="Then run the samples again with another pool (1 worker, 1 sample per batch; 2 workers if the run had 1) and compare the verdicts, as evalkit recheck does.")
 @_BASELINE
-def run_command(config: Path, resume_latest: bool, no_cache: bool, quiet: bool, baseline: Path | None) -> None:
+def run_command(config: Path, resume_latest: bool, no_cache: bool, quiet: bool, baseline: Path | None, check_determinism: bool) -> None:
     """Evaluate the benchmark, model and sandbox described by CONFIG (a YAML file).
 
     \b
@@ -159,14 +164,25 @@ def run_command(config: Path, resume_latest: bool, no_cache: bool, quiet: bool, 
       3    infrastructure failure beyond the retry budget, or samples left without a
            verdict (beyond an infra_error_rate gate, if the config has one): this beats 1
       130  interrupted (Ctrl-C or SIGTERM); finished results are kept
-    The last line printed sums the run up for CI logs.
+    With --check-determinism, verdicts that differ when run again also give 1 (if the run
+    itself gave 0). The last line printed sums the run up for CI logs.
     """
     from ._config import load_config
     from ._runner import run
 
     _setup_logging(quiet)
 
-    _conclude(_guarded(lambda: run(load_config(config), progress=not quiet, resume=resume_latest, use_cache=not no_cache, baseline=baseline)))
+    outcome = _guarded(lambda: run(load_config(config), progress=not quiet, resume=resume_latest, use_cache=not no_cache, baseline=baseline))
+    if check_determinism and outcome.exit_code in (EXIT_OK, EXIT_GATES):
+        from ._recheck import contrasting_pool, recheck
+
+        workers, batch_size = contrasting_pool(outcome.run_dir)
+        checked = _guarded(lambda: recheck(outcome.run_dir, workers=workers, batch_size=batch_size, progress=not quiet))
+        _print_recheck(checked)
+        outcome = checked.run
+        if not checked.identical and outcome.exit_code == EXIT_OK:
+            outcome = dataclasses.replace(outcome, exit_code=EXIT_GATES)
+    _conclude(outcome)
 
 
 @main.command("resume", short_help="Finish a run folder's missing and infra_error samples.")

@@ -33,7 +33,7 @@ from ._config import EvalConfig
 from ._errors import UserInputError
 from ._feed import Feed
 from ._progress import Progress
-from ._runner import EXIT_OK, _check_sandbox, _requests, _scheduler, current_samples, report, run_problems, run_results
+from ._runner import EXIT_OK, RunOutcome, _check_sandbox, _requests, _scheduler, current_samples, report, run_problems, run_results
 from ._store import DETERMINISM_FORMAT_VERSION, RunStore, now
 from ._types import Sample, SampleResult, task_order
 
@@ -44,12 +44,14 @@ _ERROR_CHARS = 300  # of each side's error kept per differing sample; samples.pa
 
 @dataclass(frozen=True)
 class RecheckOutcome:
-    """What a recheck found (as written to ``determinism.json``) and the CLI's exit code:
-    0 when every compared verdict was identical, 1 when any differed."""
+    """What a recheck found (as written to ``determinism.json``), the CLI's exit code (0 when
+    every compared verdict was identical, 1 when any differed), and the run as re-reported
+    with the check (its summary has ``determinism``)."""
 
     run_dir: Path
     determinism: dict[str, Any]
     exit_code: int
+    run: RunOutcome
 
     @property
     def identical(self) -> bool:
@@ -88,10 +90,17 @@ def recheck(
         used["duration_s"] = round(time.monotonic() - started, 3)
         determinism = compare(samples, verdicts, again, _run_execution(store, config), used)
         store.write_json("determinism.json", determinism)
-        report(store.path)  # the summary and report now say what the check found
+        reported = report(store.path)  # the summary and report now say what the check found
     finally:
         store.release()
-    return RecheckOutcome(store.path, determinism, EXIT_OK if determinism["identical_all"] else EXIT_DIFFERENT)
+    return RecheckOutcome(store.path, determinism, EXIT_OK if determinism["identical_all"] else EXIT_DIFFERENT, reported)
+
+
+def contrasting_pool(run_dir: str | Path) -> tuple[int, int]:
+    """The (workers, batch size) `run --check-determinism` rechecks with: one worker taking one
+    sample at a time (no two samples share a moment or a batch), or two workers if the run had one."""
+    workers = RunStore.open(run_dir).meta().get("workers")
+    return (2 if workers == 1 else 1), 1
 
 
 def _execution_config(config: EvalConfig, workers: int | None, driver: str | None, batch_size: int | None) -> EvalConfig:

@@ -189,3 +189,21 @@ def test_the_report_lists_differing_samples_with_links_to_their_rows(make_result
     assert ("Verdicts checked: 1 of 3 samples got a different verdict across 2 executions "
             "(2 workers bwrap, batch 8 / 1 worker microvm, batch 1): t/1 #0: passed in the run, timeout when run again") in text_of(page)
     assert '<a href="#p1">t/1</a> #0' in page and 'id="p1" data-task="t/1"' in page
+
+
+@pytest.mark.ray
+@pytest.mark.sandbox
+@pytest.mark.slow
+@pytest.mark.usefixtures("sandboxes")
+def test_run_check_determinism_rechecks_with_one_worker_and_fails_on_a_difference(tmp_path: Path) -> None:
+    rows = [(TASK_ID, CORRECT)] + [(TASK_ID, COIN)] * COINS
+    config = write_config(tmp_path, benchmark={"name": "humaneval", "ids": [TASK_ID]},
+                          model={"provider": "samples", "path": str(write_samples(tmp_path, rows))}, scheduler={"workers": 2})
+    done = subprocess.run([sys.executable, "-m", "evalkit", "run", str(config), "--check-determinism", "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr  # no gate, a complete run: 0 but for the difference
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    det = json.loads((run_dir / "summary.json").read_text())["determinism"]
+    assert [(e["workers"], e["batch_size"]) for e in det["executions"]] == [(2, 8), (1, 1)]
+    assert "verdicts DIFFER" in done.stdout
+    assert done.stdout.splitlines()[-1].endswith(f"no gates; verdicts differ when run again: {len(det['differing'])} sample(s) -> exit 1")
