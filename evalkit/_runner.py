@@ -226,6 +226,7 @@ def report(run_dir: str | Path, *, baseline: str | Path | None = None) -> RunOut
     anything; the exit code is the one the run itself gives now (`exit_code`). ``baseline``: a
     run folder to compare with instead of the one in the run's config."""
     store = RunStore.open(run_dir)
+    store.check_writable()
     config = _with_baseline(store.config(), baseline)
     _check_baseline(config, run_problems(store, config))
     samples = current_samples(store)

@@ -191,6 +191,8 @@ mount --bind '{run_copy}' '{run_copy}' && mount -o remount,bind,ro '{run_copy}'
 {evalkit_cmd("nested", "run", str(configs["c-nested"]))}
 {evalkit_cmd("full", "run", str(configs["c-full"]))}
 {evalkit_cmd("resume", "resume", str(run_copy))}
+{evalkit_cmd("report", "report", str(run_copy))}
+{evalkit_cmd("recheck", "recheck", str(run_copy))}
 """
     done = in_namespace(script, tmp_path)
     assert done.returncode == 0, done.stderr
@@ -200,7 +202,8 @@ mount --bind '{run_copy}' '{run_copy}' && mount -o remount,bind,ro '{run_copy}'
         assert code == 2, (name, err)
         assert f"'output_dir' names {folder}, where run folders cannot be written ({reason})" in err, (name, err)
         assert "Traceback" not in err and "Ray" not in err
-    code, err = outcome(tmp_path, "resume")
-    assert code == 2, err
-    assert f"cannot write into the run folder {run_copy} (Read-only file system (EROFS))" in err
+    for name in ("resume", "report", "recheck"):
+        code, err = outcome(tmp_path, name)
+        assert code == 2, (name, err)
+        assert err == f"evalkit: error: cannot write into the run folder {run_copy} (Read-only file system (EROFS))\n", name
     assert not list(full.iterdir())  # nothing left behind on the real disk under the mounts either
