@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -22,6 +23,8 @@ import yaml
 
 import evalkit
 from evalkit import BenchmarkConfig, SampleResult
+
+from .model_server import ModelServer, humaneval_replies
 
 pytestmark = [
     pytest.mark.sandbox,
@@ -207,3 +210,77 @@ mount --bind '{run_copy}' '{run_copy}' && mount -o remount,bind,ro '{run_copy}'
         assert code == 2, (name, err)
         assert err == f"evalkit: error: cannot write into the run folder {run_copy} (Read-only file system (EROFS))\n", name
     assert not list(full.iterdir())  # nothing left behind on the real disk under the mounts either
+
+
+KEY_ENV = "EVALKIT_TEST_DISK_KEY"
+
+
+def api_config(folder: Path, server: ModelServer, output: Path) -> Path:
+    """A chat-model run of 16 problems, 2 samples each, whose raw replies carry 40 KB of prose
+    after the code (stored in completions.jsonl and in the journal, never run)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "name": "disk-api",
+        "benchmark": {"name": "humaneval", "limit": PROBLEMS},
+        "model": {"provider": "openai", "name": "test-model", "base_url": server.url + "/v1", "api_key_env": KEY_ENV,
+                  "backoff_s": 0.01, "timeout_s": 10, "temperature": 0.8, "cache_dir": str(folder / "cache")},
+        "sampling": {"n": 2, "k": [1]},
+        "scheduler": {"workers": 2, "batch_size": 1},
+        "output_dir": str(output),
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def padded_replies(problems: list[evalkit.Problem]) -> Any:
+    answer = humaneval_replies(problems)
+    rng = random.Random(5)
+
+    def reply(kind: Any, prompt: str, index: int) -> str:
+        return answer(kind, prompt, index) + "\n\nNotes: " + rng.randbytes(20_000).hex() + "\n"  # one 40 KB token
+
+    return reply
+
+
+def test_a_disk_that_fills_while_a_model_api_answers_stops_the_run_and_resume_finishes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, "sk-disk-test")
+    problems = evalkit.get_benchmark(BenchmarkConfig(name="humaneval")).problems()[:PROBLEMS]
+    with ModelServer(api_key="sk-disk-test", reply=padded_replies(problems)) as server:
+        clean = subprocess.run([sys.executable, "-m", "evalkit", "run", str(api_config(tmp_path / "clean", server, tmp_path / "clean" / "runs")), "-q"],
+                               capture_output=True, text=True, timeout=300)
+        assert clean.returncode == 0, clean.stderr
+        (clean_run,) = (tmp_path / "clean" / "runs").iterdir()
+        names = ("config.yaml", "problems.jsonl", "plan.jsonl", ".lock")
+        grown = pages(clean_run / "completions.jsonl", clean_run / "samples.jsonl")
+        # room for a quarter of what the two journals grow to: the replies, arriving faster than
+        # samples run, fill it first, mostly (either journal may be the one that fails)
+        size = pages(*(clean_run / name for name in names)) + 2 * pages(clean_run / "run.json") + grown // 4
+        out = tmp_path / "out"
+        out.mkdir()
+        script = f"""
+mount -t tmpfs -o size={size // 1024}k tmpfs '{out}'
+{evalkit_cmd("full", "run", str(api_config(tmp_path / "full", server, out)), "-q")}
+mkdir on-full-disk; cp -a '{out}'/. on-full-disk/
+mount -o remount,size=64m '{out}'
+{evalkit_cmd("resume", "resume", "RUN_DIR", "-q")}
+mkdir resumed; cp -a '{out}'/. resumed/
+""".replace("'RUN_DIR'", f"\"$(ls -d '{out}'/disk-api-*)\"")
+        done = in_namespace(script, tmp_path)
+    assert done.returncode == 0, done.stderr
+    code, err = outcome(tmp_path, "full")
+    (run_dir,) = (tmp_path / "on-full-disk").iterdir()
+    assert code == 3, err
+    failed = "completions.jsonl" if "append to " + str(out / run_dir.name / "completions.jsonl") in err else "samples.jsonl"
+    assert f"cannot append to {out / run_dir.name / failed}: No space left on device (ENOSPC)" in err, err
+    assert f"evalkit resume {out / run_dir.name}" in err and "Traceback" not in err
+    for name, record in (("completions.jsonl", evalkit.Generation), ("samples.jsonl", SampleResult)):
+        data = (run_dir / name).read_bytes()
+        assert data.endswith(b"\n") or not data, name
+        for line in data.splitlines():
+            record.model_validate_json(line)
+    code, err = outcome(tmp_path, "resume")
+    assert code == 0, err
+    assert verdicts(tmp_path / "resumed" / run_dir.name) == verdicts(clean_run)
