@@ -527,7 +527,7 @@ def _finish(store: RunStore, config: EvalConfig, samples: Sequence[Sample], meta
     summary["determinism"] = store.determinism()
     store.write_parquet(results)
     if comparison is None:
-        (store.path / "comparison.json").unlink(missing_ok=True)  # from an earlier report with a baseline
+        store.remove("comparison.json")  # from an earlier report with a baseline
     else:
         store.write_json("comparison.json", comparison.to_dict())
     store.write_text("junit.xml", junit_xml(summary, results, [s.task_id for s in samples]))

@@ -337,6 +337,14 @@ class RunStore:
         _atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
         return path
 
+    def remove(self, name: str) -> None:
+        """Delete a derived file if it is there; `StorageError` if it cannot be."""
+        path = self.path / name
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise storage_error(path, "remove", exc) from exc
+
     def write_text(self, name: str, text: str) -> Path:
         path = self.path / name
         _atomic_write(path, text)
