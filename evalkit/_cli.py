@@ -221,6 +221,16 @@ def report_command(run_dir: Path, as_json: bool, baseline: Path | None) -> None:
     _conclude(outcome, f"report: {outcome.run_dir / 'report.html'}")
 
 
+def _driver_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from vmpool import list_drivers
+
+    if value != "auto" and value not in list_drivers():
+        raise click.BadParameter(f"{value!r} is not a sandbox driver (known: auto, {', '.join(list_drivers())})", ctx, param)
+    return value
+
+
 def _print_recheck(outcome: RecheckOutcome) -> None:
     from ._report import describe_execution
 
@@ -242,7 +252,8 @@ def _print_recheck(outcome: RecheckOutcome) -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--workers", default=None, type=click.IntRange(min=1, max=10_000), help="Scheduler workers for the re-execution (default: as the run's config).")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Samples per batch for the re-execution (default: as the run's config).")
-@click.option("--driver", default=None, help="Sandbox driver for the re-execution, e.g. bwrap or microvm (default: as the run's config).")
+@click.option("--driver", default=None, callback=_driver_name,
+              help="Sandbox driver for the re-execution, e.g. bwrap or microvm (default: as the run's config).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output; only the result lines.")
 def recheck_command(run_dir: Path, workers: int | None, batch_size: int | None, driver: str | None, quiet: bool) -> None:
     """Execute again every sample of RUN_DIR that has a verdict (the same programs: no model API

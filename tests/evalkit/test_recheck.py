@@ -138,10 +138,12 @@ def test_nondeterministic_samples_are_reported_with_links_to_their_rows(tmp_path
     assert (run_dir / "report.html").read_text() == page
 
 
-def test_recheck_of_a_folder_that_is_not_a_run_is_an_input_error(tmp_path: Path) -> None:
+def test_recheck_of_a_folder_that_is_not_a_run_or_with_an_unknown_driver_is_an_input_error(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "evalkit", "recheck", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr == f"evalkit: error: {tmp_path} is not an evalkit run folder (no run.json)\n"
+    done = subprocess.run([sys.executable, "-m", "evalkit", "recheck", str(tmp_path), "--driver", "firecracker"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "'firecracker' is not a sandbox driver (known: auto, bwrap, microvm)" in done.stderr
 
 
 RUN = {"role": "run", "driver": "bwrap", "isolation": "namespaces", "workers": 2, "batch_size": 8}
