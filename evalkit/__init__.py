@@ -28,10 +28,12 @@ from ._errors import (
     RunInterrupted,
     RunStoreError,
     SamplesError,
+    StorageError,
     UserInputError,
 )
 from ._http import ApiError
 from ._models import ModelProvider, ProviderOptions, make_provider, provider_names
+from ._recheck import RecheckOutcome, recheck
 from ._runner import RunOutcome, latest_unfinished, report, resume, run
 from ._samples import read_samples, write_samples
 from ._scoring import pass_at_k, score
@@ -61,6 +63,7 @@ __all__ = [
     "Problem",
     "ProblemChange",
     "ProviderOptions",
+    "RecheckOutcome",
     "Run",
     "RunInterrupted",
     "RunOutcome",
@@ -74,6 +77,7 @@ __all__ = [
     "SandboxConfig",
     "SchedulerConfig",
     "Status",
+    "StorageError",
     "TimeLimits",
     "UserInputError",
     "__version__",
@@ -92,6 +96,7 @@ __all__ = [
     "pass_at_k_ci",
     "provider_names",
     "read_samples",
+    "recheck",
     "report",
     "resume",
     "run",

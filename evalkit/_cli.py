@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -14,10 +15,11 @@ from typing import Any, TypeVar
 
 import click
 
-from ._errors import EvalkitError, InfraError, RunInterrupted, UserInputError
 from ._calibrate import describe_time_limits
+from ._errors import EvalkitError, InfraError, RunInterrupted, StorageError, UserInputError
 from ._gates import describe, gate_name
-from ._runner import EXIT_INFRA, EXIT_INPUT, EXIT_INTERRUPTED, RunOutcome
+from ._recheck import RecheckOutcome
+from ._runner import EXIT_GATES, EXIT_INFRA, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, RunOutcome
 from ._version import __version__
 
 _T = TypeVar("_T")
@@ -44,6 +46,9 @@ def _guarded(action: Callable[[], _T]) -> _T:
     except UserInputError as exc:
         click.echo(f"evalkit: error: {exc}", err=True)
         sys.exit(EXIT_INPUT)
+    except StorageError as exc:
+        click.echo(f"evalkit: cannot write the run folder: {exc}", err=True)
+        sys.exit(EXIT_INFRA)
     except InfraError as exc:
         click.echo(f"evalkit: infrastructure failure: {exc}", err=True)
         sys.exit(EXIT_INFRA)
@@ -131,6 +136,9 @@ def ci_line(outcome: RunOutcome) -> str:
     flaky_total = (summary.get("flaky") or {}).get("total", 0)
     flaky = f", {flaky_total} flaky" if flaky_total else ""
     why = ""
+    determinism = summary.get("determinism")
+    if determinism and not determinism["identical_all"]:
+        judged += f"; verdicts differ when run again: {len(determinism['differing'])} sample(s)"
     if outcome.exit_code == EXIT_INFRA:
         run = summary["run"]
         lacking = run["planned_samples"] - (summary["num_samples"] - summary["counts"]["infra_error"])
@@ -168,8 +176,9 @@ def main() -> None:
 @click.option("--resume", "resume_latest", is_flag=True, help="Continue this config's newest unfinished run if its settings, samples and problems are unchanged; otherwise start a new one.")
 @click.option("--no-cache", is_flag=True, help="Ask the model API for every completion, even those in the completion cache (fresh ones still go to the cache).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output; only the result lines.")
+@click.option("--check-determinism", is_flag=True, help="Then run the samples again with another pool (1 worker, 1 sample per batch; 2 workers if the run had 1) and compare the verdicts, as evalkit recheck does.")
 @_BASELINE
-def run_command(config: Path, resume_latest: bool, no_cache: bool, quiet: bool, baseline: Path | None) -> None:
+def run_command(config: Path, resume_latest: bool, no_cache: bool, quiet: bool, baseline: Path | None, check_determinism: bool) -> None:
     """Evaluate the benchmark, model and sandbox described by CONFIG (a YAML file).
 
     \b
@@ -180,14 +189,25 @@ def run_command(config: Path, resume_latest: bool, no_cache: bool, quiet: bool, 
       3    infrastructure failure beyond the retry budget, or samples left without a
            verdict (beyond an infra_error_rate gate, if the config has one): this beats 1
       130  interrupted (Ctrl-C or SIGTERM); finished results are kept
-    The last line printed sums the run up for CI logs.
+    With --check-determinism, verdicts that differ when run again also give 1 (if the run
+    itself gave 0). The last line printed sums the run up for CI logs.
     """
     from ._config import load_config
     from ._runner import run
 
     _setup_logging(quiet)
 
-    _conclude(_guarded(lambda: run(load_config(config), progress=not quiet, resume=resume_latest, use_cache=not no_cache, baseline=baseline)))
+    outcome = _guarded(lambda: run(load_config(config), progress=not quiet, resume=resume_latest, use_cache=not no_cache, baseline=baseline))
+    if check_determinism and outcome.exit_code in (EXIT_OK, EXIT_GATES):
+        from ._recheck import contrasting_pool, recheck
+
+        workers, batch_size = contrasting_pool(outcome.run_dir)
+        checked = _guarded(lambda: recheck(outcome.run_dir, workers=workers, batch_size=batch_size, progress=not quiet))
+        _print_recheck(checked)
+        outcome = checked.run
+        if not checked.identical and outcome.exit_code == EXIT_OK:
+            outcome = dataclasses.replace(outcome, exit_code=EXIT_GATES)
+    _conclude(outcome)
 
 
 @main.command("resume", short_help="Finish a run folder's missing and infra_error samples.")
@@ -224,6 +244,63 @@ def report_command(run_dir: Path, as_json: bool, baseline: Path | None) -> None:
         click.echo(json.dumps(shown, indent=2))
         sys.exit(outcome.exit_code)
     _conclude(outcome, f"report: {outcome.run_dir / 'report.html'}")
+
+
+def _driver_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from vmpool import list_drivers
+
+    if value != "auto" and value not in list_drivers():
+        raise click.BadParameter(f"{value!r} is not a sandbox driver (known: auto, {', '.join(list_drivers())})", ctx, param)
+    return value
+
+
+def _print_recheck(outcome: RecheckOutcome) -> None:
+    from ._report import describe_execution
+
+    det = outcome.determinism
+    run, again = det["executions"]
+    click.echo(f"executions: the run ({describe_execution(run)}) and again ({describe_execution(again)}), {again['duration_s']:.1f} s")
+    if outcome.identical:
+        click.echo(f"verdicts identical: {det['identical']} of {det['compared']} compared samples")
+    else:
+        click.echo(f"verdicts DIFFER: {len(det['differing'])} of {det['compared']} compared samples")
+        for d in det["differing"]:
+            click.echo(f"  {d['task_id']} #{d['sample_idx']}: {d['run']} in the run, {d['recheck']} when run again")
+    if det["excluded"]:
+        click.echo(f"left out: {len(det['excluded'])} sample(s) without a verdict on one side (determinism.json lists them with the reason)")
+    click.echo(f"determinism.json and report: {outcome.run_dir}")
+
+
+@main.command("recheck", short_help="Run a run folder's samples again with another pool; compare the verdicts.")
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--workers", default=None, type=click.IntRange(min=1, max=10_000), help="Scheduler workers for the re-execution (default: as the run's config).")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Samples per batch for the re-execution (default: as the run's config).")
+@click.option("--driver", default=None, callback=_driver_name,
+              help="Sandbox driver for the re-execution, e.g. bwrap or microvm (default: as the run's config).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output; only the result lines.")
+def recheck_command(run_dir: Path, workers: int | None, batch_size: int | None, driver: str | None, quiet: bool) -> None:
+    """Execute again every sample of RUN_DIR that has a verdict (the same programs: no model API
+    is asked), with another number of workers, batch size or sandbox driver, and compare each
+    sample's status with the run's verdict. Writes determinism.json into RUN_DIR and re-renders
+    its summary and report, which then say whether the verdicts were identical. Samples with an
+    infra_error on either side are left out and listed.
+
+    \b
+    Exit codes:
+      0    every compared verdict was identical
+      1    some verdict differed (listed, and in determinism.json)
+      2    RUN_DIR is not a run folder, cannot be written, or has no verdict yet
+      3    the sandboxes or Ray could not start
+      130  interrupted (nothing is written)
+    """
+    from ._recheck import recheck
+
+    _setup_logging(quiet)
+    outcome = _guarded(lambda: recheck(run_dir, workers=workers, driver=driver, batch_size=batch_size, progress=not quiet))
+    _print_recheck(outcome)
+    sys.exit(outcome.exit_code)
 
 
 @main.command("compare", short_help="Compare two runs problem by problem, with a paired test.")

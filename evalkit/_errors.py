@@ -5,6 +5,8 @@
     │   ├── ConfigError     is one sentence naming the file, the line or key, and what was expected
     │   └── SamplesError
     ├── InfraError          the machinery failed beyond its retry budget (exit code 3)
+    │   └── StorageError    a run folder file could not be written mid-run (disk full, read-only, I/O
+    │                       error); every result journaled before it is kept, `evalkit resume` continues
     ├── RunStoreError       a run folder is missing, unreadable or of an unknown format version
     └── RunInterrupted      Ctrl-C or SIGTERM stopped a run; its finished results are on disk (exit 130)
 
@@ -34,6 +36,19 @@ class SamplesError(UserInputError):
 
 class InfraError(EvalkitError):
     """The sandbox, scheduler or another part of the machinery failed beyond its retry budget."""
+
+
+class StorageError(InfraError):
+    """A file of a run folder could not be written (``ENOSPC``, ``EROFS``, ``EIO``, ...).
+
+    The message names the file and the operating system's reason; ``path`` and ``errno`` say
+    the same for code. The journal never keeps half a line of the write that failed.
+    """
+
+    def __init__(self, message: str, path: object = None, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
 
 
 class RunStoreError(UserInputError):

@@ -27,7 +27,7 @@ from ._api import ApiProvider, Completion, GenerationRequest
 from ._benchmarks import Benchmark
 from ._cache import CompletionCache, cache_key, default_cache_dir
 from ._config import EvalConfig
-from ._errors import ConfigError, InfraError, UserInputError
+from ._errors import ConfigError, InfraError, StorageError, UserInputError
 from ._extract import extract_code, truncate_at_stops
 from ._feed import Feed
 from ._http import ApiClient, ApiError
@@ -160,6 +160,8 @@ class GenerationStage:
         except _Fatal as exc:
             error = exc.error
         except UserInputError as exc:  # e.g. an API key or header HTTP cannot carry: exit 2, as before the run
+            error = exc
+        except StorageError as exc:  # completions.jsonl could not be written: the run says which file and why
             error = exc
         except asyncio.CancelledError:
             error = InfraError("generation was cancelled")

@@ -36,6 +36,9 @@ FAILING_SHOWN = 3
 """Per problem, the report shows up to this many samples that did not pass (distinct errors
 first), one that passed and every flaky one; samples.parquet has every sample."""
 
+DIFFERING_SHOWN = 20
+"""Samples whose verdict differed in a determinism check that the report lists; determinism.json has all."""
+
 # Characters kept of each text field of a shown sample (the rest is in samples.parquet). stderr
 # keeps its end, where a traceback says what went wrong; the others keep their start.
 _LIMITS = {"completion": 4000, "response": 4000, "prompt": 4000, "error": 1000, "stdout": 1000, "stderr": 3000}
@@ -114,6 +117,7 @@ def render_report(
         charts=charts,
         sandbox_s=math.fsum(r.duration_s for r in results),
         failing_shown=FAILING_SHOWN,
+        differing_shown=DIFFERING_SHOWN,
         comparison=comparison,
         anchors=anchors,
         **_page(script),
@@ -271,4 +275,12 @@ def _signed(value: float, digits: int = 4) -> str:
     return f"{value:+.{digits}f}".replace("-", "−")
 
 
-_ENV.filters.update(pre=_pre, duration=_duration, when=_when, p_value=_p_value, signed=_signed, time_limits=describe_time_limits)
+def describe_execution(execution: Mapping[str, Any]) -> str:
+    """``2 workers bwrap, batch 8``: how one execution of a run's samples ran (``determinism.json``)."""
+    workers = execution.get("workers")
+    count = "? workers" if workers is None else f"{workers} worker{'' if workers == 1 else 's'}"
+    return f"{count} {execution.get('driver', '?')}, batch {execution.get('batch_size', '?')}"
+
+
+_ENV.filters.update(pre=_pre, duration=_duration, when=_when, p_value=_p_value, signed=_signed, execution=describe_execution,
+                    time_limits=describe_time_limits)

@@ -28,7 +28,7 @@ from typing import Any
 from ._benchmarks import Benchmark, get_benchmark
 from ._calibrate import CALIBRATION_FILE, calibrate, describe_fixed, read_calibration
 from ._config import EvalConfig, load_config
-from ._errors import ConfigError, EvalkitError, InfraError, RunInterrupted, RunStoreError, UserInputError
+from ._errors import ConfigError, EvalkitError, InfraError, RunInterrupted, RunStoreError, StorageError, UserInputError
 from ._api import ApiProvider
 from ._compare import Comparison, compare_results, read_run
 from ._feed import Feed
@@ -40,7 +40,7 @@ from ._progress import Progress
 from ._report import render_report
 from ._scoring import score
 from ._stats import metrics_ci
-from ._store import RunStore, now
+from ._store import RunStore, low_space, now
 from ._types import ExecRequest, Problem, Sample, SampleResult, TimeLimits
 from ._version import __version__
 
@@ -87,6 +87,7 @@ def run(
     RunStore.prepare(config)
     provider = _provider(config)
     samples = _plan(config, benchmark, problems, provider)
+    _warn_low_space(Path(config.output_dir), samples)
     digest = problems_digest(problems)
     if resume:
         previous = _resumable(config, samples, digest)
@@ -138,11 +139,13 @@ def resume(run_dir: str | Path, *, progress: bool = True, use_cache: bool = True
 
 def _continue(run_dir: str | Path, progress: bool, use_cache: bool, baseline: str | Path | None) -> RunOutcome:
     store = RunStore.open(run_dir)
+    store.check_writable()
     store.acquire()
     try:
         samples = current_samples(store)
         finished = {r.key: r.status for r in _planned_results(store, samples) if r.status != "infra_error"}
         todo = [s for s in samples if s.key not in finished]
+        _warn_low_space(store.path, todo)
         if store.meta().get("state") == "finished" and not todo:
             _log.info("%s has already finished; re-rendering its report", store.path)
             store.release()
@@ -224,6 +227,7 @@ def report(run_dir: str | Path, *, baseline: str | Path | None = None) -> RunOut
     anything; the exit code is the one the run itself gives now (`exit_code`). ``baseline``: a
     run folder to compare with instead of the one in the run's config."""
     store = RunStore.open(run_dir)
+    store.check_writable()
     config = _with_baseline(store.config(), baseline)
     _check_baseline(config, run_problems(store, config))
     samples = current_samples(store)
@@ -417,6 +421,8 @@ def _execute(
             _save_generation_counts(store, stage)
         store.write_meta(state="finished", duration_s=elapsed(), finished=now())
         summary = _finish(store, config, current_samples(store), store.meta())
+    except StorageError as exc:
+        raise _stopped_by_storage(store, exc, elapsed(), finished()) from exc
     except InfraError as exc:
         store.write_meta(state="failed", duration_s=elapsed())
         raise InfraError(f"{exc}; the {finished()} finished results are kept; continue with: evalkit resume {store.path}") from exc
@@ -458,6 +464,31 @@ def _time_limits_summary(store: RunStore, config: EvalConfig) -> dict[str, Any]:
     if calibration is None:  # stopped before calibration finished: no sample ran
         return {"mode": "calibrated", "measured": None}
     return calibration.describe()
+
+
+def _stopped_by_storage(store: RunStore, exc: StorageError, duration_s: float, done: int) -> StorageError:
+    """What a run stopped by a failed write reports: the first write that failed (not a later
+    one it caused, such as saving counts to run.json), that the journal is intact, and what to do.
+    A run whose verdicts were all in (state finished) stays finished: only its derived files
+    are missing, and `report` or `resume` writes them."""
+    first, context = exc, exc.__context__
+    while context is not None:
+        if isinstance(context, StorageError):
+            first = context
+        context = context.__context__
+    finished = store.meta().get("state") == "finished"
+    if not finished:
+        with contextlib.suppress(StorageError):  # the disk may be too full even for run.json
+            store.write_meta(state="failed", duration_s=duration_s)
+    kept = f"all {done} verdicts are in the journal" if finished else f"the run stopped; the {done} verdicts journaled so far are kept"
+    return StorageError(f"{first}; {kept}. Free space (or make the folder writable), then run: evalkit resume {store.path}",
+                        first.path, first.errno)
+
+
+def _warn_low_space(folder: Path, samples: Sequence[Sample]) -> None:
+    warning = low_space(folder, samples)
+    if warning is not None:
+        _log.warning("%s", warning)
 
 
 def _save_generation_counts(store: RunStore, stage: GenerationStage | None) -> None:
@@ -532,14 +563,15 @@ def _finish(store: RunStore, config: EvalConfig, samples: Sequence[Sample], meta
     summary["comparison"] = None if comparison is None else comparison.to_dict()
     summary["gates"] = evaluate_gates(config.parsed_gates(), summary, comparison, why_not)
     summary["gates_passed"] = all(gate["passed"] for gate in summary["gates"])
+    summary["determinism"] = store.determinism()
     store.write_parquet(results)
-    store.write_json("summary.json", summary)
     if comparison is None:
-        (store.path / "comparison.json").unlink(missing_ok=True)  # from an earlier report with a baseline
+        store.remove("comparison.json")  # from an earlier report with a baseline
     else:
         store.write_json("comparison.json", comparison.to_dict())
     store.write_text("junit.xml", junit_xml(summary, results, [s.task_id for s in samples]))
     store.write_text("report.html", render_report(summary, results, run_problems(store, config), comparison=comparison))
+    store.write_json("summary.json", summary)  # last: with a summary, every file of a finished run is written
     return summary
 
 

@@ -10,34 +10,44 @@
         samples.jsonl     the journal: one line per finished sample, appended and flushed as it arrives
         calibration.json  sandbox.time_limit calibrated: each problem's limits (evalkit._calibrate)
         samples.parquet   one row per sample, written from the journal at the end
-        summary.json      metrics (pass@k), counts per status, run metadata
+        summary.json      metrics (pass@k), counts per status, run metadata; written last
         report.html       the report
+        determinism.json  the last `evalkit recheck`: the run's verdicts against a re-execution
 
 The plan, the completions and the journal are the source of truth: everything else is derived
 from them and can be rebuilt (`evalkit report`), and `evalkit resume` needs neither the samples
 file nor the model for what they hold (it never asks a model API again for a completion in
 ``completions.jsonl``). A partial last line of either journal (a crash mid-write) is ignored.
+
+A write that fails (disk full, read-only file system, I/O error) raises `StorageError` naming
+the file: a journal cuts off what it wrote of the failed line, other files are replaced whole
+or left as they were, so the folder stays one that `resume` and `report` can continue.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno as errnos
 import fcntl
 import json
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from ._config import EvalConfig, parse_config
-from ._errors import ConfigError, RunStoreError
+from ._errors import ConfigError, RunStoreError, StorageError
 from ._types import Generation, Problem, Sample, SampleResult, task_order
 from ._version import __version__
 
 RUN_FORMAT_VERSION = 1
+DETERMINISM_FORMAT_VERSION = 1
 _FSYNC_INTERVAL_S = 1.0
 
 
@@ -45,32 +55,64 @@ _Record = TypeVar("_Record", bound=BaseModel)
 
 
 class Journal(Generic[_Record]):
-    """Appends records (results, completions) to a JSONL file: flushed per line, fsynced at most
-    once a second. One writer per file."""
+    """Appends records (results, completions) to a JSONL file: one ``write`` per line, fsynced at
+    most once a second. One writer per file.
+
+    A write that fails (disk full, read-only, I/O error) raises `StorageError` naming the file,
+    after cutting off what it wrote of its line, so the journal holds only whole records; the
+    journal then refuses further appends.
+    """
 
     def __init__(self, path: Path, record: type[_Record]) -> None:
-        _end_with_newline(path, record)
-        self._file: IO[str] = open(path, "a", encoding="utf-8")
+        self.path = path
+        try:
+            _end_with_newline(path, record)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise storage_error(path, "open for appending", exc) from exc
+        self._size = os.fstat(self._fd).st_size
         self._last_sync = time.monotonic()
+        self._broken: StorageError | None = None
+        self._closed = False
 
     def append(self, result: _Record) -> None:
-        self._file.write(result.model_dump_json() + "\n")
-        self._file.flush()
-        if time.monotonic() - self._last_sync > _FSYNC_INTERVAL_S:
-            os.fsync(self._file.fileno())
-            self._last_sync = time.monotonic()
+        if self._broken is not None:
+            raise StorageError(str(self._broken), self.path, self._broken.errno)
+        data = memoryview((result.model_dump_json() + "\n").encode("utf-8"))
+        written = 0
+        try:
+            while written < len(data):  # a short write, then ENOSPC: the disk filled mid-line
+                written += os.write(self._fd, data[written:])
+            if time.monotonic() - self._last_sync > _FSYNC_INTERVAL_S:
+                os.fsync(self._fd)
+                self._last_sync = time.monotonic()
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # shrinking a file needs no free space; on EIO it may fail too
+                os.ftruncate(self._fd, self._size)  # and readers skip a partial last line anyway
+            self._broken = storage_error(self.path, "append to", exc)
+            raise self._broken from exc
+        self._size += len(data)
 
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+    def close(self, *, quiet: bool = False) -> None:
+        """Sync and close; idempotent. ``quiet``: a failing sync raises nothing (another error
+        is already on its way)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._broken is None:
+                os.fsync(self._fd)
+        except OSError as exc:
+            if not quiet:
+                raise storage_error(self.path, "sync", exc) from exc
+        finally:
+            os.close(self._fd)
 
     def __enter__(self) -> Journal[_Record]:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(quiet=exc_type is not None)
 
 
 class RunStore:
@@ -82,11 +124,23 @@ class RunStore:
 
     @staticmethod
     def prepare(config: EvalConfig) -> None:
-        """Make ``output_dir`` if needed; `ConfigError` naming the key if it cannot hold runs."""
+        """Make ``output_dir`` if needed and prove it writable (`probe_writable`); `ConfigError`
+        naming the key, the folder and the operating system's reason if it cannot hold runs."""
+        folder = Path(config.output_dir)
         try:
-            Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            probe_writable(folder)
         except OSError as exc:
-            raise ConfigError(f"{config.where('output_dir')}: 'output_dir' names {config.output_dir}, where run folders cannot be made ({exc.strerror})") from None
+            raise ConfigError(
+                f"{config.where('output_dir')}: 'output_dir' names {folder.resolve()}, where run folders cannot be written ({_reason(exc)})"
+            ) from None
+
+    def check_writable(self) -> None:
+        """`RunStoreError` naming the folder and the reason unless files can be written into it now."""
+        try:
+            probe_writable(self.path)
+        except OSError as exc:
+            raise RunStoreError(f"cannot write into the run folder {self.path} ({_reason(exc)})") from None
 
     @classmethod
     def create(cls, config: EvalConfig) -> RunStore:
@@ -101,9 +155,14 @@ class RunStore:
             except FileExistsError:
                 i += 1
                 path = base.with_name(f"{base.name}-{i}")
+            except OSError as exc:
+                raise storage_error(path, "make the run folder", exc) from exc
         store = cls(path.resolve())
-        store.acquire()  # before run.json exists: nobody can take a run that is being created
-        (store.path / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+        try:
+            store.acquire()  # before run.json exists: nobody can take a run that is being created
+        except OSError as exc:
+            raise storage_error(store.path / ".lock", "write", exc) from exc
+        _atomic_write(store.path / "config.yaml", config.to_yaml())
         store.write_meta(state="running", created=now())
         return store
 
@@ -173,6 +232,21 @@ class RunStore:
         if not samples:
             raise RunStoreError(f"{path} holds no samples")
         return list(samples.values())
+
+    def determinism(self) -> dict[str, Any] | None:
+        """What ``determinism.json`` says (the last `evalkit recheck` of the run), or None if the
+        run was never rechecked; `RunStoreError` if it cannot be read."""
+        path = self.path / "determinism.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RunStoreError(f"cannot read {path}: {exc}") from exc
+        if not isinstance(data, dict) or data.get("format_version") != DETERMINISM_FORMAT_VERSION:
+            version = data.get("format_version") if isinstance(data, dict) else None
+            raise RunStoreError(f"{path} has format version {version!r}; this evalkit reads version {DETERMINISM_FORMAT_VERSION}: delete it and run 'evalkit recheck' again")
+        return data
 
     def write_problems(self, problems: Iterable[Problem]) -> None:
         _atomic_write(self.path / "problems.jsonl", "".join(p.model_dump_json() + "\n" for p in problems))
@@ -250,14 +324,27 @@ class RunStore:
         frame["exit_code"] = frame["exit_code"].astype("Int64")  # stays integer when some are missing (timeouts)
         path = self.path / "samples.parquet"
         tmp = path.with_suffix(".parquet.tmp")
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        try:
+            frame.to_parquet(tmp, index=False)
+            os.replace(tmp, path)
+        except OSError as exc:  # pyarrow's I/O errors are OSErrors too
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise storage_error(path, "write", exc) from exc
         return path
 
     def write_json(self, name: str, data: dict[str, Any]) -> Path:
         path = self.path / name
         _atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
         return path
+
+    def remove(self, name: str) -> None:
+        """Delete a derived file if it is there; `StorageError` if it cannot be."""
+        path = self.path / name
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise storage_error(path, "remove", exc) from exc
 
     def write_text(self, name: str, text: str) -> Path:
         path = self.path / name
@@ -324,9 +411,81 @@ def _end_with_newline(path: Path, record: type[BaseModel]) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` at once: readers see the old file or the new one, never a
+    part; `StorageError` (and the old file left as it was) if it cannot be written."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise storage_error(path, "write", exc) from exc
+
+
+def storage_error(path: Path, action: str, exc: OSError) -> StorageError:
+    """The `StorageError` for an ``OSError`` raised while doing ``action`` to ``path``."""
+    return StorageError(f"cannot {action} {path}: {_reason(exc)}", path, exc.errno)
+
+
+def _reason(exc: OSError) -> str:
+    """The operating system's reason, as in ``No space left on device (ENOSPC)``."""
+    text = exc.strerror or str(exc)
+    name = errnos.errorcode.get(exc.errno) if exc.errno is not None else None
+    return f"{text} ({name})" if name else text
+
+
+def probe_writable(folder: Path) -> None:
+    """Write, fsync and remove a small file in ``folder``; the ``OSError`` if that fails (a
+    read-only or full file system, no permission). Proves more than ``os.access``, which
+    ignores read-only mounts for root and says nothing of free space."""
+    handle, name = tempfile.mkstemp(prefix=".evalkit-probe-", dir=folder)
+    try:
+        os.write(handle, b"evalkit write probe\n")
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+        os.unlink(name)
+
+
+# What a run writes beyond its plan, per sample and in all: a verdict line (error, the kept ends
+# of stdout and stderr, figures) and its parquet row; its share of the report and junit.xml (the
+# report of 164 samples is about 520 KiB); a model's reply, stored three times (completions.jsonl,
+# the journal, the parquet) when a model API writes the completions; run.json, summary.json and
+# the temporary copies of files being replaced.
+_VERDICT_BYTES = 8 * 2**10
+_REPORT_BYTES = 4 * 2**10
+_REPLY_BYTES = 16 * 2**10
+_FIXED_BYTES = 2**20
+
+
+def space_needed(samples: Sequence[Sample]) -> int:
+    """About how many bytes a run of ``samples`` writes into its folder: the plan, each
+    completion again in the journal and the parquet file, the verdicts and the final files.
+    An estimate for a warning, not a bound: programs that print a lot write more."""
+    plan = sum(len(s.model_dump_json().encode("utf-8")) + 1 for s in samples)
+    replies = sum(1 for s in samples if s.prompt is not None and not s.completion)
+    return 3 * plan + len(samples) * (_VERDICT_BYTES + _REPORT_BYTES) + replies * _REPLY_BYTES + _FIXED_BYTES
+
+
+def low_space(folder: Path, samples: Sequence[Sample]) -> str | None:
+    """A warning when the file system of ``folder`` has less free space than a run of ``samples``
+    is expected to write (`space_needed`), else None."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    needed = space_needed(samples)
+    if free >= needed:
+        return None
+    return (
+        f"only {_size(free)} free where {folder.resolve()} is, and this run may write about {_size(needed)}: "
+        "if the disk fills up the run stops, keeping every finished result; free space, then continue with 'evalkit resume RUN_DIR'"
+    )
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:.1f} MiB" if count < 2**30 else f"{count / 2**30:.1f} GiB"
 
 
 def now() -> str:

@@ -50,4 +50,5 @@ def test_error_hierarchy() -> None:
     for cls in (evalkit.UserInputError, evalkit.InfraError, evalkit.RunInterrupted):
         assert issubclass(cls, evalkit.EvalkitError)
     assert not issubclass(evalkit.InfraError, evalkit.UserInputError)
+    assert issubclass(evalkit.StorageError, evalkit.InfraError)  # exit code 3: the run is continued with resume
     assert not issubclass(evalkit.RunInterrupted, evalkit.UserInputError)

@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from evalkit import EvalConfig, RunStore, RunStoreError, SampleResult, parse_config
+from evalkit import EvalConfig, RunStore, RunStoreError, Sample, SampleResult, StorageError, parse_config
+from evalkit._store import Journal, space_needed
 
 # README, "run folder": the columns of samples.parquet
 PARQUET_COLUMNS = [
@@ -332,3 +333,24 @@ def test_a_damaged_plan_is_reported_with_its_line(store: RunStore, lines: list[s
     (store.path / "plan.jsonl").write_text("".join(line + "\n" for line in lines))
     with pytest.raises(RunStoreError, match=re.escape(message)):
         store.plan()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux), a device every write to fails with ENOSPC")
+def test_a_journal_write_that_fails_raises_a_storage_error_naming_the_file(make_result: Any) -> None:
+    journal = Journal(Path("/dev/full"), SampleResult)
+    with pytest.raises(StorageError, match=r"^cannot append to /dev/full: No space left on device \(ENOSPC\)$") as caught:
+        journal.append(make_result("t/0"))
+    assert caught.value.errno == 28 and caught.value.path == Path("/dev/full")
+    with pytest.raises(StorageError, match="ENOSPC"):  # once broken, it writes nothing more
+        journal.append(make_result("t/1"))
+    journal.close()  # quietly: it knows the journal is broken
+    journal.close()
+
+
+def test_space_needed_counts_the_plan_three_times_each_sample_and_the_end_files() -> None:
+    files = [Sample(task_id="t/0", sample_idx=i, completion="x" * 1000) for i in range(10)]
+    plan = sum(len(s.model_dump_json()) + 1 for s in files)
+    assert space_needed(files) == 3 * plan + 10 * 12 * 2**10 + 2**20
+    prompts = [Sample(task_id="t/0", sample_idx=i, completion="", prompt="p") for i in range(10)]
+    plan = sum(len(s.model_dump_json()) + 1 for s in prompts)
+    assert space_needed(prompts) == 3 * plan + 10 * (12 + 16) * 2**10 + 2**20  # a model API's replies are still to come
