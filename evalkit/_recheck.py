@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ._benchmarks import get_benchmark
+from ._calibrate import read_calibration
 from ._config import EvalConfig
 from ._errors import UserInputError
 from ._feed import Feed
@@ -114,11 +115,13 @@ def _execute(store: RunStore, config: EvalConfig, samples: Sequence[Sample], pro
     benchmark = get_benchmark(config.benchmark)
     requests = _requests(benchmark, run_problems(store, config), samples)
     driver, isolation = _check_sandbox(config)
+    calibration = read_calibration(store.path)  # a calibrated run's samples get the limits they got
+    time_limits = calibration.time_limits() if calibration is not None else None
     shown = Progress(len(requests), enabled=progress)
     results: dict[tuple[str, int], SampleResult] = {}
     try:
         with _scheduler(config, driver, needed=True) as (scheduler, _):
-            for result in scheduler.run(Feed.of(requests)):
+            for result in scheduler.run(Feed.of(requests), time_limits):
                 results[result.key] = result
                 shown.update(result.status)
             workers = int(scheduler.num_workers)

@@ -174,6 +174,10 @@ def test_calibrated_limits_let_slow_correct_code_pass_where_the_fixed_limit_time
     junit = (calibrated.run_dir / "junit.xml").read_text()
     assert 'name="time_limits" value="calibrated from reference solutions' in junit
 
+    # A recheck applies the limits the run applied: under the fixed 1 s, the slow sample would time out.
+    again = evalkit.recheck(calibrated.run_dir, workers=1, batch_size=1, progress=False)
+    assert again.identical and again.exit_code == 0, again.determinism
+
 
 @pytest.mark.ray
 @pytest.mark.sandbox
