@@ -105,21 +105,28 @@ def clean_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
-def test_a_disk_that_fills_mid_run_stops_it_with_the_journal_intact_and_resume_finishes_it(tmp_path: Path, clean_run: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    config = write_config(tmp_path, out)
-    start = pages(*(clean_run / name for name in ("config.yaml", "problems.jsonl", "plan.jsonl", ".lock"))) + 2 * pages(clean_run / "run.json")
-    size = start + pages(clean_run / "samples.jsonl") // 2  # room for about half the verdicts
-    script = f"""
+def fill_then_resume(out: Path, size: int, config: Path, run_glob: str) -> str:
+    """A script for `in_namespace`: mount a tmpfs of ``size`` bytes on ``out``, run ``config``
+    into it until the disk fills, keep a copy of what is there (``on-full-disk``), grow the disk,
+    resume the run (its folder's name is known only inside the namespace) and keep a copy
+    (``resumed``)."""
+    return f"""
 mount -t tmpfs -o size={size // 1024}k tmpfs '{out}'
 {evalkit_cmd("full", "run", str(config), "-q")}
 mkdir on-full-disk; cp -a '{out}'/. on-full-disk/
 mount -o remount,size=64m '{out}'
 {evalkit_cmd("resume", "resume", "RUN_DIR", "-q")}
 mkdir resumed; cp -a '{out}'/. resumed/
-""".replace("'RUN_DIR'", f"\"$(ls -d '{out}'/disk-*)\"")  # its name is known only inside the namespace
-    done = in_namespace(script, tmp_path)
+""".replace("'RUN_DIR'", f"\"$(ls -d '{out}'/{run_glob})\"")
+
+
+def test_a_disk_that_fills_mid_run_stops_it_with_the_journal_intact_and_resume_finishes_it(tmp_path: Path, clean_run: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    config = write_config(tmp_path, out)
+    start = pages(*(clean_run / name for name in ("config.yaml", "problems.jsonl", "plan.jsonl", ".lock"))) + 2 * pages(clean_run / "run.json")
+    size = start + pages(clean_run / "samples.jsonl") // 2  # room for about half the verdicts
+    done = in_namespace(fill_then_resume(out, size, config, "disk-*"), tmp_path)
     assert done.returncode == 0, done.stderr
 
     code, err = outcome(tmp_path, "full")
@@ -260,15 +267,7 @@ def test_a_disk_that_fills_while_a_model_api_answers_stops_the_run_and_resume_fi
         size = pages(*(clean_run / name for name in names)) + 2 * pages(clean_run / "run.json") + grown // 4
         out = tmp_path / "out"
         out.mkdir()
-        script = f"""
-mount -t tmpfs -o size={size // 1024}k tmpfs '{out}'
-{evalkit_cmd("full", "run", str(api_config(tmp_path / "full", server, out)), "-q")}
-mkdir on-full-disk; cp -a '{out}'/. on-full-disk/
-mount -o remount,size=64m '{out}'
-{evalkit_cmd("resume", "resume", "RUN_DIR", "-q")}
-mkdir resumed; cp -a '{out}'/. resumed/
-""".replace("'RUN_DIR'", f"\"$(ls -d '{out}'/disk-api-*)\"")
-        done = in_namespace(script, tmp_path)
+        done = in_namespace(fill_then_resume(out, size, api_config(tmp_path / "full", server, out), "disk-api-*"), tmp_path)
     assert done.returncode == 0, done.stderr
     code, err = outcome(tmp_path, "full")
     (run_dir,) = (tmp_path / "on-full-disk").iterdir()
