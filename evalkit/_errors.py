@@ -5,6 +5,7 @@
     │   ├── ConfigError     is one sentence naming the file, the line or key, and what was expected
     │   └── SamplesError
     ├── InfraError          the machinery failed beyond its retry budget (exit code 3)
+    │   └── CanaryFailure   a worker's canaries misbehaved in two fresh sandboxes in a row
     ├── RunStoreError       a run folder is missing, unreadable or of an unknown format version
     └── RunInterrupted      Ctrl-C or SIGTERM stopped a run; its finished results are on disk (exit 130)
 
@@ -34,6 +35,11 @@ class SamplesError(UserInputError):
 
 class InfraError(EvalkitError):
     """The sandbox, scheduler or another part of the machinery failed beyond its retry budget."""
+
+
+class CanaryFailure(InfraError):
+    """A worker's known-pass or known-fail program (`evalkit._canary`) misbehaved in two fresh
+    sandboxes in a row: the worker cannot be trusted, so the scheduler replaces it."""
 
 
 class RunStoreError(UserInputError):

@@ -71,7 +71,8 @@ def test_batches_of_a_dead_worker_are_retried_elsewhere() -> None:
     import ray
 
     requests = [request("t", i, "import time\ntime.sleep(0.3)\n") for i in range(8)]
-    scheduler = RayScheduler(SchedulerConfig(workers=2, batch_size=2, max_retries=2), SandboxConfig(timeout_s=5), "bwrap")
+    # without canaries, so that every batch's verdicts come back with it and the kill finds one running
+    scheduler = RayScheduler(SchedulerConfig(workers=2, batch_size=2, max_retries=2, canary_every=0), SandboxConfig(timeout_s=5), "bwrap")
     try:
         results = []
         for result in scheduler.run(requests):
