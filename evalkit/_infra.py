@@ -17,7 +17,7 @@ from typing import Any
 
 from ._types import SampleResult
 
-__all__ = ["InfraCounts", "infra_cause", "infrastructure_summary"]
+__all__ = ["InfraCounts", "infra_cause", "infra_faults", "infrastructure_summary"]
 
 CAUSE_CHARS = 160
 START_FAILED = "sandbox failed to start: "
@@ -82,3 +82,21 @@ def infrastructure_summary(counts: Mapping[str, Any] | None, results: Iterable[S
     section: dict[str, Any] = totals.as_dict()
     section["infra_error_causes"] = [{"cause": cause, "count": count} for cause, count in causes.most_common()]
     return section
+
+
+_FAULTS = (
+    ("sandbox_start_failures", "sandbox start failure(s)"),
+    ("sandbox_replacements", "sandbox(es) replaced"),
+    ("sample_retries", "sample retries"),
+    ("canary_failures", "failed canary check(s)"),
+    ("samples_rerun_after_canary", "sample(s) re-run after one"),
+    ("worker_failures", "worker failure(s)"),
+    ("worker_replacements", "worker(s) replaced"),
+    ("batches_retried", "batch retries"),
+    ("batches_requeued", "batch(es) requeued without cost"),
+)
+
+
+def infra_faults(infra: Mapping[str, Any]) -> list[str]:
+    """The non-zero fault counters of an ``infrastructure`` section, as "N what" phrases."""
+    return [f"{infra[key]} {label}" for key, label in _FAULTS if infra.get(key)]
