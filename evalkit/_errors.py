@@ -39,7 +39,10 @@ class InfraError(EvalkitError):
 
 class CanaryFailure(InfraError):
     """A worker's known-pass or known-fail program (`evalkit._canary`) misbehaved in two fresh
-    sandboxes in a row: the worker cannot be trusted, so the scheduler replaces it."""
+    sandboxes in a row: the worker cannot be trusted, so the scheduler replaces it. ``counts``:
+    what the worker counted since its last reply (`evalkit._infra.InfraCounts`), set by it."""
+
+    counts: dict[str, int] | None = None
 
 
 class RunStoreError(UserInputError):

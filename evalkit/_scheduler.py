@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._config import SandboxConfig, SchedulerConfig
-from ._errors import InfraError
+from ._errors import CanaryFailure, InfraError
 from ._executor import SampleExecutor, infra_error
 from ._feed import Feed
 from ._infra import InfraCounts
@@ -53,16 +53,23 @@ class _Worker:
     def run(self, batch: list[ExecRequest], prior_attempts: int) -> _Returned:
         try:
             return self.executor.run_batch(batch, prior_attempts), self.executor.counts.take().as_dict()
-        except BaseException:
-            self.executor.close()  # the scheduler replaces this worker: leave no sandbox behind
+        except BaseException as exc:
+            self._failed(exc)
             raise
 
     def flush(self) -> _Returned:
         try:
             return self.executor.flush(), self.executor.counts.take().as_dict()
-        except BaseException:
-            self.executor.close()
+        except BaseException as exc:
+            self._failed(exc)
             raise
+
+    def _failed(self, exc: BaseException) -> None:
+        """The scheduler replaces this worker: leave no sandbox behind, and let the counts so
+        far travel with the exception (`CanaryFailure.counts`)."""
+        self.executor.close()
+        if isinstance(exc, CanaryFailure):
+            exc.counts = self.executor.counts.take().as_dict()
 
     def close(self) -> None:
         """Kill the sandbox tidily (a VM's run folder goes with it) before the actor is killed."""
@@ -246,6 +253,7 @@ class RayScheduler:
     ) -> Iterator[SampleResult]:
         """Replace the worker of ``task``, resubmit what it lost, and fail what is beyond budget."""
         self.counts.worker_failures += 1
+        self.counts.add(getattr(getattr(exc, "cause", None), "counts", None) or {})
         slot = slots[task.slot]
         lost = [task] + [pending.pop(ref) for ref in [ref for ref, t in pending.items() if t.slot == task.slot]]
         culprit = min(lost, key=lambda t: t.order)  # a worker runs its calls in the order they were sent
