@@ -190,6 +190,9 @@ class SampleExecutor:
                 self._check()
             result = self.run_one(request, prior_attempts)
             self.counts.sample_retries += max(0, result.attempts - prior_attempts - 1)
+            if result.status == "infra_error":
+                self._vouched.append(result)  # no sandbox's verdict: nothing to vouch for
+                continue
             self._held.append((request, prior_attempts, result))
             self._since_check += 1
         if not self.canary_every:
@@ -241,6 +244,8 @@ class SampleExecutor:
             again = self._vet()
             if again is None:
                 rerun = [(request, prior, self.run_one(request, prior)) for request, prior, _ in self._held]
+                self._vouched.extend(result for _, _, result in rerun if result.status == "infra_error")
+                rerun = [entry for entry in rerun if entry[2].status != "infra_error"]
                 self.counts.samples_rerun_after_canary += len(rerun)
                 again = self._vet()
                 if again is None:

@@ -90,11 +90,11 @@ class _Task:
 
 @dataclass
 class _Slot:
-    """A place for a worker; ``held`` are the requests whose verdicts it holds: (request, attempts)."""
+    """A place for a worker; ``held``: the requests whose verdicts it holds for its canaries."""
 
     actor: Any
     load: int = 0
-    held: dict[tuple[str, int], tuple[ExecRequest, int]] = field(default_factory=dict)
+    held: dict[tuple[str, int], _Task] = field(default_factory=dict)  # key -> the task it came in
 
 
 def _quiet_ray_env() -> None:
@@ -245,7 +245,7 @@ class RayScheduler:
                 returned = {result.key for result in results}
                 for key in returned:
                     slot.held.pop(key, None)
-                slot.held.update((r.sample.key, (r, task.attempts)) for r in task.batch if r.sample.key not in returned)
+                slot.held.update((r.sample.key, task) for r in task.batch if r.sample.key not in returned)
                 yield from results
 
     def _worker_failed(
@@ -258,19 +258,22 @@ class RayScheduler:
         lost = [task] + [pending.pop(ref) for ref in [ref for ref, t in pending.items() if t.slot == task.slot]]
         culprit = min(lost, key=lambda t: t.order)  # a worker runs its calls in the order they were sent
         unavailable = getattr(self._ray.exceptions, "ActorUnavailableError", ())
-        for lost_task in lost:
+        # the verdicts it held come back as tasks of their own; if a flush (the canaries that
+        # were to vouch for them) was what failed, they were its batch
+        held: dict[int, _Task] = {}
+        for key, source in slot.held.items():
+            request = next(r for r in source.batch if r.sample.key == key)
+            held.setdefault(id(source), _Task(-1, [], source.attempts, source.requeues, -1)).batch.append(request)
+        for lost_task in lost + list(held.values()):
             if lost_task.flush:
-                continue  # what a flush would have returned is in slot.held
-            if lost_task is culprit and not (isinstance(exc, unavailable) and lost_task.requeues < FREE_REQUEUES):
-                yield from self._retry_or_fail(retries, lost_task, exc)
-            else:
+                continue
+            free = lost_task is not culprit and not (culprit.flush and lost_task.order == -1)
+            if isinstance(exc, unavailable) or free:
+                free = lost_task.requeues < FREE_REQUEUES  # bounded: a crash loop still ends
+            if free:
                 self._requeue(retries, lost_task.batch, lost_task.attempts, lost_task.requeues + 1)
-        by_attempts: dict[int, list[ExecRequest]] = {}
-        for request, attempts in slot.held.values():
-            by_attempts.setdefault(attempts, []).append(request)
-        for attempts, requests in by_attempts.items():
-            for start in range(0, len(requests), self.config.batch_size):
-                self._requeue(retries, requests[start:start + self.config.batch_size], attempts, 1)
+            else:
+                yield from self._retry_or_fail(retries, lost_task, exc)
         slots[task.slot] = _Slot(self._replace(task.slot))
 
     def _requeue(self, retries: deque[_Task], batch: list[ExecRequest], attempts: int, requeues: int) -> None:
