@@ -6,6 +6,12 @@ look like the model's doing. So every worker runs a known-pass and a known-fail 
 its sandbox is new and every ``scheduler.canary_every`` samples; the verdicts it got since the
 last good check are held until the next one vouches for them (`SampleExecutor.run_batch`).
 
+The held verdicts are the worker's since its last good check, whichever sandbox gave them: a
+sandbox replaced meanwhile (it broke, or a microVM was discarded after a timeout) cannot be
+checked any more, so the next one's check, before its first sample, vouches for them. What
+the canaries vet is what the sandboxes of a worker share: the template, the driver, the host
+and the limits.
+
 The pair is built like a benchmark program (a function, then a check of it made of asserts),
 so it goes through the same path as the samples: the known-pass one must end ``ok``, and the
 known-fail one must end with the ``AssertionError`` it raises (``failed``): not a timeout, an

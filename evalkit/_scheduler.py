@@ -126,6 +126,14 @@ def _signals_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+def _note_held(slot: _Slot, task: _Task, results: list[SampleResult]) -> None:
+    """After ``task`` came back with ``results``: what its worker holds now."""
+    returned = {result.key for result in results}
+    for key in returned:
+        slot.held.pop(key, None)
+    slot.held.update((r.sample.key, task) for r in task.batch if r.sample.key not in returned)
+
+
 class RayScheduler:
     """Runs `ExecRequest`s on a local Ray instance or a cluster; a context manager.
 
@@ -242,10 +250,7 @@ class RayScheduler:
                     yield from self._worker_failed(task, exc, slots, pending, retries)
                     continue
                 self.counts.add(counts)
-                returned = {result.key for result in results}
-                for key in returned:
-                    slot.held.pop(key, None)
-                slot.held.update((r.sample.key, task) for r in task.batch if r.sample.key not in returned)
+                _note_held(slot, task, results)
                 yield from results
 
     def _worker_failed(
