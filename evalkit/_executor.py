@@ -177,7 +177,8 @@ class SampleExecutor:
     def run_batch(self, requests: Sequence[ExecRequest], prior_attempts: int = 0) -> list[SampleResult]:
         """Run ``requests`` and return the verdicts that are final: all of them without canaries.
         With canaries, the verdicts since the last good check are held (`flush` returns them
-        once the canaries vouched for them) and come back with a later call.
+        once the canaries vouched for them) and come back with a later call; infra_error
+        results are never held (no sandbox gave them).
 
         If a check fails, the sandbox is discarded and the held samples run again on a fresh,
         vetted one, without spending their retry budget: they did nothing wrong, and the
@@ -185,8 +186,9 @@ class SampleExecutor:
         when the fresh sandbox misbehaves too: then the worker, not one sandbox, is suspect.
         """
         for request in requests:
-            if self.canary_every and (self._vetted is None or self._vetted is not self._sandbox_if_running()
-                                      or self._since_check >= self.canary_every):
+            # before the next sample on a sandbox not yet vetted, or after every canary_every
+            # samples: so nothing is released unvouched, and no start is spent on canaries alone
+            if self.canary_every and self._held and (self._vetted is not self._sandbox_if_running() or self._since_check >= self.canary_every):
                 self._check()
             result = self.run_one(request, prior_attempts)
             self.counts.sample_retries += max(0, result.attempts - prior_attempts - 1)
@@ -219,12 +221,11 @@ class SampleExecutor:
         return released
 
     def _vet(self) -> str | None:
-        """Run the canaries in the sandbox (started if needed): None if they behaved."""
+        """Run the canaries in the sandbox (started if needed): None if they behaved, else what
+        went wrong (a sandbox that cannot start cannot vouch for anything either)."""
         try:
             sandbox = self._sandbox_ready()
         except VmpoolError as exc:
-            if not self._held:
-                return None  # nothing to vouch for: the next sample meets the start failure and is retried for it
             return str(exc)
         self.counts.canary_checks += 1
         problem = misbehaviour(sandbox, self.limits, self.canaries)
@@ -236,24 +237,20 @@ class SampleExecutor:
         return problem
 
     def _check(self) -> None:
+        """Vouch for the held verdicts, or run them again on a fresh sandbox vetted before and
+        after them; `CanaryFailure` if that one misbehaves too."""
         problem = self._vet()
         if problem is None:
             self._confirm(self._held)
             return
-        if self._held:  # their verdicts came from a sandbox that misbehaves: run them again
+        again = self._vet()
+        if again is None:
+            rerun = [(request, prior, self.run_one(request, prior)) for request, prior, _ in self._held]
+            self.counts.samples_rerun_after_canary += len(rerun)
+            self._vouched.extend(result for _, _, result in rerun if result.status == "infra_error")
             again = self._vet()
             if again is None:
-                rerun = [(request, prior, self.run_one(request, prior)) for request, prior, _ in self._held]
-                self._vouched.extend(result for _, _, result in rerun if result.status == "infra_error")
-                rerun = [entry for entry in rerun if entry[2].status != "infra_error"]
-                self.counts.samples_rerun_after_canary += len(rerun)
-                again = self._vet()
-                if again is None:
-                    self._confirm(rerun)
-                    return
-        else:
-            again = self._vet()
-            if again is None:
+                self._confirm([entry for entry in rerun if entry[2].status != "infra_error"])
                 return
         self._held = []
         self._since_check = 0

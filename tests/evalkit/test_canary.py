@@ -44,13 +44,14 @@ def test_verdicts_are_held_until_a_check_vouches_for_them() -> None:
     executor = SampleExecutor(SandboxConfig(timeout_s=5), "bwrap", max_retries=2, canary_every=3)
     try:
         first = executor.run_batch([request(i) for i in range(5)])
-        # a check on the new sandbox, three samples, a check that vouches for them, two held
-        assert [r.sample_idx for r in first] == [0, 1, 2] and executor.holding == 2
+        # sample 0 on a new sandbox, a check that vouches for it before sample 1, three more, a
+        # check that vouches for them, and sample 4 held
+        assert [r.sample_idx for r in first] == [0, 1, 2, 3] and executor.holding == 1
         assert executor.counts.canary_checks == 2
         second = executor.run_batch([request(5)])
-        assert second == [] and executor.holding == 3
+        assert second == [] and executor.holding == 2
         rest = executor.flush()
-        assert [r.sample_idx for r in rest] == [3, 4, 5] and executor.holding == 0
+        assert [r.sample_idx for r in rest] == [4, 5] and executor.holding == 0
         assert all(r.status == "passed" and r.attempts == 1 for r in first + rest)
         counts = executor.counts
         assert (counts.canary_checks, counts.canary_failures, counts.sandboxes_started) == (3, 0, 1)
@@ -71,18 +72,19 @@ def _fill_scratch_space(executor: SampleExecutor) -> None:
 def test_a_sandbox_that_went_wrong_is_replaced_and_its_held_samples_run_again() -> None:
     executor = SampleExecutor(SandboxConfig(timeout_s=5), "bwrap", max_retries=0, canary_every=100)
     try:
-        assert executor.run_batch([request(0), request(1, "assert 'a' * 3 == 'aaa'\n")]) == []
+        first = executor.run_batch([request(0), request(1), request(2, "assert 'a' * 3 == 'aaa'\n")])
+        assert [r.sample_idx for r in first] == [0] and executor.holding == 2
         spoiled = executor._sandbox
         _fill_scratch_space(executor)
-        # the samples' verdicts came from a sandbox that fails its canaries now: they are run
+        # samples 1 and 2 got their verdicts from a sandbox that fails its canaries now: they run
         # again on a fresh one, which the canaries vet before and after them
         results = executor.flush()
-        assert [(r.sample_idx, r.status) for r in results] == [(0, "passed"), (1, "passed")]
+        assert [(r.sample_idx, r.status) for r in results] == [(1, "passed"), (2, "passed")]
         assert all(r.attempts == 1 for r in results), "re-running them spends no retry (max_retries is 0)"
         assert executor._sandbox is not spoiled and spoiled is not None and not spoiled.is_running()
         counts = executor.counts
         assert (counts.canary_failures, counts.samples_rerun_after_canary, counts.sandbox_replacements) == (1, 2, 1)
-        assert counts.canary_checks == 4  # new sandbox; the spoiled one; the fresh one before and after
+        assert counts.canary_checks == 4  # the new sandbox; the spoiled one; the fresh one before and after
     finally:
         executor.close()
 
@@ -90,8 +92,9 @@ def test_a_sandbox_that_went_wrong_is_replaced_and_its_held_samples_run_again() 
 def test_when_no_sandbox_passes_the_canaries_the_worker_gives_up() -> None:
     # a wall-time limit no program can meet: every verdict would be a timeout of the harness's making
     executor = SampleExecutor(SandboxConfig(timeout_s=0.001), "bwrap", max_retries=2, canary_every=10)
+    assert executor.run_batch([request(0)]) == []  # its verdict waits for a check
     with pytest.raises(CanaryFailure, match="known-pass canary ended timeout"):
-        executor.run_batch([request(0)])
+        executor.flush()
     assert executor.counts.canary_failures == 2 and executor.counts.sandbox_replacements == 2
     assert executor._sandbox is None and executor.holding == 0
     # without canaries the same samples would get verdicts that blame the program
