@@ -76,7 +76,7 @@ class _Worker:
         self.executor.close()
 
 
-@dataclass
+@dataclass(eq=False)  # tasks are compared by identity
 class _Task:
     """A call submitted to the worker in ``slot``; ``batch`` is empty for a flush."""
 
@@ -268,11 +268,12 @@ class RayScheduler:
         held: dict[int, _Task] = {}
         for key, source in slot.held.items():
             request = next(r for r in source.batch if r.sample.key == key)
-            held.setdefault(id(source), _Task(-1, [], source.attempts, source.requeues, -1)).batch.append(request)
+            held.setdefault(id(source), _Task(-1, [], source.attempts, source.requeues, 0)).batch.append(request)
         for lost_task in lost + list(held.values()):
             if lost_task.flush:
                 continue
-            free = lost_task is not culprit and not (culprit.flush and lost_task.order == -1)
+            was_held = lost_task not in lost
+            free = lost_task is not culprit and not (culprit.flush and was_held)
             if isinstance(exc, unavailable) or free:
                 free = lost_task.requeues < FREE_REQUEUES  # bounded: a crash loop still ends
             if free:
