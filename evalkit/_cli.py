@@ -18,6 +18,7 @@ import click
 from ._calibrate import describe_time_limits
 from ._errors import EvalkitError, InfraError, RunInterrupted, StorageError, UserInputError
 from ._gates import describe, gate_name
+from ._infra import infra_faults
 from ._recheck import RecheckOutcome
 from ._runner import EXIT_GATES, EXIT_INFRA, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, RunOutcome
 from ._version import __version__
@@ -86,6 +87,9 @@ def _print_outcome(outcome: RunOutcome) -> None:
         )
     if summary["counts"]["infra_error"]:
         click.echo(f"{summary['counts']['infra_error']} sample(s) hit infrastructure failures beyond the retry budget (not counted as model failures)")
+    line = infrastructure_line(summary.get("infrastructure") or {})
+    if line:
+        click.echo(line)
     limits = run.get("time_limits") or {}
     if limits.get("mode") == "calibrated" and limits.get("measured"):
         click.echo(f"time limits: {describe_time_limits(limits)}")
@@ -119,6 +123,32 @@ def flaky_lines(flaky: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+MAX_CAUSES = 5
+
+
+def infrastructure_line(infra: dict[str, Any]) -> str | None:
+    """What the infrastructure did, in one line, if anything went wrong (summary.json's
+    ``infrastructure``); None when nothing did."""
+    faults = infra_faults(infra)
+    if not faults:
+        return None
+    return f"infrastructure: {', '.join(faults)} ({infra.get('canary_checks', 0)} canary checks, {infra.get('sandboxes_started', 0)} sandboxes started)"
+
+
+def infra_error_lines(summary: dict[str, Any]) -> list[str]:
+    """The infra_error samples by cause, most frequent first: what a run that exits 3 says last."""
+    causes: list[dict[str, Any]] = (summary.get("infrastructure") or {}).get("infra_error_causes", [])
+    count = summary["counts"]["infra_error"]
+    if not count or not causes:
+        return []
+    lines = [f"{count} sample(s) infra_error:" + (f" {causes[0]['count']} x {causes[0]['cause']}" if len(causes) == 1 else "")]
+    if len(causes) > 1:
+        lines += [f"  {cause['count']} x {cause['cause']}" for cause in causes[:MAX_CAUSES]]
+        if len(causes) > MAX_CAUSES:
+            lines.append(f"  and {sum(c['count'] for c in causes[MAX_CAUSES:])} more with {len(causes) - MAX_CAUSES} other cause(s) (summary.json, 'infrastructure')")
+    return lines
+
+
 def ci_line(outcome: RunOutcome) -> str:
     """The last line the CLI prints for a run, for CI logs: the metrics with their intervals,
     problems, infra errors, gates met and the exit code (with the gates not met, or why 3)."""
@@ -143,6 +173,9 @@ def ci_line(outcome: RunOutcome) -> str:
         run = summary["run"]
         lacking = run["planned_samples"] - (summary["num_samples"] - summary["counts"]["infra_error"])
         why = f" (run {run['state']})" if run["state"] != "finished" else f" ({lacking} planned sample(s) without a verdict)"
+        causes = (summary.get("infrastructure") or {}).get("infra_error_causes") or []
+        if causes and run["state"] == "finished":
+            why = why[:-1] + f"; most: {causes[0]['count']} x {causes[0]['cause']})"
     return (
         f"evalkit: {summary['run']['name']} {metrics} ({summary['num_problems']} problems, {summary['counts']['infra_error']} infra_error{flaky}) "
         f"{judged} -> exit {outcome.exit_code}{why}"
@@ -153,6 +186,9 @@ def _conclude(outcome: RunOutcome, *extra: str) -> None:
     _print_outcome(outcome)
     for line in extra:
         click.echo(line)
+    if outcome.exit_code == EXIT_INFRA:
+        for line in infra_error_lines(outcome.summary):
+            click.echo(line)
     click.echo(ci_line(outcome))
     sys.exit(outcome.exit_code)
 

@@ -99,6 +99,7 @@ class SchedulerConfig(_Section):
     batch_size: int = Field(8, ge=1)
     max_in_flight: int | None = Field(None, ge=1)
     max_retries: int = Field(2, ge=0, le=100)
+    canary_every: int = Field(50, ge=0, le=1_000_000)  # samples between canary checks (evalkit._canary); 0: none
 
 
 class EvalConfig(_Section):

@@ -5,8 +5,9 @@
     │   ├── ConfigError     is one sentence naming the file, the line or key, and what was expected
     │   └── SamplesError
     ├── InfraError          the machinery failed beyond its retry budget (exit code 3)
-    │   └── StorageError    a run folder file could not be written mid-run (disk full, read-only, I/O
-    │                       error); every result journaled before it is kept, `evalkit resume` continues
+    │   ├── StorageError    a run folder file could not be written mid-run (disk full, read-only, I/O
+    │   │                   error); every result journaled before it is kept, `evalkit resume` continues
+    │   └── CanaryFailure   a worker's canaries misbehaved in two fresh sandboxes in a row
     ├── RunStoreError       a run folder is missing, unreadable or of an unknown format version
     └── RunInterrupted      Ctrl-C or SIGTERM stopped a run; its finished results are on disk (exit 130)
 
@@ -49,6 +50,14 @@ class StorageError(InfraError):
         super().__init__(message)
         self.path = path
         self.errno = errno
+
+
+class CanaryFailure(InfraError):
+    """A worker's known-pass or known-fail program (`evalkit._canary`) misbehaved in two fresh
+    sandboxes in a row: the worker cannot be trusted, so the scheduler replaces it. ``counts``:
+    what the worker counted since its last reply (`evalkit._infra.InfraCounts`), set by it."""
+
+    counts: dict[str, int] | None = None
 
 
 class RunStoreError(UserInputError):

@@ -2,7 +2,9 @@
 
 This is the part of a scheduler worker that knows nothing about Ray: it owns one sandbox,
 replaces it when it breaks, and retries the sample that was running on a fresh one. A sample
-that keeps breaking sandboxes ends as ``infra_error``, never as a model failure.
+that keeps breaking sandboxes ends as ``infra_error``, never as a model failure. With canaries
+on (`evalkit._canary`), it also vets its sandbox and holds verdicts until the canaries vouch
+for them (`SampleExecutor.run_batch`). What it did is counted in `SampleExecutor.counts`.
 
 A sample whose verdict is ``failed``, ``timeout`` or ``oom`` runs once more
 (``sandbox.recheck_failures``, on by default), in the same sandbox: each program runs in a
@@ -22,9 +24,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from vmpool import ExecResult, Limits, LocalSandbox, VmpoolError
+from vmpool import ExecResult, Limits, LocalSandbox, SandboxError, VmpoolError
 
+from ._canary import CANARIES, Canaries, misbehaviour
 from ._config import SandboxConfig
+from ._errors import CanaryFailure
+from ._infra import InfraCounts
 from ._types import ExecRequest, SampleResult, Status, TimeLimits
 
 MAX_PROGRAM_BYTES = 64 * 2**20 - 2**16
@@ -132,26 +137,48 @@ def _sent_size(program: str) -> int:
 
 
 class SampleExecutor:
-    """Runs requests one at a time in a sandbox it owns (created lazily, replaced when broken)."""
+    """Runs requests one at a time in a sandbox it owns (created lazily, replaced when broken).
 
-    def __init__(self, config: SandboxConfig, driver: str, max_retries: int) -> None:
+    canary_every: run the canaries (`evalkit._canary`) on every new sandbox and after every
+    that many samples; 0: never, and `run_batch` returns every verdict at once. canaries: the
+    program pair to run (tests pass one that this sandbox cannot satisfy).
+    """
+
+    def __init__(self, config: SandboxConfig, driver: str, max_retries: int, canary_every: int = 0,
+                 canaries: Canaries = CANARIES) -> None:
         self.config = config
         self.driver = driver
         self.max_retries = max_retries
         self.limits = limits_for(config)
+        self.canary_every = canary_every
+        self.canaries = canaries
+        self.counts = InfraCounts()
         self._sandbox: LocalSandbox | None = None
+        self._vetted: LocalSandbox | None = None  # the sandbox whose canaries last passed
+        self._held: list[tuple[ExecRequest, int, SampleResult]] = []  # (request, prior attempts, verdict)
+        self._vouched: list[SampleResult] = []  # vouched for, not yet returned
+        self._since_check = 0
 
     def _sandbox_ready(self) -> LocalSandbox:
+        """The sandbox, started if there is none. A start that fails is a `SandboxError` whose
+        message begins "sandbox failed to start: " (what infra_error causes are grouped by)."""
         if self._sandbox is not None and not self._sandbox.is_running():
-            self._discard_sandbox()  # e.g. a microVM discarded after a timeout: not a failure
+            self._discard_sandbox(broken=False)  # e.g. a microVM discarded after a timeout: not a failure
         if self._sandbox is None:
-            self._sandbox = LocalSandbox.create(driver=self.driver, python=self.config.python, template=self.config.template)
+            try:
+                self._sandbox = LocalSandbox.create(driver=self.driver, python=self.config.python, template=self.config.template)
+            except VmpoolError as exc:
+                self.counts.sandbox_start_failures += 1
+                first = (str(exc).strip().splitlines() or [""])[0]
+                raise SandboxError(f"sandbox failed to start: {type(exc).__name__}: {first}") from exc
+            self.counts.sandboxes_started += 1
         return self._sandbox
 
-    def _discard_sandbox(self) -> None:
+    def _discard_sandbox(self, broken: bool = True) -> None:
         if self._sandbox is not None:
             self._sandbox.kill()
             self._sandbox = None
+            self.counts.sandbox_replacements += broken
 
     def run_one(self, request: ExecRequest, prior_attempts: int = 0) -> SampleResult:
         """The sample's verdict, re-checked once if it is failed, timeout or oom (see the module's
@@ -196,7 +223,91 @@ class SampleExecutor:
         return infra_error(request, self.driver, f"sandbox failed {attempts} time(s); last: {last_error}", attempts)
 
     def run_batch(self, requests: Sequence[ExecRequest], prior_attempts: int = 0) -> list[SampleResult]:
-        return [self.run_one(r, prior_attempts) for r in requests]
+        """Run ``requests`` and return the verdicts that are final: all of them without canaries.
+        With canaries, the verdicts since the last good check are held (`flush` returns them
+        once the canaries vouched for them) and come back with a later call; infra_error
+        results are never held (no sandbox gave them).
+
+        If a check fails, the sandbox is discarded and the held samples run again on a fresh,
+        vetted one, without spending their retry budget: they did nothing wrong, and the
+        verdicts thrown away were never seen. Raises `CanaryFailure` (dropping what it held)
+        when the fresh sandbox misbehaves too: then the worker, not one sandbox, is suspect.
+        """
+        for request in requests:
+            # before the next sample on a sandbox not yet vetted, or after every canary_every
+            # samples: so nothing is released unvouched, and no start is spent on canaries alone
+            if self.canary_every and self._held and (self._vetted is not self._sandbox_if_running() or self._since_check >= self.canary_every):
+                self._check()
+            result = self.run_one(request, prior_attempts)
+            self.counts.sample_retries += max(0, result.attempts - prior_attempts - 1)
+            if result.status == "infra_error":
+                self._vouched.append(result)  # no sandbox's verdict: nothing to vouch for
+                continue
+            self._held.append((request, prior_attempts, result))
+            self._since_check += 1
+        if not self.canary_every:
+            self._confirm(self._held)
+        return self._release()
+
+    def flush(self) -> list[SampleResult]:
+        """Check the sandbox now if verdicts are held, and return them all (`CanaryFailure` as
+        for `run_batch`)."""
+        if self._held:
+            self._check()
+        return self._release()
+
+    @property
+    def holding(self) -> int:
+        """How many verdicts wait for the canaries."""
+        return len(self._held)
+
+    def _sandbox_if_running(self) -> LocalSandbox | None:
+        return self._sandbox if self._sandbox is not None and self._sandbox.is_running() else None
+
+    def _release(self) -> list[SampleResult]:
+        released, self._vouched = self._vouched, []
+        return released
+
+    def _vet(self) -> str | None:
+        """Run the canaries in the sandbox (started if needed): None if they behaved, else what
+        went wrong (a sandbox that cannot start cannot vouch for anything either)."""
+        try:
+            sandbox = self._sandbox_ready()
+        except VmpoolError as exc:
+            return str(exc)
+        self.counts.canary_checks += 1
+        problem = misbehaviour(sandbox, self.limits, self.canaries)
+        if problem is None:
+            self._vetted = sandbox
+        else:
+            self.counts.canary_failures += 1
+            self._discard_sandbox()
+        return problem
+
+    def _check(self) -> None:
+        """Vouch for the held verdicts, or run them again on a fresh sandbox vetted before and
+        after them; `CanaryFailure` if that one misbehaves too."""
+        problem = self._vet()
+        if problem is None:
+            self._confirm(self._held)
+            return
+        again = self._vet()
+        if again is None:
+            rerun = [(request, prior, self.run_one(request, prior)) for request, prior, _ in self._held]
+            self.counts.samples_rerun_after_canary += len(rerun)
+            self._vouched.extend(result for _, _, result in rerun if result.status == "infra_error")
+            again = self._vet()
+            if again is None:
+                self._confirm([entry for entry in rerun if entry[2].status != "infra_error"])
+                return
+        self._held = []
+        self._since_check = 0
+        raise CanaryFailure(f"canaries misbehaved in two sandboxes in a row: {problem}; then: {again}")
+
+    def _confirm(self, vouched: list[tuple[ExecRequest, int, SampleResult]]) -> None:
+        self._vouched.extend(result for _, _, result in vouched)
+        self._held = []
+        self._since_check = 0
 
     def close(self) -> None:
-        self._discard_sandbox()
+        self._discard_sandbox(broken=False)

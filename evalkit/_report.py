@@ -22,6 +22,7 @@ from markupsafe import Markup
 from . import _charts
 from ._calibrate import describe_time_limits
 from ._compare import Comparison
+from ._infra import infra_faults
 from ._types import STATUSES, Problem, SampleResult, task_order
 
 _ENV = jinja2.Environment(
@@ -31,6 +32,7 @@ _ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+_ENV.globals["infra_faults"] = infra_faults
 
 FAILING_SHOWN = 3
 """Per problem, the report shows up to this many samples that did not pass (distinct errors

@@ -33,6 +33,7 @@ from ._api import ApiProvider
 from ._compare import Comparison, compare_results, read_run
 from ._feed import Feed
 from ._gates import INFRA_GATE, evaluate_gates
+from ._infra import InfraCounts, infrastructure_summary
 from ._generation import GenerationStage, api_key, cache_folder, completion_stops, planned_samples
 from ._junit import junit_xml
 from ._models import ModelProvider, make_provider
@@ -419,6 +420,7 @@ def _execute(
             if progress is not None:
                 progress.close()
             _save_generation_counts(store, stage)
+            _save_infra_counts(store, scheduler)
         store.write_meta(state="finished", duration_s=elapsed(), finished=now())
         summary = _finish(store, config, current_samples(store), store.meta())
     except StorageError as exc:
@@ -506,6 +508,17 @@ def _save_generation_counts(store: RunStore, stage: GenerationStage | None) -> N
     store.write_meta(generation=totals)
 
 
+def _save_infra_counts(store: RunStore, scheduler: Any) -> None:
+    """Add what the scheduler counted in this session (`evalkit._infra`) to run.json's totals."""
+    counts = getattr(scheduler, "counts", None)
+    if counts is None:
+        return
+    totals = InfraCounts()
+    totals.add(store.meta().get("infrastructure") or {})
+    totals.add(counts.take())
+    store.write_meta(infrastructure=totals.as_dict())
+
+
 def _generation_summary(store: RunStore, results: list[SampleResult], meta: dict[str, Any]) -> dict[str, Any] | None:
     """What the model API did for the run, from ``completions.jsonl`` and run.json's totals."""
     generated = list(store.completions().values())
@@ -526,13 +539,15 @@ def _generation_summary(store: RunStore, results: list[SampleResult], meta: dict
 
 def summarize(store: RunStore, config: EvalConfig, results: list[SampleResult], planned: int, meta: dict[str, Any]) -> dict[str, Any]:
     """What ``summary.json`` says of ``results`` before gates and a baseline: pass@k with
-    intervals, counts, the model API's work, and the run block (where, when and how it ran, as
+    intervals, counts, the model API's work, the infrastructure's faults (`evalkit._infra`),
+    and the run block (where, when and how it ran, as
     run.json recorded it). Pure: writes nothing."""
     summary = score(results, config.sampling.k)
     summary["metrics_ci"] = metrics_ci(summary["problems"], list(summary["metrics"]))
     with_verdict = {r.key for r in results if r.status != "infra_error"}
     model_name = (config.model.model_extra or {}).get("name")
     summary["generation"] = _generation_summary(store, results, meta)
+    summary["infrastructure"] = infrastructure_summary(meta.get("infrastructure"), results)
     summary["run"] = {
         "name": config.name,
         "benchmark": meta.get("benchmark", config.benchmark.name or config.benchmark.path),

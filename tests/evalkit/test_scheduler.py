@@ -71,7 +71,8 @@ def test_batches_of_a_dead_worker_are_retried_elsewhere() -> None:
     import ray
 
     requests = [request("t", i, "import time\ntime.sleep(0.3)\n") for i in range(8)]
-    scheduler = RayScheduler(SchedulerConfig(workers=2, batch_size=2, max_retries=2), SandboxConfig(timeout_s=5), "bwrap")
+    # without canaries, so that every batch's verdicts come back with it and the kill finds one running
+    scheduler = RayScheduler(SchedulerConfig(workers=2, batch_size=2, max_retries=2, canary_every=0), SandboxConfig(timeout_s=5), "bwrap")
     try:
         results = []
         for result in scheduler.run(requests):
@@ -118,3 +119,57 @@ def test_requests_run_as_a_feed_receives_them_and_a_producer_error_comes_after_t
         assert sorted(r.key for r in rest) == [("t", 1), ("t", 99)]  # everything put before the error, then the error
     finally:
         scheduler.close()
+
+
+def _actor_pid(actor: object) -> int:
+    import ray
+
+    pid: int = ray.get(actor.__ray_call__.remote(lambda worker: os.getpid()))  # type: ignore[attr-defined]
+    return pid
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_session")
+def test_a_worker_killed_mid_batch_is_replaced_and_only_its_running_batch_spends_a_retry() -> None:
+    requests = [request("t", i, "import time\ntime.sleep(0.4)\n") for i in range(8)]
+    # two workers, two batches each: worker 0 runs batch 0 and has batch 2 queued behind it
+    scheduler = RayScheduler(SchedulerConfig(workers=2, batch_size=2, max_in_flight=4, max_retries=2), SandboxConfig(timeout_s=5), "bwrap")
+    try:
+        victim = scheduler._workers[0]
+        pid = _actor_pid(victim)
+        killer = threading.Timer(0.6, os.kill, (pid, signal.SIGKILL))  # mid-way through batch 0
+        killer.start()
+        results = list(scheduler.run(requests))
+        killer.join()
+        assert scheduler._workers[0] is not victim
+        new_pid = _actor_pid(scheduler._workers[0])
+    finally:
+        scheduler.close()
+    assert new_pid != pid
+    assert sorted(r.sample_idx for r in results) == list(range(8))
+    assert all(r.status == "passed" for r in results), [(r.status, r.error) for r in results]
+    # the batch that was running (0, or 2 if 0 was done) spends one retry; the one queued behind
+    # it, or the verdicts held from batch 0 for the canaries, do not
+    retried = sorted(r.sample_idx for r in results if r.attempts == 2)
+    assert retried in ([0, 1], [4, 5]), [(r.sample_idx, r.attempts) for r in results]
+    counts = scheduler.counts
+    assert (counts.worker_failures, counts.worker_replacements, counts.batches_retried) == (1, 1, 1)
+    assert counts.batches_requeued == 1
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_session")
+def test_workers_whose_canaries_misbehave_are_replaced_until_the_budget_ends() -> None:
+    # a wall-time limit no program meets: no sandbox passes its canaries, on any worker
+    scheduler = RayScheduler(SchedulerConfig(workers=2, batch_size=2, max_retries=1, canary_every=5), SandboxConfig(timeout_s=0.001), "bwrap")
+    try:
+        results = list(scheduler.run([request("t", i, "x = 1\n") for i in range(4)]))
+    finally:
+        scheduler.close()
+    assert sorted(r.sample_idx for r in results) == [0, 1, 2, 3]
+    assert all(r.status == "infra_error" and r.attempts == 2 for r in results)
+    assert all("CanaryFailure: canaries misbehaved" in (r.error or "") for r in results), results[0].error
+    counts = scheduler.counts
+    assert counts.worker_failures == counts.worker_replacements == 4  # two batches, two tries each
+    assert counts.batches_retried == 2
+    assert counts.canary_failures == 8 and counts.canary_checks == 8  # counted by the workers that gave up
