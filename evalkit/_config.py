@@ -100,6 +100,7 @@ class SchedulerConfig(_Section):
     max_in_flight: int | None = Field(None, ge=1)
     max_retries: int = Field(2, ge=0, le=100)
     canary_every: int = Field(50, ge=0, le=1_000_000)  # samples between canary checks (evalkit._canary); 0: none
+    canary_hold_s: float = Field(2.0, gt=0, le=3600, allow_inf_nan=False)  # check sooner once a held verdict waited this long
 
 
 class EvalConfig(_Section):

@@ -22,6 +22,7 @@ re-check's and infrastructure retries included.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 
 from vmpool import ExecResult, Limits, LocalSandbox, SandboxError, VmpoolError
@@ -140,17 +141,20 @@ class SampleExecutor:
     """Runs requests one at a time in a sandbox it owns (created lazily, replaced when broken).
 
     canary_every: run the canaries (`evalkit._canary`) on every new sandbox and after every
-    that many samples; 0: never, and `run_batch` returns every verdict at once. canaries: the
-    program pair to run (tests pass one that this sandbox cannot satisfy).
+    that many samples; 0: never, and `run_batch` returns every verdict at once. canary_hold_s:
+    also check, between samples, once a held verdict has waited this long (None: no bound), so
+    that slow samples reach the journal (and survive a Ctrl-C) soon after they finish.
+    canaries: the program pair to run (tests pass one that this sandbox cannot satisfy).
     """
 
     def __init__(self, config: SandboxConfig, driver: str, max_retries: int, canary_every: int = 0,
-                 canaries: Canaries = CANARIES) -> None:
+                 canaries: Canaries = CANARIES, canary_hold_s: float | None = None) -> None:
         self.config = config
         self.driver = driver
         self.max_retries = max_retries
         self.limits = limits_for(config)
         self.canary_every = canary_every
+        self.canary_hold_s = canary_hold_s
         self.canaries = canaries
         self.counts = InfraCounts()
         self._sandbox: LocalSandbox | None = None
@@ -158,6 +162,7 @@ class SampleExecutor:
         self._held: list[tuple[ExecRequest, int, SampleResult]] = []  # (request, prior attempts, verdict)
         self._vouched: list[SampleResult] = []  # vouched for, not yet returned
         self._since_check = 0
+        self._held_since = 0.0  # time.monotonic() when the oldest held verdict came
 
     def _sandbox_ready(self) -> LocalSandbox:
         """The sandbox, started if there is none. A start that fails is a `SandboxError` whose
@@ -236,17 +241,23 @@ class SampleExecutor:
         for request in requests:
             # before the next sample on a sandbox not yet vetted, or after every canary_every
             # samples: so nothing is released unvouched, and no start is spent on canaries alone
-            if self.canary_every and self._held and (self._vetted is not self._sandbox_if_running() or self._since_check >= self.canary_every):
+            if self.canary_every and self._held and (
+                self._vetted is not self._sandbox_if_running() or self._since_check >= self.canary_every or self._overdue()
+            ):
                 self._check()
             result = self.run_one(request, prior_attempts)
             self.counts.sample_retries += max(0, result.attempts - prior_attempts - 1)
             if result.status == "infra_error":
                 self._vouched.append(result)  # no sandbox's verdict: nothing to vouch for
                 continue
+            if not self._held:
+                self._held_since = time.monotonic()
             self._held.append((request, prior_attempts, result))
             self._since_check += 1
         if not self.canary_every:
             self._confirm(self._held)
+        elif self._held and self._overdue():
+            self._check()
         return self._release()
 
     def flush(self) -> list[SampleResult]:
@@ -260,6 +271,10 @@ class SampleExecutor:
     def holding(self) -> int:
         """How many verdicts wait for the canaries."""
         return len(self._held)
+
+    def _overdue(self) -> bool:
+        """Whether the oldest held verdict has waited ``canary_hold_s`` or longer."""
+        return self.canary_hold_s is not None and time.monotonic() - self._held_since >= self.canary_hold_s
 
     def _sandbox_if_running(self) -> LocalSandbox | None:
         return self._sandbox if self._sandbox is not None and self._sandbox.is_running() else None

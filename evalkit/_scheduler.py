@@ -47,8 +47,8 @@ class _Worker:
     Each call returns the verdicts that are final (the canaries may hold some back for a later
     call: `SampleExecutor.run_batch`) and what the sandboxes did meanwhile."""
 
-    def __init__(self, sandbox: SandboxConfig, driver: str, max_retries: int, canary_every: int) -> None:
-        self.executor = SampleExecutor(sandbox, driver, max_retries, canary_every)
+    def __init__(self, sandbox: SandboxConfig, driver: str, max_retries: int, canary_every: int, canary_hold_s: float) -> None:
+        self.executor = SampleExecutor(sandbox, driver, max_retries, canary_every, canary_hold_s=canary_hold_s)
 
     def run(self, batch: list[ExecRequest], prior_attempts: int) -> _Returned:
         try:
@@ -161,7 +161,7 @@ class RayScheduler:
             # no restarts by Ray: a failed worker is replaced by a new actor (`_replace`), and calls
             # sent to a restarting one would only fail with ActorUnavailableError
             self._actor = ray.remote(_Worker).options(num_cpus=min(1, cpus / self.num_workers), max_restarts=0, max_task_retries=0)
-            self._worker_args = (sandbox, driver, scheduler.max_retries, scheduler.canary_every)
+            self._worker_args = (sandbox, driver, scheduler.max_retries, scheduler.canary_every, scheduler.canary_hold_s)
             self._workers = [self._actor.remote(*self._worker_args) for _ in range(self.num_workers)]
         except BaseException:  # Ctrl-C during start-up too: never leave a half-started Ray behind
             self.close()

@@ -61,6 +61,20 @@ def test_verdicts_are_held_until_a_check_vouches_for_them() -> None:
         executor.close()
 
 
+def test_a_verdict_held_longer_than_canary_hold_s_is_checked_without_waiting_for_canary_every() -> None:
+    # canary_every alone would hold these for 100 samples: a Ctrl-C would lose them all
+    executor = SampleExecutor(SandboxConfig(timeout_s=5), "bwrap", max_retries=0, canary_every=100, canary_hold_s=1.0)
+    slow = "import time\ntime.sleep(1.1)\n"
+    try:
+        assert executor.run_batch([request(0, slow)]) == [] and executor.holding == 1  # a new sandbox: vetted before the next sample
+        assert [r.sample_idx for r in executor.run_batch([request(1, slow)])] == [0] and executor.holding == 1
+        # sample 1's verdict has waited over 1 s by the end of the next sample: checked and released
+        assert [r.sample_idx for r in executor.run_batch([request(2, slow)])] == [1, 2] and executor.holding == 0
+        assert executor.counts.canary_checks == 2
+    finally:
+        executor.close()
+
+
 def _fill_scratch_space(executor: SampleExecutor) -> None:
     sandbox = executor._sandbox_ready()
     chunk = b"\0" * (32 * 2**20)

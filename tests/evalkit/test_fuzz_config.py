@@ -146,6 +146,7 @@ KEYS = [
     Key("scheduler", "max_in_flight", (*NOT_INT, "0")),
     Key("scheduler", "max_retries", (*NOT_INT, *REQUIRED, "-1", "101", "99999999999999999999")),
     Key("scheduler", "canary_every", (*NOT_INT, *REQUIRED, "-1", "1000001")),
+    Key("scheduler", "canary_hold_s", (*NOT_NUMBER, *REQUIRED, "3601")),
     Key("model", "temperature", ("-0.5", ".nan", ".inf", "hot", "true", "[1]"), "openai"),
     Key("model", "top_p", ("0", "1.5", ".nan", "'0.9'"), "openai"),
     Key("model", "max_tokens", ("0", "'100'", "1.5", "-1"), "openai"),
