@@ -34,7 +34,8 @@ from ._errors import (
 from ._http import ApiError
 from ._models import ModelProvider, ProviderOptions, make_provider, provider_names
 from ._recheck import RecheckOutcome, recheck
-from ._runner import RunOutcome, latest_unfinished, report, resume, run
+from ._results import RunOutcome
+from ._runner import latest_unfinished, report, resume, run
 from ._samples import read_samples, write_samples
 from ._scoring import pass_at_k, score
 from ._stats import pass_at_k_ci

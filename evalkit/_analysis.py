@@ -8,7 +8,7 @@
 Read only: loading never writes to a run folder, so a run that another process is still
 running, or one that was interrupted, loads as it stands. The samples come from
 ``samples.parquet`` when it is at least as new as every file it is derived from, and otherwise
-from the journal with the rule the runner uses (`_planned_results`); likewise ``summary.json``,
+from the journal with the rule the runner uses (`planned_results`); likewise ``summary.json``,
 else a summary computed the same way in memory (`_frames` builds the frames).
 """
 
@@ -26,7 +26,7 @@ from ._compare import Comparison, compare_results
 from ._config import EvalConfig
 from ._errors import RunStoreError
 from ._frames import RUN_COLUMNS, computed_summary, problems_frame, samples_frame, stored_json
-from ._runner import _planned_results, current_samples
+from ._results import current_samples, planned_results
 from ._scoring import mean_pass_at_k
 from ._store import RunStore
 from ._types import SampleResult
@@ -90,7 +90,7 @@ class Run:
     @cached_property
     def results(self) -> list[SampleResult]:
         """The verdicts as `SampleResult` records, read from the journal (the runner's rule)."""
-        return _planned_results(self._store, self._planned)
+        return planned_results(self._store, self._planned)
 
     @cached_property
     def problems(self) -> pd.DataFrame:

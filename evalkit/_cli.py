@@ -20,7 +20,7 @@ from ._errors import EvalkitError, InfraError, RunInterrupted, StorageError, Use
 from ._gates import describe, gate_name
 from ._infra import infra_faults
 from ._recheck import RecheckOutcome
-from ._runner import EXIT_GATES, EXIT_INFRA, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, RunOutcome
+from ._results import EXIT_GATES, EXIT_INFRA, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, RunOutcome
 from ._version import __version__
 
 _T = TypeVar("_T")

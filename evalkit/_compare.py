@@ -90,7 +90,7 @@ class RunResults(NamedTuple):
 def read_run(run_dir: str | Path) -> RunResults:
     """The results of a run folder that count (those of its planned samples, by the rule
     ``evalkit report`` uses), labelled ``"name (folder)"``; `RunStoreError` if it is not a run."""
-    from ._runner import run_results  # the runner uses this module: imported when called
+    from ._results import run_results  # that module uses this one: imported when called
 
     store = RunStore.open(run_dir)
     config = store.config()

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ._config import EvalConfig
-from ._runner import summarize
+from ._results import summarize
 from ._store import RunStore
 from ._types import STATUSES, Generation, Sample, SampleResult, task_order
 

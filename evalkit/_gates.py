@@ -13,7 +13,7 @@ Gates are parsed when the config loads; a metric that cannot be computed when th
 (a pass@k that was skipped, a baseline with no problem in common) fails its gate, with a note.
 
 ``infra_error_rate`` is also the run's tolerance for infrastructure failures: see
-`evalkit._runner.exit_code`.
+`evalkit._results.exit_code`.
 """
 
 from __future__ import annotations

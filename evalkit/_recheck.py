@@ -34,7 +34,8 @@ from ._config import EvalConfig
 from ._errors import UserInputError
 from ._feed import Feed
 from ._progress import Progress
-from ._runner import EXIT_OK, RunOutcome, _check_sandbox, _requests, _scheduler, current_samples, report, run_problems, run_results
+from ._results import EXIT_OK, RunOutcome, current_samples, run_problems, run_results
+from ._runner import check_sandbox, exec_requests, report, start_scheduler
 from ._store import DETERMINISM_FORMAT_VERSION, RunStore, now
 from ._types import Sample, SampleResult, task_order
 
@@ -113,14 +114,14 @@ def _execution_config(config: EvalConfig, workers: int | None, driver: str | Non
 def _execute(store: RunStore, config: EvalConfig, samples: Sequence[Sample], progress: bool) -> tuple[dict[tuple[str, int], SampleResult], dict[str, Any]]:
     """The samples' verdicts in this execution, and how it ran."""
     benchmark = get_benchmark(config.benchmark)
-    requests = _requests(benchmark, run_problems(store, config), samples)
-    driver, isolation = _check_sandbox(config)
+    requests = exec_requests(benchmark, run_problems(store, config), samples)
+    driver, isolation = check_sandbox(config)
     calibration = read_calibration(store.path)  # a calibrated run's samples get the limits they got
     time_limits = calibration.time_limits() if calibration is not None else None
     shown = Progress(len(requests), enabled=progress)
     results: dict[tuple[str, int], SampleResult] = {}
     try:
-        with _scheduler(config, driver, needed=True) as (scheduler, _):
+        with start_scheduler(config, driver, needed=True) as (scheduler, _):
             for result in scheduler.run(Feed.of(requests), time_limits):
                 results[result.key] = result
                 shown.update(result.status)

@@ -8,6 +8,9 @@ A run folder is self-contained: the plan (every sample with its completion, or f
 its rendered prompt) is written when the run starts, and a model's completions are journaled as
 they arrive, so resuming or re-reporting needs neither the samples file nor the model for what
 the run already has.
+
+What the journal adds up to (the verdicts that count, summary.json, the derived files and the
+exit code) is `evalkit._results`; this module makes the journal.
 """
 
 from __future__ import annotations
@@ -21,46 +24,26 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._benchmarks import Benchmark, get_benchmark
-from ._calibrate import CALIBRATION_FILE, calibrate, describe_fixed, read_calibration
+from ._benchmarks import Benchmark
+from ._calibrate import CALIBRATION_FILE, calibrate, read_calibration
 from ._config import EvalConfig, load_config
 from ._errors import ConfigError, EvalkitError, InfraError, RunInterrupted, RunStoreError, StorageError, UserInputError
 from ._api import ApiProvider
-from ._compare import Comparison, compare_results, read_run
+from ._compare import read_run
 from ._feed import Feed
-from ._gates import INFRA_GATE, evaluate_gates
-from ._infra import InfraCounts, infrastructure_summary
+from ._infra import InfraCounts
 from ._generation import GenerationStage, api_key, cache_folder, completion_stops, planned_samples
-from ._junit import junit_xml
-from ._models import ModelProvider, make_provider
+from ._models import ModelProvider
 from ._progress import Progress
-from ._report import render_report
-from ._scoring import score
-from ._stats import metrics_ci
+from ._results import RunOutcome, current_samples, exit_code, finish, model_provider, planned_results, run_problems, select_problems
 from ._store import RunStore, low_space, now
-from ._types import ExecRequest, Problem, Sample, SampleResult, TimeLimits
-from ._version import __version__
+from ._types import ExecRequest, Problem, Sample, TimeLimits
 
 _log = logging.getLogger("evalkit")
 
-EXIT_OK = 0
-EXIT_GATES = 1
-EXIT_INPUT = 2
-EXIT_INFRA = 3
-EXIT_INTERRUPTED = 130
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """What a run left behind, and the exit code the CLI returns for it."""
-
-    run_dir: Path
-    summary: dict[str, Any]
-    exit_code: int
 
 
 def run(
@@ -83,10 +66,10 @@ def run(
     if not isinstance(config, EvalConfig):
         config = load_config(config)
     config = _with_baseline(config, baseline)
-    benchmark, problems = _problems(config)
+    benchmark, problems = select_problems(config)
     _check_baseline(config, problems)
     RunStore.prepare(config)
-    provider = _provider(config)
+    provider = model_provider(config)
     samples = _plan(config, benchmark, problems, provider)
     _warn_low_space(Path(config.output_dir), samples)
     digest = problems_digest(problems)
@@ -97,9 +80,9 @@ def run(
             return _continue(previous, progress, use_cache, baseline)
     if isinstance(provider, ApiProvider):
         api_key(config, provider)  # a missing key is a config error, before anything starts
-    driver, isolation = _check_sandbox(config)
+    driver, isolation = check_sandbox(config)
     if not provider.generative:
-        with _scheduler(config, driver, needed=True) as (scheduler, start_s):
+        with start_scheduler(config, driver, needed=True) as (scheduler, start_s):
             store = RunStore.create(config)  # only once Ray is up: a failed start leaves no folder
             try:
                 _start_store(store, samples, problems, digest, start_s)
@@ -111,7 +94,7 @@ def run(
     try:
         _start_store(store, samples, problems, digest, 0.0)
         with _work(store, config, benchmark, problems, provider, samples, driver, use_cache) as (feed, stage):
-            with _scheduler(config, driver, needed=True) as (scheduler, start_s):
+            with start_scheduler(config, driver, needed=True) as (scheduler, start_s):
                 store.write_meta(scheduler_start_s=start_s)
                 return _execute(store, config, benchmark, samples, feed, stage, scheduler, driver, isolation, progress, Counter())
     finally:
@@ -144,7 +127,7 @@ def _continue(run_dir: str | Path, progress: bool, use_cache: bool, baseline: st
     store.acquire()
     try:
         samples = current_samples(store)
-        finished = {r.key: r.status for r in _planned_results(store, samples) if r.status != "infra_error"}
+        finished = {r.key: r.status for r in planned_results(store, samples) if r.status != "infra_error"}
         todo = [s for s in samples if s.key not in finished]
         _warn_low_space(store.path, todo)
         if store.meta().get("state") == "finished" and not todo:
@@ -152,38 +135,18 @@ def _continue(run_dir: str | Path, progress: bool, use_cache: bool, baseline: st
             store.release()
             return report(run_dir, baseline=baseline)
         config = _with_baseline(store.config(), baseline)
-        benchmark, problems = _problems(config)
+        benchmark, problems = select_problems(config)
         _check_unchanged(store, samples, problems)
         _check_baseline(config, problems)
-        provider = _provider(config)
-        driver, isolation = _check_sandbox(config)
+        provider = model_provider(config)
+        driver, isolation = check_sandbox(config)
         with _work(store, config, benchmark, problems, provider, todo, driver, use_cache) as (feed, stage):
-            with _scheduler(config, driver, needed=bool(todo)) as (scheduler, start_s):
+            with start_scheduler(config, driver, needed=bool(todo)) as (scheduler, start_s):
                 store.write_meta(scheduler_start_s=start_s)
                 return _execute(store, config, benchmark, samples, feed, stage, scheduler, driver, isolation, progress,
                                 Counter(finished.values()))
     finally:
         store.release()
-
-
-def run_problems(store: RunStore, config: EvalConfig) -> list[Problem]:
-    """The problems of a run: as stored in its folder, or (a folder from before evalkit stored
-    them) as its benchmark gives them now; [] if neither can be had."""
-    stored = store.problems()
-    if stored is not None:
-        return stored
-    try:
-        return _problems(config)[1]
-    except EvalkitError:
-        return []
-
-
-def current_samples(store: RunStore) -> list[Sample]:
-    """A run's samples: its plan, with each model-API sample's completion (and raw reply) filled
-    in from ``completions.jsonl`` once received."""
-    plan = store.plan()
-    generated = store.completions()
-    return [generated[s.key].sample() if s.key in generated else s for s in plan]
 
 
 @contextlib.contextmanager
@@ -201,7 +164,7 @@ def _work(
     API, as the generation stage receives the others."""
     generated = store.completions() if isinstance(provider, ApiProvider) else {}
     ready = [s for s in todo if not isinstance(provider, ApiProvider) or s.key in generated]
-    requests = _requests(benchmark, problems, ready)
+    requests = exec_requests(benchmark, problems, ready)
     if not isinstance(provider, ApiProvider):
         yield Feed.of(requests), None
         return
@@ -232,14 +195,8 @@ def report(run_dir: str | Path, *, baseline: str | Path | None = None) -> RunOut
     config = _with_baseline(store.config(), baseline)
     _check_baseline(config, run_problems(store, config))
     samples = current_samples(store)
-    summary = _finish(store, config, samples, store.meta())
+    summary = finish(store, config, samples, store.meta())
     return RunOutcome(store.path, summary, exit_code(summary))
-
-
-def run_results(store: RunStore) -> list[SampleResult]:
-    """The results of a run folder that count: the journal's verdicts on its current samples
-    (the rule that resume, the end of a run, report and comparisons all use)."""
-    return _planned_results(store, current_samples(store))
 
 
 def latest_unfinished(config: EvalConfig) -> Path | None:
@@ -314,21 +271,6 @@ def _check_unchanged(store: RunStore, samples: Sequence[Sample], problems: Seque
         raise RunStoreError(f"{store.path}: the problems (prompts or tests) changed since this run started; start a new run instead")
 
 
-def _problems(config: EvalConfig) -> tuple[Benchmark, list[Problem]]:
-    benchmark = get_benchmark(config.benchmark)
-    try:
-        return benchmark, benchmark.select(config.benchmark.ids, config.benchmark.limit)
-    except ConfigError as exc:
-        raise ConfigError(f"{config.where('benchmark', 'ids')}: {exc}") from None
-
-
-def _provider(config: EvalConfig) -> ModelProvider:
-    try:
-        return make_provider(config.model.model_dump())
-    except ConfigError as exc:
-        raise ConfigError(f"{config.where('model', 'provider')}: {exc}") from None
-
-
 def _plan(config: EvalConfig, benchmark: Benchmark, problems: list[Problem], provider: ModelProvider) -> list[Sample]:
     """Every sample the run evaluates: with completions (a file, the reference), or with the
     prompts a model API will be asked (completions come during the run)."""
@@ -340,19 +282,12 @@ def _plan(config: EvalConfig, benchmark: Benchmark, problems: list[Problem], pro
         raise ConfigError(f"{config.where('model', 'provider')}: {exc}") from None
 
 
-def _requests(benchmark: Benchmark, problems: list[Problem], samples: Sequence[Sample]) -> list[ExecRequest]:
+def exec_requests(benchmark: Benchmark, problems: list[Problem], samples: Sequence[Sample]) -> list[ExecRequest]:
     by_id = {p.task_id: p for p in problems}
     return [ExecRequest(sample=s, program=benchmark.program(by_id[s.task_id], s.completion)) for s in samples]
 
 
-def _planned_results(store: RunStore, samples: Sequence[Sample]) -> list[SampleResult]:
-    """The journal's verdicts on the planned samples: the one rule that resume, the end of a run
-    and report all use to decide what counts."""
-    planned = {s.key: s.completion for s in samples}
-    return [r for r in store.results() if planned.get(r.key) == r.completion]
-
-
-def _check_sandbox(config: EvalConfig) -> tuple[str, str]:
+def check_sandbox(config: EvalConfig) -> tuple[str, str]:
     """Resolve the driver and start one sandbox here, so a host that cannot run sandboxes fails
     fast with the reason, before Ray starts. Returns (driver, isolation)."""
     from vmpool import LocalSandbox, VmpoolError, resolve_driver
@@ -369,7 +304,7 @@ def _check_sandbox(config: EvalConfig) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def _scheduler(config: EvalConfig, driver: str, *, needed: bool) -> Iterator[tuple[Any, float]]:
+def start_scheduler(config: EvalConfig, driver: str, *, needed: bool) -> Iterator[tuple[Any, float]]:
     """A started `RayScheduler` and its start-up time, or (None, 0) when nothing is left to run."""
     if not needed:
         yield None, 0.0
@@ -422,7 +357,7 @@ def _execute(
             _save_generation_counts(store, stage)
             _save_infra_counts(store, scheduler)
         store.write_meta(state="finished", duration_s=elapsed(), finished=now())
-        summary = _finish(store, config, current_samples(store), store.meta())
+        summary = finish(store, config, current_samples(store), store.meta())
     except StorageError as exc:
         raise _stopped_by_storage(store, exc, elapsed(), finished()) from exc
     except InfraError as exc:
@@ -456,16 +391,6 @@ def _time_limits(
     calibration = calibrate(scheduler, benchmark, run_problems(store, config), config.sandbox, driver, isolation)
     store.write_json(CALIBRATION_FILE, calibration.model_dump(mode="json"))
     return calibration.time_limits()
-
-
-def _time_limits_summary(store: RunStore, config: EvalConfig) -> dict[str, Any]:
-    """``run.time_limits`` of summary.json: the fixed limits, or the calibration's figures."""
-    if config.sandbox.time_limit == "fixed":
-        return describe_fixed(config.sandbox)
-    calibration = read_calibration(store.path)
-    if calibration is None:  # stopped before calibration finished: no sample ran
-        return {"mode": "calibrated", "measured": None}
-    return calibration.describe()
 
 
 def _stopped_by_storage(store: RunStore, exc: StorageError, duration_s: float, done: int) -> StorageError:
@@ -518,120 +443,3 @@ def _save_infra_counts(store: RunStore, scheduler: Any) -> None:
     totals.add(counts.take())
     store.write_meta(infrastructure=totals.as_dict())
 
-
-def _generation_summary(store: RunStore, results: list[SampleResult], meta: dict[str, Any]) -> dict[str, Any] | None:
-    """What the model API did for the run, from ``completions.jsonl`` and run.json's totals."""
-    generated = list(store.completions().values())
-    totals = meta.get("generation")
-    if not generated and totals is None:
-        return None
-    return {
-        "completions": len(generated),
-        "from_api": sum(g.source == "api" for g in generated),
-        "from_cache": sum(g.source == "cache" for g in generated),
-        "truncated": sum(g.finish_reason in ("length", "max_tokens") for g in generated),
-        "input_tokens": sum(g.input_tokens or 0 for g in generated if g.source == "api"),
-        "output_tokens": sum(g.output_tokens or 0 for g in generated if g.source == "api"),
-        "failed_samples": sum(r.status == "infra_error" and (r.error or "").startswith("model API") for r in results),
-        "api": dict((totals or {}).get("api") or {}),
-    }
-
-
-def summarize(store: RunStore, config: EvalConfig, results: list[SampleResult], planned: int, meta: dict[str, Any]) -> dict[str, Any]:
-    """What ``summary.json`` says of ``results`` before gates and a baseline: pass@k with
-    intervals, counts, the model API's work, the infrastructure's faults (`evalkit._infra`),
-    and the run block (where, when and how it ran, as
-    run.json recorded it). Pure: writes nothing."""
-    summary = score(results, config.sampling.k)
-    summary["metrics_ci"] = metrics_ci(summary["problems"], list(summary["metrics"]))
-    with_verdict = {r.key for r in results if r.status != "infra_error"}
-    model_name = (config.model.model_extra or {}).get("name")
-    summary["generation"] = _generation_summary(store, results, meta)
-    summary["infrastructure"] = infrastructure_summary(meta.get("infrastructure"), results)
-    summary["run"] = {
-        "name": config.name,
-        "benchmark": meta.get("benchmark", config.benchmark.name or config.benchmark.path),
-        "model": config.model.provider if model_name is None else f"{config.model.provider}:{model_name}",
-        "model_params": _model_params(config),
-        "driver": meta.get("driver", "?"),
-        "isolation": meta.get("isolation", "?"),
-        "started": meta.get("created"),
-        "finished": meta.get("finished"),
-        "state": meta.get("state"),
-        "planned_samples": planned,
-        "complete": meta.get("state") == "finished" and len(with_verdict) == planned,
-        "duration_s": float(meta.get("duration_s", 0.0)),
-        "evalkit_version": meta.get("evalkit_version", __version__),
-        "host": meta.get("host", platform.node()),  # the machine that ran it (older run.json: this one)
-        "python": meta.get("python", platform.python_version()),
-        "run_format_version": meta.get("format_version"),
-        "time_limits": _time_limits_summary(store, config),
-        "recheck_failures": config.sandbox.recheck_failures,
-    }
-    return summary
-
-
-def _finish(store: RunStore, config: EvalConfig, samples: Sequence[Sample], meta: dict[str, Any]) -> dict[str, Any]:
-    results = _planned_results(store, samples)
-    summary = summarize(store, config, results, len(samples), meta)
-    comparison, why_not = _compare_with_baseline(store, config, results)
-    summary["comparison"] = None if comparison is None else comparison.to_dict()
-    summary["gates"] = evaluate_gates(config.parsed_gates(), summary, comparison, why_not)
-    summary["gates_passed"] = all(gate["passed"] for gate in summary["gates"])
-    summary["determinism"] = store.determinism()
-    store.write_parquet(results)
-    if comparison is None:
-        store.remove("comparison.json")  # from an earlier report with a baseline
-    else:
-        store.write_json("comparison.json", comparison.to_dict())
-    store.write_text("junit.xml", junit_xml(summary, results, [s.task_id for s in samples]))
-    store.write_text("report.html", render_report(summary, results, run_problems(store, config), comparison=comparison))
-    store.write_json("summary.json", summary)  # last: with a summary, every file of a finished run is written
-    return summary
-
-
-def _model_params(config: EvalConfig) -> dict[str, Any]:
-    """The model's options, defaults included, for the report; header values masked (they may
-    hold secrets)."""
-    try:
-        params = _provider(config).options.model_dump(mode="json", exclude={"provider"})
-    except ConfigError:  # a provider plug-in no longer installed: show what the config says
-        params = dict(config.model.model_extra or {})
-    if isinstance(params.get("extra_headers"), dict):
-        params["extra_headers"] = {name: "***" for name in params["extra_headers"]}
-    return params
-
-
-def _compare_with_baseline(store: RunStore, config: EvalConfig, results: Sequence[SampleResult]) -> tuple[Comparison | None, str | None]:
-    """The run compared with its baseline, or (None, why not)."""
-    if config.baseline is None:
-        return None, None
-    base = read_run(config.baseline)
-    try:
-        comparison = compare_results(
-            base.results, results, label_a=base.label, label_b=f"{config.name} ({store.path})", ks=sorted({*base.ks, *config.sampling.k})
-        )
-    except UserInputError as exc:
-        return None, str(exc)
-    return comparison, None
-
-
-def exit_code(summary: dict[str, Any]) -> int:
-    """The exit code a run's summary gives (DESIGN.md, "Contracts"); infrastructure beats gates.
-
-    3 (`EXIT_INFRA`) when the run did not finish, or when planned samples lack a verdict
-    (``infra_error``, or never run) beyond the tolerance: none, unless an ``infra_error_rate``
-    gate sets one. Otherwise 1 (`EXIT_GATES`) when a gate is not met, and 0 when every gate is
-    met (a run without gates: when it is complete).
-    """
-    run = summary["run"]
-    gates: list[dict[str, Any]] = summary.get("gates", [])
-    if run["state"] != "finished":
-        return EXIT_INFRA
-    tolerance = [gate for gate in gates if gate["metric"] == INFRA_GATE]
-    if tolerance:
-        if not all(gate["passed"] for gate in tolerance):
-            return EXIT_INFRA
-    elif not run["complete"] or summary["counts"]["infra_error"]:
-        return EXIT_INFRA
-    return EXIT_OK if all(gate["passed"] for gate in gates) else EXIT_GATES

@@ -2,7 +2,7 @@
 run exits 3, and its last lines say why.
 
 A sandbox that cannot start on the machine running ``evalkit run`` stops the run before it
-begins (`evalkit._runner._check_sandbox`). Inside a run it happens where the workers are: on a
+begins (`evalkit._runner.check_sandbox`). Inside a run it happens where the workers are: on a
 cluster's node whose template cache is damaged. So these tests start a Ray cluster of their
 own, whose workers see a copy of the template cache with one file truncated, and point
 ``scheduler.address`` at it; ``evalkit run`` itself sees the sound cache, so its start-up

@@ -15,7 +15,7 @@ import yaml
 import evalkit
 from evalkit import ConfigError, SampleResult, load_config, score
 from evalkit._gates import Gate, evaluate_gates, parse_gate
-from evalkit._runner import exit_code
+from evalkit._results import exit_code
 
 from ._runs import BROKEN_IN_A, BROKEN_IN_B, PROBLEMS, reference_problems, write_config
 from .model_server import Fault, ModelServer, humaneval_replies
