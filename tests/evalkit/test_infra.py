@@ -55,8 +55,15 @@ def test_a_run_no_canary_can_vouch_for_exits_3_and_names_the_cause(tmp_path: Pat
     result = CliRunner().invoke(main, ["run", "-q", str(config)])
     assert result.exit_code == 3, result.output
     lines = result.output.strip().splitlines()
-    assert lines[-2].startswith("3 sample(s) infra_error: 3 x CanaryFailure: canaries misbehaved in two sandboxes in a row: the known-pass canary ended timeout")
-    assert "; most: 3 x CanaryFailure: " in lines[-1]
+    # which canary runs out of time first can differ (a program can finish within 1 ms), so
+    # the samples may be grouped under one cause or two
+    summary = json.loads((next((tmp_path / "runs").iterdir()) / "summary.json").read_text())
+    causes = summary["infrastructure"]["infra_error_causes"]
+    assert sum(c["count"] for c in causes) == 3
+    assert all(c["cause"].startswith("CanaryFailure: canaries misbehaved in two sandboxes in a row: the known-") and " timeout" in c["cause"] for c in causes)
+    shown = infra_error_lines(summary)
+    assert shown[0].startswith("3 sample(s) infra_error:") and lines[-1 - len(shown):-1] == shown
+    assert f"; most: {causes[0]['count']} x CanaryFailure: " in lines[-1]
     assert any(line.startswith("infrastructure: ") and "worker(s) replaced" in line for line in lines)
     [run_dir] = (tmp_path / "runs").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -68,4 +75,4 @@ def test_a_run_no_canary_can_vouch_for_exits_3_and_names_the_cause(tmp_path: Pat
     # re-reporting recomputes the same section from run.json and the journal, running nothing
     again = evalkit.report(run_dir)
     assert again.summary["infrastructure"] == infrastructure and again.exit_code == 3
-    assert infra_error_lines(again.summary) == [lines[-2]]
+    assert infra_error_lines(again.summary) == shown

@@ -35,6 +35,7 @@ TIMEOUT_S = 5  # the hostile corpus's timeout on a microVM under TCG emulation
 # passes or fails on a coin flip drawn once per execution (module level, before the tests run)
 COIN = CORRECT.replace("    return ", "    return [] if _ODD else ") + "\n\nimport os\n_ODD = os.urandom(1)[0] % 2 == 1\n"
 COINS = 20  # every coin landing the same way in two executions: a chance of 2**-20
+NO_RECHECK = {"recheck_failures": False}  # a re-checked coin passes 3 times in 4; and it would be listed as flaky too
 
 
 def hostile_rows() -> list[tuple[str, str]]:
@@ -116,7 +117,8 @@ def test_microvms_give_the_verdicts_of_bubblewrap(mixed_run: Path, tmp_path: Pat
 def test_nondeterministic_samples_are_reported_with_links_to_their_rows(tmp_path: Path) -> None:
     rows = [(TASK_ID, CORRECT), (TASK_ID, WRONG)] + [(TASK_ID, COIN)] * COINS
     config = write_config(tmp_path, benchmark={"name": "humaneval", "ids": [TASK_ID]},
-                          model={"provider": "samples", "path": str(write_samples(tmp_path, rows))}, scheduler={"workers": 2})
+                          model={"provider": "samples", "path": str(write_samples(tmp_path, rows))}, scheduler={"workers": 2},
+                          sandbox=NO_RECHECK)
     run_dir = evalkit.run(config, progress=False).run_dir
     done = subprocess.run([sys.executable, "-m", "evalkit", "recheck", str(run_dir), "--workers", "1", "--batch-size", "1", "-q"],
                           capture_output=True, text=True, timeout=300)
@@ -131,7 +133,8 @@ def test_nondeterministic_samples_are_reported_with_links_to_their_rows(tmp_path
     assert f"verdicts DIFFER: {len(differing)} of {2 + COINS} compared samples" in done.stdout
     page = (run_dir / "report.html").read_text()
     assert f"Verdicts checked: {len(differing)} of {2 + COINS} samples got a different verdict across 2 executions" in text_of(page)
-    assert len(re.findall(r'<li><a href="#p0">HumanEval/100</a> #\d+:', page)) == len(differing)
+    listed = page[page.index('<ul class="differing">'):]
+    assert len(re.findall(r'<li><a href="#p0">HumanEval/100</a> #\d+:', listed[:listed.index("</ul>")])) == len(differing)
     assert json.loads((run_dir / "summary.json").read_text())["determinism"]["identical_all"] is False
     # re-rendering keeps what the check found
     assert subprocess.run([sys.executable, "-m", "evalkit", "report", str(run_dir)], capture_output=True, timeout=120).returncode == 0
@@ -200,7 +203,8 @@ def test_the_report_lists_differing_samples_with_links_to_their_rows(make_result
 def test_run_check_determinism_rechecks_with_one_worker_and_fails_on_a_difference(tmp_path: Path) -> None:
     rows = [(TASK_ID, CORRECT)] + [(TASK_ID, COIN)] * COINS
     config = write_config(tmp_path, benchmark={"name": "humaneval", "ids": [TASK_ID]},
-                          model={"provider": "samples", "path": str(write_samples(tmp_path, rows))}, scheduler={"workers": 2})
+                          model={"provider": "samples", "path": str(write_samples(tmp_path, rows))}, scheduler={"workers": 2},
+                          sandbox=NO_RECHECK)
     done = subprocess.run([sys.executable, "-m", "evalkit", "run", str(config), "--check-determinism", "-q"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr  # no gate, a complete run: 0 but for the difference
