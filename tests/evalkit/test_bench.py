@@ -1,6 +1,7 @@
-"""`evalkit bench --drivers`: the same HumanEval samples timed with each sandbox driver.
-Figures are not checked (they depend on the host), only that each driver's lines and the
-ratio are printed and that every sample passed."""
+"""`evalkit bench --drivers` and `--safety`: the same HumanEval samples timed with each sandbox
+driver, or with each setting of the checks that guard verdicts.
+Figures are not checked (they depend on the host), only that each line is printed and that
+the samples got the verdicts they must."""
 
 from __future__ import annotations
 
@@ -70,3 +71,19 @@ def test_bench_drivers_bwrap_microvm(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     _check_output(proc.stdout, ["bwrap", "microvm"])
     assert proc.stdout.splitlines()[-1].startswith("ratio microvm/bwrap in samples/s: ")
+
+
+@pytest.mark.slow
+@pytest.mark.sandbox
+@pytest.mark.ray
+@pytest.mark.usefixtures("sandboxes")
+def test_bench_safety_times_each_setting_of_the_verdict_checks_on_the_same_samples(tmp_path: Path) -> None:
+    proc = bench("--safety", "--n", "2", "--drivers", "bwrap", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("machine: ")
+    assert lines[1] == "samples: 328 (HumanEval, per problem 1 canonical solutions and 1 that fail), the same for each setting"
+    labels = ["no canaries, no re-check:", "canaries (every 50 samples):", "canaries + re-check of failures (default):", "default + calibrated time limits:"]
+    assert [line.split(":")[0] + ":" for line in lines[2:]] == labels, proc.stdout
+    assert all(line.endswith("pass@1=0.5000") for line in lines[2:]), proc.stdout  # every failure stays a failure
+    assert "(1.00x)" in lines[2]
