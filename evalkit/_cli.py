@@ -293,7 +293,7 @@ def _driver_name(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 def _print_recheck(outcome: RecheckOutcome) -> None:
-    from ._report import describe_execution
+    from ._report import DIFFERING_SHOWN, describe_execution
 
     det = outcome.determinism
     run, again = det["executions"]
@@ -302,8 +302,10 @@ def _print_recheck(outcome: RecheckOutcome) -> None:
         click.echo(f"verdicts identical: {det['identical']} of {det['compared']} compared samples")
     else:
         click.echo(f"verdicts DIFFER: {len(det['differing'])} of {det['compared']} compared samples")
-        for d in det["differing"]:
+        for d in det["differing"][:DIFFERING_SHOWN]:  # as many as the report lists
             click.echo(f"  {d['task_id']} #{d['sample_idx']}: {d['run']} in the run, {d['recheck']} when run again")
+        if len(det["differing"]) > DIFFERING_SHOWN:
+            click.echo(f"  ... and {len(det['differing']) - DIFFERING_SHOWN} more (determinism.json lists them all)")
     if det["excluded"]:
         click.echo(f"left out: {len(det['excluded'])} sample(s) without a verdict on one side (determinism.json lists them with the reason)")
     click.echo(f"determinism.json and report: {outcome.run_dir}")
